@@ -1,0 +1,718 @@
+//! Elementwise ops: unary math and activations, broadcasting binary math,
+//! comparisons and logic, variadic Min/Max/Sum/Mean, Where and Cast.
+//!
+//! Every op here is a scalar function applied per output element; one
+//! generic kernel (`broadcast_kernel`) serves them all, so an op is just its
+//! CPU function and its WGSL expression side by side.
+
+use crate::wgsl::{broadcast_index, f32_lit, kernel_1d, unravel};
+use crate::{
+    Attrs, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Tensor, TensorRef, TypeInfo, arg,
+    bail, ty,
+};
+
+/// The scalar function of an elementwise op.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Func {
+    // unary
+    Relu,
+    Sigmoid,
+    Tanh,
+    Erf,
+    Gelu { tanh: bool },
+    LeakyRelu(f32),
+    Elu(f32),
+    Selu { alpha: f32, gamma: f32 },
+    Celu(f32),
+    ThresholdedRelu(f32),
+    HardSigmoid { alpha: f32, beta: f32 },
+    HardSwish,
+    Softplus,
+    Softsign,
+    Mish,
+    Abs,
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Reciprocal,
+    Floor,
+    Ceil,
+    Round,
+    Sign,
+    Sin,
+    Cos,
+    Tan,
+    Asin,
+    Acos,
+    Atan,
+    Sinh,
+    Cosh,
+    Asinh,
+    Acosh,
+    Atanh,
+    Not,
+    IsNaN,
+    IsInf { pos: bool, neg: bool },
+    /// Clip with bounds known at compile time.
+    Clip { min: f64, max: f64 },
+    // binary
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Mod { fmod: bool },
+    Max,
+    Min,
+    Equal,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+    And,
+    Or,
+    Xor,
+    PRelu,
+    BitShift { left: bool },
+    BitwiseAnd,
+    BitwiseOr,
+    BitwiseXor,
+    BitwiseNot,
+    // ternary
+    Where,
+}
+
+impl Func {
+    fn arity(&self) -> usize {
+        use Func::*;
+        match self {
+            Add | Sub | Mul | Div | Pow | Mod { .. } | Max | Min | Equal | Less | LessOrEqual | Greater
+            | GreaterOrEqual | And | Or | Xor | PRelu | BitShift { .. } | BitwiseAnd | BitwiseOr | BitwiseXor => 2,
+            Where => 3,
+            _ => 1,
+        }
+    }
+
+    /// Output type is bool whatever the input type.
+    fn yields_bool(&self) -> bool {
+        use Func::*;
+        matches!(
+            self,
+            Equal | Less | LessOrEqual | Greater | GreaterOrEqual | And | Or | Xor | Not | IsNaN | IsInf { .. }
+        )
+    }
+
+    /// CPU reference on floats.
+    fn eval_f(&self, a: &[f64]) -> f64 {
+        use Func::*;
+        let x = a[0];
+        let b = |v: bool| v as i64 as f64;
+        match self {
+            Relu => x.max(0.0),
+            Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Tanh => x.tanh(),
+            Erf => erf(x),
+            Gelu { tanh: false } => 0.5 * x * (1.0 + erf(x / 2f64.sqrt())),
+            Gelu { tanh: true } => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
+            LeakyRelu(al) => if x >= 0.0 { x } else { *al as f64 * x },
+            Elu(al) => if x >= 0.0 { x } else { *al as f64 * (x.exp() - 1.0) },
+            Selu { alpha, gamma } => *gamma as f64 * if x > 0.0 { x } else { *alpha as f64 * (x.exp() - 1.0) },
+            Celu(al) => { let al = *al as f64; x.max(0.0) + (al * ((x / al).exp() - 1.0)).min(0.0) }
+            ThresholdedRelu(al) => if x > *al as f64 { x } else { 0.0 },
+            HardSigmoid { alpha, beta } => (*alpha as f64 * x + *beta as f64).clamp(0.0, 1.0),
+            HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Softplus => (x.exp()).ln_1p(),
+            Softsign => x / (1.0 + x.abs()),
+            Mish => x * (x.exp().ln_1p()).tanh(),
+            Abs => x.abs(),
+            Neg => -x,
+            Exp => x.exp(),
+            Log => x.ln(),
+            Sqrt => x.sqrt(),
+            Reciprocal => 1.0 / x,
+            Floor => x.floor(),
+            Ceil => x.ceil(),
+            Round => x.round_ties_even(),
+            Sign => if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 },
+            Sin => x.sin(),
+            Cos => x.cos(),
+            Tan => x.tan(),
+            Asin => x.asin(),
+            Acos => x.acos(),
+            Atan => x.atan(),
+            Sinh => x.sinh(),
+            Cosh => x.cosh(),
+            Asinh => x.asinh(),
+            Acosh => x.acosh(),
+            Atanh => x.atanh(),
+            Not => b(x == 0.0),
+            IsNaN => b(x.is_nan()),
+            IsInf { pos, neg } => b((*pos && x == f64::INFINITY) || (*neg && x == f64::NEG_INFINITY)),
+            Clip { min, max } => x.max(*min).min(*max),
+            Add => x + a[1],
+            Sub => x - a[1],
+            Mul => x * a[1],
+            Div => x / a[1],
+            Pow => x.powf(a[1]),
+            Mod { .. } => x % a[1],
+            Max => x.max(a[1]),
+            Min => x.min(a[1]),
+            Equal => b(x == a[1]),
+            Less => b(x < a[1]),
+            LessOrEqual => b(x <= a[1]),
+            Greater => b(x > a[1]),
+            GreaterOrEqual => b(x >= a[1]),
+            And => b(x != 0.0 && a[1] != 0.0),
+            Or => b(x != 0.0 || a[1] != 0.0),
+            Xor => b((x != 0.0) != (a[1] != 0.0)),
+            PRelu => if x >= 0.0 { x } else { x * a[1] },
+            Where => if x != 0.0 { a[1] } else { a[2] },
+            BitShift { .. } | BitwiseAnd | BitwiseOr | BitwiseXor | BitwiseNot => f64::NAN,
+        }
+    }
+
+    /// CPU reference on integers; `None` where the op has no integer form.
+    fn eval_i(&self, a: &[i64]) -> Option<i64> {
+        use Func::*;
+        let x = a[0];
+        let b = |v: bool| v as i64;
+        Some(match self {
+            Relu => x.max(0),
+            Abs => x.wrapping_abs(),
+            Neg => x.wrapping_neg(),
+            Sign => x.signum(),
+            Not => b(x == 0),
+            Clip { min, max } => x.max(*min as i64).min(*max as i64),
+            Add => x.wrapping_add(a[1]),
+            Sub => x.wrapping_sub(a[1]),
+            Mul => x.wrapping_mul(a[1]),
+            Div => if a[1] == 0 { 0 } else { x.wrapping_div(a[1]) },
+            Pow => (x as f64).powf(a[1] as f64) as i64,
+            Mod { fmod: true } => if a[1] == 0 { 0 } else { x % a[1] },
+            Mod { fmod: false } => if a[1] == 0 { 0 } else { ((x % a[1]) + a[1]) % a[1] },
+            Max => x.max(a[1]),
+            Min => x.min(a[1]),
+            Equal => b(x == a[1]),
+            Less => b(x < a[1]),
+            LessOrEqual => b(x <= a[1]),
+            Greater => b(x > a[1]),
+            GreaterOrEqual => b(x >= a[1]),
+            And => b(x != 0 && a[1] != 0),
+            Or => b(x != 0 || a[1] != 0),
+            Xor => b((x != 0) != (a[1] != 0)),
+            PRelu => if x >= 0 { x } else { x * a[1] },
+            Where => if x != 0 { a[1] } else { a[2] },
+            BitShift { left: true } => ((x as u64) << (a[1] as u64 & 63)) as i64,
+            BitShift { left: false } => ((x as u64) >> (a[1] as u64 & 63)) as i64,
+            BitwiseAnd => x & a[1],
+            BitwiseOr => x | a[1],
+            BitwiseXor => x ^ a[1],
+            BitwiseNot => !x,
+            _ => return None,
+        })
+    }
+
+    /// WGSL expression over operand expressions `a` of physical type `p`
+    /// (the type of the first data operand; Where's condition is u32).
+    fn wgsl(&self, a: &[String], p: Phys) -> Result<String> {
+        use Func::*;
+        let x = &a[0];
+        let fl = p == Phys::F32;
+        let b2u = |c: String| format!("select(0u, 1u, {c})");
+        let zero = match p {
+            Phys::F32 => "0.0",
+            Phys::I32 => "0i",
+            Phys::U32 => "0u",
+        };
+        let need_float = |e: String| if fl { Ok(e) } else { Err(Error::unsupported(format!("{self:?} on integers"))) };
+        Ok(match self {
+            Relu => format!("max({x}, {zero})"),
+            Sigmoid => need_float(format!("(1.0 / (1.0 + exp(-{x})))"))?,
+            Tanh => need_float(format!("tanh(clamp({x}, -15.0, 15.0))"))?,
+            Erf => need_float(format!("erf_f({x})"))?,
+            Gelu { tanh: false } => need_float(format!("(0.5 * {x} * (1.0 + erf_f({x} * 0.70710678118654752)))"))?,
+            Gelu { tanh: true } => need_float(format!(
+                "(0.5 * {x} * (1.0 + tanh(clamp(0.7978845608028654 * ({x} + 0.044715 * {x} * {x} * {x}), -15.0, 15.0))))"
+            ))?,
+            LeakyRelu(al) => need_float(format!("select({} * {x}, {x}, {x} >= 0.0)", f32_lit(*al)))?,
+            Elu(al) => need_float(format!("select({} * (exp({x}) - 1.0), {x}, {x} >= 0.0)", f32_lit(*al)))?,
+            Selu { alpha, gamma } => need_float(format!(
+                "({} * select({} * (exp({x}) - 1.0), {x}, {x} > 0.0))",
+                f32_lit(*gamma),
+                f32_lit(*alpha)
+            ))?,
+            Celu(al) => need_float(format!(
+                "(max({x}, 0.0) + min(0.0, {al} * (exp({x} / {al}) - 1.0)))",
+                al = f32_lit(*al)
+            ))?,
+            ThresholdedRelu(al) => need_float(format!("select(0.0, {x}, {x} > {})", f32_lit(*al)))?,
+            HardSigmoid { alpha, beta } => {
+                need_float(format!("clamp({} * {x} + {}, 0.0, 1.0)", f32_lit(*alpha), f32_lit(*beta)))?
+            }
+            HardSwish => need_float(format!("({x} * clamp({x} / 6.0 + 0.5, 0.0, 1.0))"))?,
+            Softplus => need_float(format!("softplus_f({x})"))?,
+            Softsign => need_float(format!("({x} / (1.0 + abs({x})))"))?,
+            Mish => need_float(format!("({x} * tanh(clamp(softplus_f({x}), -15.0, 15.0)))"))?,
+            Abs => if p == Phys::U32 { x.clone() } else { format!("abs({x})") },
+            Neg => match p {
+                Phys::U32 => format!("(0u - {x})"),
+                _ => format!("(-{x})"),
+            },
+            Exp => need_float(format!("exp({x})"))?,
+            Log => need_float(format!("log({x})"))?,
+            Sqrt => need_float(format!("sqrt({x})"))?,
+            Reciprocal => need_float(format!("(1.0 / {x})"))?,
+            Floor => need_float(format!("floor({x})"))?,
+            Ceil => need_float(format!("ceil({x})"))?,
+            Round => need_float(format!("round({x})"))?,
+            Sign => match p {
+                Phys::U32 => format!("min({x}, 1u)"),
+                _ => format!("sign({x})"),
+            },
+            Sin => need_float(format!("sin({x})"))?,
+            Cos => need_float(format!("cos({x})"))?,
+            Tan => need_float(format!("tan({x})"))?,
+            Asin => need_float(format!("asin({x})"))?,
+            Acos => need_float(format!("acos({x})"))?,
+            Atan => need_float(format!("atan({x})"))?,
+            Sinh => need_float(format!("sinh({x})"))?,
+            Cosh => need_float(format!("cosh({x})"))?,
+            Asinh => need_float(format!("asinh({x})"))?,
+            Acosh => need_float(format!("acosh({x})"))?,
+            Atanh => need_float(format!("atanh({x})"))?,
+            Not => b2u(format!("{x} == 0u")),
+            IsNaN => b2u(format!("is_nan_f({x})")),
+            IsInf { pos, neg } => b2u(format!(
+                "(({pos} && {x} == bitcast<f32>(0x7f800000u)) || ({neg} && {x} == bitcast<f32>(0xff800000u)))"
+            )),
+            Clip { min, max } => format!("min(max({x}, {}), {})", crate::wgsl::lit(p, *min), crate::wgsl::lit(p, *max)),
+            Add => format!("({x} + {})", a[1]),
+            Sub => format!("({x} - {})", a[1]),
+            Mul => format!("({x} * {})", a[1]),
+            Div => match p {
+                Phys::F32 => format!("({x} / {})", a[1]),
+                _ => format!("select({x} / {y}, {zero}, {y} == {zero})", y = a[1]),
+            },
+            Pow => need_float(format!("pow_f({x}, {})", a[1]))?,
+            Mod { fmod } => match (p, fmod) {
+                (Phys::F32, _) => format!("fmod_f({x}, {})", a[1]),
+                (_, true) => format!("select({x} % {y}, {zero}, {y} == {zero})", y = a[1]),
+                (_, false) => format!("mod_floor_{}({x}, {})", p.wgsl(), a[1]),
+            },
+            Max => format!("max({x}, {})", a[1]),
+            Min => format!("min({x}, {})", a[1]),
+            Equal => b2u(format!("{x} == {}", a[1])),
+            Less => b2u(format!("{x} < {}", a[1])),
+            LessOrEqual => b2u(format!("{x} <= {}", a[1])),
+            Greater => b2u(format!("{x} > {}", a[1])),
+            GreaterOrEqual => b2u(format!("{x} >= {}", a[1])),
+            And => b2u(format!("({x} != 0u) && ({} != 0u)", a[1])),
+            Or => b2u(format!("({x} != 0u) || ({} != 0u)", a[1])),
+            Xor => b2u(format!("({x} != 0u) != ({} != 0u)", a[1])),
+            PRelu => format!("select({x} * {y}, {x}, {x} >= {zero})", y = a[1]),
+            Where => format!("select({}, {}, {x} != 0u)", a[2], a[1]),
+            BitShift { left } => {
+                let op = if *left { "<<" } else { ">>" };
+                format!("select(({x} {op} min({y}, 31u)), 0u, {y} >= 32u)", y = a[1])
+            }
+            BitwiseAnd => format!("({x} & {})", a[1]),
+            BitwiseOr => format!("({x} | {})", a[1]),
+            BitwiseXor => format!("({x} ^ {})", a[1]),
+            BitwiseNot => format!("(~{x})"),
+        })
+    }
+}
+
+/// WGSL helper functions the expressions above may call.
+const HELPERS: &str = "
+fn erf_f(x: f32) -> f32 {
+    // Abramowitz & Stegun 7.1.26 refined: |error| < 1.5e-7.
+    let s = sign(x);
+    let a = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-a * a);
+    return s * y;
+}
+fn softplus_f(x: f32) -> f32 {
+    return select(log(1.0 + exp(x)), x, x > 20.0);
+}
+fn is_nan_f(x: f32) -> bool {
+    let b = bitcast<u32>(x);
+    return (b & 0x7f800000u) == 0x7f800000u && (b & 0x7fffffu) != 0u;
+}
+fn pow_f(x: f32, y: f32) -> f32 {
+    // pow() is undefined for x < 0; integer exponents keep their sign rule.
+    if (y == 0.0) { return 1.0; }
+    let m = pow(abs(x), y);
+    if (x >= 0.0) { return m; }
+    if (floor(y) != y) { return bitcast<f32>(0x7fc00000u); }
+    let odd = (i32(y) & 1) == 1;
+    return select(m, -m, odd);
+}
+fn fmod_f(x: f32, y: f32) -> f32 {
+    return x - y * trunc(x / y);
+}
+fn mod_floor_i32(x: i32, y: i32) -> i32 {
+    if (y == 0) { return 0; }
+    let r = x % y;
+    return select(r, r + y, r != 0 && ((r < 0) != (y < 0)));
+}
+fn mod_floor_u32(x: u32, y: u32) -> u32 {
+    return select(x % y, 0u, y == 0u);
+}
+";
+
+fn erf(x: f64) -> f64 {
+    // erf via the complementary series is overkill for folding; use the
+    // standard high-precision rational approximation (W. J. Cody).
+    let t = 1.0 / (1.0 + 0.5 * x.abs());
+    let y = t * (-x * x - 1.26551223
+        + t * (1.00002368
+            + t * (0.37409196
+                + t * (0.09678418
+                    + t * (-0.18628806
+                        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+        .exp();
+    if x >= 0.0 { 1.0 - y } else { y - 1.0 }
+}
+
+/// An elementwise op: a scalar function over broadcast inputs.
+#[derive(Debug)]
+pub struct Elementwise {
+    pub func: Func,
+    /// Variadic ops (Sum, Max, Min, Mean) fold several inputs with `func`.
+    pub variadic: bool,
+    /// Mean divides the folded sum by the input count.
+    pub mean: bool,
+}
+
+/// numpy-style broadcast of several shapes.
+pub fn broadcast_shapes(shapes: &[&[usize]]) -> Result<Vec<usize>> {
+    let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = vec![1usize; rank];
+    for s in shapes {
+        let off = rank - s.len();
+        for (d, &n) in s.iter().enumerate() {
+            let o = &mut out[off + d];
+            if *o == 1 {
+                *o = n;
+            } else if n != 1 && n != *o {
+                bail!("shapes {:?} cannot be broadcast together", shapes);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Elementwise {
+    fn out_dtype(&self, first_data: DType) -> DType {
+        if self.func.yields_bool() { DType::Bool } else { first_data }
+    }
+
+    /// Index of the operand whose type decides the computation type.
+    fn data_operand(&self) -> usize {
+        if self.func == Func::Where { 1 } else { 0 }
+    }
+}
+
+impl Op for Elementwise {
+    fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
+        let n = if self.variadic { inputs.len() } else { self.func.arity() };
+        if inputs.len() < n || n == 0 {
+            bail!("expects {} inputs, got {}", n, inputs.len());
+        }
+        let tys: Vec<&TypeInfo> = (0..n).map(|i| ty(inputs, i)).collect::<Result<_>>()?;
+        let shapes: Vec<&[usize]> = tys.iter().map(|t| t.shape.as_slice()).collect();
+        let shape = broadcast_shapes(&shapes)?;
+        Ok(vec![TypeInfo::new(self.out_dtype(tys[self.data_operand()].dtype), shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        let n = if self.variadic { inputs.len() } else { self.func.arity() };
+        let ts: Vec<&Tensor> = (0..n).map(|i| arg(inputs, i)).collect::<Result<_>>()?;
+        let shapes: Vec<&[usize]> = ts.iter().map(|t| t.shape.as_slice()).collect();
+        let shape = broadcast_shapes(&shapes)?;
+        let data_ty = ts[self.data_operand()].dtype;
+        let out_ty = self.out_dtype(data_ty);
+        let total: usize = shape.iter().product();
+        let idx: Vec<Vec<usize>> = ts.iter().map(|t| broadcast_indices(&shape, &t.shape, total)).collect();
+        if data_ty.is_float() {
+            let vals: Vec<Vec<f64>> = ts.iter().map(|t| t.to_f64()).collect();
+            let mut out = Vec::with_capacity(total);
+            for e in 0..total {
+                let args: Vec<f64> = (0..n).map(|k| vals[k][idx[k][e]]).collect();
+                out.push(self.fold_f(&args));
+            }
+            Ok(vec![Tensor::from_f64(out_ty, shape, out)])
+        } else {
+            let vals: Vec<Vec<i64>> = ts.iter().map(|t| t.to_i64()).collect();
+            let mut out = Vec::with_capacity(total);
+            for e in 0..total {
+                let args: Vec<i64> = (0..n).map(|k| vals[k][idx[k][e]]).collect();
+                out.push(self.fold_i(&args)?);
+            }
+            Ok(vec![Tensor::from_i64(out_ty, shape, out)])
+        }
+    }
+
+    fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
+        let out = cx.output(0);
+        let n_in = if self.variadic { cx.inputs.len() } else { self.func.arity() };
+        let names: Vec<String> = (0..n_in).map(|i| format!("x{i}")).collect();
+        let phys = cx.input(self.data_operand())?.dtype.phys();
+        let mut body = unravel("c", "i", &out.shape);
+        let mut operands = Vec::new();
+        for (k, name) in names.iter().enumerate() {
+            let shape = &cx.input(k)?.shape;
+            let index = if shape == &out.shape { "i".to_string() } else { broadcast_index("c", &out.shape, shape) };
+            body += &format!("    let a{k} = ld_{name}({index});\n");
+            operands.push(format!("a{k}"));
+        }
+        let expr = self.wgsl_fold(&operands, phys)?;
+        body += &format!("    st_y(i, {expr});\n");
+        let mut args: Vec<KernelArg> =
+            names.iter().enumerate().map(|(k, nm)| KernelArg::new(nm, TensorRef::Input(k))).collect();
+        args.push(KernelArg::new("y", TensorRef::Output(0)));
+        let name = format!("{:?}", self.func).to_lowercase();
+        let name = name.split([' ', '(', '{']).next().unwrap_or("eltwise").to_string();
+        Ok(Lowering::one(kernel_1d(&name, args, out.numel(), HELPERS, &body)))
+    }
+}
+
+impl Elementwise {
+    fn fold_f(&self, a: &[f64]) -> f64 {
+        if !self.variadic {
+            return self.func.eval_f(a);
+        }
+        let mut acc = a[0];
+        for &x in &a[1..] {
+            acc = self.func.eval_f(&[acc, x]);
+        }
+        if self.mean { acc / a.len() as f64 } else { acc }
+    }
+
+    fn fold_i(&self, a: &[i64]) -> Result<i64> {
+        let f = |args: &[i64]| {
+            self.func.eval_i(args).ok_or_else(|| Error::unsupported(format!("{:?} on integers", self.func)))
+        };
+        if !self.variadic {
+            return f(a);
+        }
+        let mut acc = a[0];
+        for &x in &a[1..] {
+            acc = f(&[acc, x])?;
+        }
+        Ok(if self.mean { acc / a.len() as i64 } else { acc })
+    }
+
+    fn wgsl_fold(&self, a: &[String], p: Phys) -> Result<String> {
+        if !self.variadic {
+            return self.func.wgsl(a, p);
+        }
+        let mut acc = a[0].clone();
+        for x in &a[1..] {
+            acc = self.func.wgsl(&[acc, x.clone()], p)?;
+        }
+        if self.mean {
+            acc = format!("({acc} / {}({}))", p.wgsl(), a.len());
+        }
+        Ok(acc)
+    }
+}
+
+/// For each element of `out_shape`, the linear index into a tensor of
+/// `in_shape` broadcast to it.
+pub fn broadcast_indices(out_shape: &[usize], in_shape: &[usize], total: usize) -> Vec<usize> {
+    let st = crate::wgsl::strides(in_shape);
+    let ost = crate::wgsl::strides(out_shape);
+    let off = out_shape.len() - in_shape.len();
+    (0..total)
+        .map(|e| {
+            let mut idx = 0;
+            for (d, &n) in in_shape.iter().enumerate() {
+                if n != 1 {
+                    idx += ((e / ost[d + off]) % out_shape[d + off]) * st[d];
+                }
+            }
+            idx
+        })
+        .collect()
+}
+
+/// Cast between element types.
+#[derive(Debug)]
+pub struct Cast {
+    pub to: DType,
+}
+
+impl Op for Cast {
+    fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
+        Ok(vec![TypeInfo::new(self.to, ty(inputs, 0)?.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        Ok(vec![arg(inputs, 0)?.cast(self.to)])
+    }
+
+    fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
+        let from = cx.input(0)?.dtype;
+        let x = "ld_x(i)".to_string();
+        let expr = cast_expr(&x, from, self.to);
+        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+        Ok(Lowering::one(kernel_1d("cast", args, cx.output(0).numel(), "", &format!("    st_y(i, {expr});"))))
+    }
+}
+
+/// WGSL converting expression `x` of logical type `from` to `to`, both in
+/// their physical forms, rounding to the target's precision.
+pub fn cast_expr(x: &str, from: DType, to: DType) -> String {
+    let (pf, pt) = (from.phys(), to.phys());
+    let converted = if to == DType::Bool {
+        match pf {
+            Phys::F32 => format!("select(0u, 1u, {x} != 0.0)"),
+            Phys::I32 => format!("select(0u, 1u, {x} != 0i)"),
+            Phys::U32 => format!("select(0u, 1u, {x} != 0u)"),
+        }
+    } else if pf == pt {
+        x.to_string()
+    } else {
+        format!("{}({x})", pt.wgsl())
+    };
+    narrow(&converted, to)
+}
+
+/// Rounds a physical value to a narrower logical type (f16, int8, ...).
+fn narrow(x: &str, to: DType) -> String {
+    match to {
+        DType::F16 => format!("unpack2x16float(pack2x16float(vec2<f32>({x}, 0.0))).x"),
+        DType::BF16 => format!("bitcast<f32>((bitcast<u32>({x}) + 0x7fffu + ((bitcast<u32>({x}) >> 16u) & 1u)) & 0xffff0000u)"),
+        DType::I8 => format!("((({x}) << 24u) >> 24u)"),
+        DType::I16 => format!("((({x}) << 16u) >> 16u)"),
+        DType::U8 => format!("(({x}) & 0xffu)"),
+        DType::U16 => format!("(({x}) & 0xffffu)"),
+        _ => x.to_string(),
+    }
+}
+
+/// Builds an elementwise op from its ONNX type and attributes.
+pub fn build(op_type: &str, a: &Attrs) -> Result<Box<dyn Op>> {
+    use Func::*;
+    let simple = |func| -> Result<Box<dyn Op>> { Ok(Box::new(Elementwise { func, variadic: false, mean: false })) };
+    let variadic = |func, mean| -> Result<Box<dyn Op>> { Ok(Box::new(Elementwise { func, variadic: true, mean })) };
+    match op_type {
+        "Relu" => simple(Relu),
+        "Sigmoid" => simple(Sigmoid),
+        "Tanh" => simple(Tanh),
+        "Erf" => simple(Erf),
+        "Gelu" => simple(Gelu { tanh: a.str("approximate", "none")? == "tanh" }),
+        "LeakyRelu" => simple(LeakyRelu(a.float("alpha", 0.01)?)),
+        "Elu" => simple(Elu(a.float("alpha", 1.0)?)),
+        "Selu" => simple(Selu { alpha: a.float("alpha", 1.67326319)?, gamma: a.float("gamma", 1.05070102)? }),
+        "Celu" => simple(Celu(a.float("alpha", 1.0)?)),
+        "ThresholdedRelu" => simple(ThresholdedRelu(a.float("alpha", 1.0)?)),
+        "HardSigmoid" => simple(HardSigmoid { alpha: a.float("alpha", 0.2)?, beta: a.float("beta", 0.5)? }),
+        "HardSwish" => simple(HardSwish),
+        "Softplus" => simple(Softplus),
+        "Softsign" => simple(Softsign),
+        "Mish" => simple(Mish),
+        "Abs" => simple(Abs),
+        "Neg" => simple(Neg),
+        "Exp" => simple(Exp),
+        "Log" => simple(Log),
+        "Sqrt" => simple(Sqrt),
+        "Reciprocal" => simple(Reciprocal),
+        "Floor" => simple(Floor),
+        "Ceil" => simple(Ceil),
+        "Round" => simple(Round),
+        "Sign" => simple(Sign),
+        "Sin" => simple(Sin),
+        "Cos" => simple(Cos),
+        "Tan" => simple(Tan),
+        "Asin" => simple(Asin),
+        "Acos" => simple(Acos),
+        "Atan" => simple(Atan),
+        "Sinh" => simple(Sinh),
+        "Cosh" => simple(Cosh),
+        "Asinh" => simple(Asinh),
+        "Acosh" => simple(Acosh),
+        "Atanh" => simple(Atanh),
+        "Not" => simple(Not),
+        "IsNaN" => simple(IsNaN),
+        "IsInf" => simple(IsInf { pos: a.int("detect_positive", 1)? != 0, neg: a.int("detect_negative", 1)? != 0 }),
+        "Add" => simple(Add),
+        "Sub" => simple(Sub),
+        "Mul" => simple(Mul),
+        "Div" => simple(Div),
+        "Pow" => simple(Pow),
+        "Mod" => simple(Mod { fmod: a.int("fmod", 0)? != 0 }),
+        "Equal" => simple(Equal),
+        "Less" => simple(Less),
+        "LessOrEqual" => simple(LessOrEqual),
+        "Greater" => simple(Greater),
+        "GreaterOrEqual" => simple(GreaterOrEqual),
+        "And" => simple(And),
+        "Or" => simple(Or),
+        "Xor" => simple(Xor),
+        "PRelu" => simple(PRelu),
+        "Where" => simple(Where),
+        "BitShift" => simple(BitShift { left: a.str("direction", "")? == "LEFT" }),
+        "BitwiseAnd" => simple(BitwiseAnd),
+        "BitwiseOr" => simple(BitwiseOr),
+        "BitwiseXor" => simple(BitwiseXor),
+        "BitwiseNot" => simple(BitwiseNot),
+        "Max" => variadic(Max, false),
+        "Min" => variadic(Min, false),
+        "Sum" => variadic(Add, false),
+        "Mean" => variadic(Add, true),
+        "Cast" => {
+            let to = a.int_opt("to")?.ok_or_else(|| Error::msg("attribute 'to' is required"))?;
+            Ok(Box::new(Cast { to: DType::from_onnx(to as i32)? }))
+        }
+        _ => Err(Error::unsupported(op_type.to_string())),
+    }
+}
+
+/// Clip: bounds come from attributes (opset < 11) or constant inputs.
+#[derive(Debug)]
+pub struct ClipOp {
+    pub attr_min: Option<f32>,
+    pub attr_max: Option<f32>,
+}
+
+impl ClipOp {
+    fn bounds(&self, min: Option<&Tensor>, max: Option<&Tensor>, dtype: DType) -> (f64, f64) {
+        let lo = min.map(|t| t.to_f64()[0]).or(self.attr_min.map(|v| v as f64));
+        let hi = max.map(|t| t.to_f64()[0]).or(self.attr_max.map(|v| v as f64));
+        let (dlo, dhi) = if dtype.is_float() { (f64::NEG_INFINITY, f64::INFINITY) } else { (i64::MIN as f64, i64::MAX as f64) };
+        (lo.unwrap_or(dlo), hi.unwrap_or(dhi))
+    }
+
+    fn func(&self, min: Option<&Tensor>, max: Option<&Tensor>, dtype: DType) -> Elementwise {
+        let (min, max) = self.bounds(min, max, dtype);
+        Elementwise { func: Func::Clip { min, max }, variadic: false, mean: false }
+    }
+}
+
+impl Op for ClipOp {
+    fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
+        Ok(vec![ty(inputs, 0)?.clone()])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        let x = arg(inputs, 0)?;
+        let get = |i: usize| inputs.get(i).copied().flatten();
+        self.func(get(1), get(2), x.dtype).eval(&[Some(x)])
+    }
+
+    fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
+        let min = if cx.has_input(1) { Some(cx.const_input(1, "min")?) } else { None };
+        let max = if cx.has_input(2) { Some(cx.const_input(2, "max")?) } else { None };
+        let inner = LowerCtx { inputs: cx.inputs[..1].to_vec(), outputs: cx.outputs.clone() };
+        self.func(min, max, cx.input(0)?.dtype).lower(&inner)
+    }
+}
+
+pub fn build_clip(a: &Attrs) -> Result<Box<dyn Op>> {
+    Ok(Box::new(ClipOp { attr_min: a.float_opt("min")?, attr_max: a.float_opt("max")? }))
+}

@@ -1,0 +1,3 @@
+//! One module per op family.
+
+pub mod elementwise;

@@ -1,0 +1,26 @@
+//! drift-ops: every ONNX operator drift supports, each in one place with its
+//! attributes, shape rule, GPU kernel generator and CPU reference.
+//!
+//! This crate knows nothing of GPUs APIs (no wgpu) nor of ONNX protobufs: it
+//! speaks WGSL text and host tensors. The compiler builds ops through
+//! [`build_op`], types them with [`Op::infer`], folds constants with
+//! [`Op::eval`] and turns them into kernels with [`Op::lower`].
+
+mod attr;
+mod dtype;
+mod error;
+mod op;
+mod registry;
+mod tensor;
+pub mod wgsl;
+
+pub mod families;
+
+pub use attr::{Attr, Attrs};
+pub use dtype::{DType, Phys, onnx_type_name};
+pub use error::{Error, Result};
+pub use op::{
+    Input, Kernel, KernelArg, LowerCtx, Lowering, Op, TempSpec, TensorRef, TypeInfo, arg, norm_axis, ty, value,
+};
+pub use registry::{build_op, is_supported};
+pub use tensor::{Data, Tensor, numel};

@@ -1,0 +1,22 @@
+//! The op registry: ONNX op type → the family module that builds it.
+
+use crate::families::elementwise;
+use crate::{Attrs, Error, Op, Result};
+
+/// Builds the op of a node. `opset` is the model's version of the op's
+/// domain; families use it where attributes moved to inputs over time.
+pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs) -> Result<Box<dyn Op>> {
+    if !(domain.is_empty() || domain == "ai.onnx") {
+        return Err(Error::unsupported(format!("domain '{domain}'")));
+    }
+    let _ = opset;
+    match op_type {
+        "Clip" => elementwise::build_clip(attrs),
+        _ => elementwise::build(op_type, attrs),
+    }
+}
+
+/// Whether `op_type` of the default domain has a builder.
+pub fn is_supported(op_type: &str) -> bool {
+    !matches!(build_op(op_type, "", 21, &Attrs::default()), Err(Error::Unsupported(m)) if m == op_type)
+}

@@ -1,0 +1,215 @@
+//! Host tensors: constants in the IR and the values CPU references compute.
+//!
+//! Storage is deliberately coarse: floats of every width are held as f32
+//! (f16/bf16 widen exactly) except f64, and integers of every width as i64.
+//! CPU references read values as f64 or i64 and build results with
+//! `Tensor::from_f64` / `from_i64`, which round to the target type.
+
+use crate::{DType, Error, Result, bail};
+use half::{bf16, f16};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+/// Element count of a shape (1 for a scalar).
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    /// Builds a float or integer tensor from f64 values, rounding to `dtype`.
+    pub fn from_f64(dtype: DType, shape: Vec<usize>, v: Vec<f64>) -> Tensor {
+        let data = match dtype {
+            DType::F64 => Data::F64(v),
+            DType::F32 => Data::F32(v.into_iter().map(|x| x as f32).collect()),
+            DType::F16 => Data::F32(v.into_iter().map(|x| f16::from_f64(x).to_f32()).collect()),
+            DType::BF16 => Data::F32(v.into_iter().map(|x| bf16::from_f64(x).to_f32()).collect()),
+            _ => Data::I64(v.into_iter().map(|x| wrap_int(dtype, float_to_int(x))).collect()),
+        };
+        Tensor { dtype, shape, data }
+    }
+
+    /// Builds a tensor from i64 values, wrapping integers to `dtype`'s width.
+    pub fn from_i64(dtype: DType, shape: Vec<usize>, v: Vec<i64>) -> Tensor {
+        if dtype.is_float() {
+            return Tensor::from_f64(dtype, shape, v.into_iter().map(|x| x as f64).collect());
+        }
+        let data = Data::I64(v.into_iter().map(|x| wrap_int(dtype, x)).collect());
+        Tensor { dtype, shape, data }
+    }
+
+    pub fn from_f32(shape: Vec<usize>, v: Vec<f32>) -> Tensor {
+        Tensor { dtype: DType::F32, shape, data: Data::F32(v) }
+    }
+
+    /// A 1-D int64 tensor, the usual form of shape operands.
+    pub fn i64_vec(v: Vec<i64>) -> Tensor {
+        Tensor { dtype: DType::I64, shape: vec![v.len()], data: Data::I64(v) }
+    }
+
+    pub fn scalar_f64(dtype: DType, x: f64) -> Tensor {
+        Tensor::from_f64(dtype, vec![], vec![x])
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.data {
+            Data::F32(v) => v.len(),
+            Data::F64(v) => v.len(),
+            Data::I64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Every element as f64 (integers convert exactly up to 2^53).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::F64(v) => v.clone(),
+            Data::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        }
+    }
+
+    /// Every element as i64 (floats truncate toward zero).
+    pub fn to_i64(&self) -> Vec<i64> {
+        match &self.data {
+            Data::F32(v) => v.iter().map(|&x| float_to_int(x as f64)).collect(),
+            Data::F64(v) => v.iter().map(|&x| float_to_int(x)).collect(),
+            Data::I64(v) => v.clone(),
+        }
+    }
+
+    /// Elements as the GPU stores them: one little-endian 32-bit word each.
+    /// Integers that do not fit 32 bits are an error naming the value.
+    pub fn to_phys_words(&self) -> Result<Vec<u32>> {
+        match &self.data {
+            Data::F32(v) => Ok(v.iter().map(|x| x.to_bits()).collect()),
+            Data::F64(v) => Ok(v.iter().map(|&x| (x as f32).to_bits()).collect()),
+            Data::I64(v) => v.iter().map(|&x| int_to_word(self.dtype, x)).collect(),
+        }
+    }
+
+    /// Reads a tensor back from physical 32-bit words.
+    pub fn from_phys_words(dtype: DType, shape: Vec<usize>, words: &[u32]) -> Tensor {
+        match dtype.phys() {
+            crate::Phys::F32 => Tensor::from_f64(dtype, shape, words.iter().map(|&w| f32::from_bits(w) as f64).collect()),
+            crate::Phys::I32 => Tensor::from_i64(dtype, shape, words.iter().map(|&w| w as i32 as i64).collect()),
+            crate::Phys::U32 => Tensor::from_i64(dtype, shape, words.iter().map(|&w| w as i64).collect()),
+        }
+    }
+
+    /// Decodes little-endian raw bytes as ONNX lays them out.
+    pub fn from_raw(dtype: DType, shape: Vec<usize>, raw: &[u8]) -> Result<Tensor> {
+        let n = numel(&shape);
+        let need = n.checked_mul(dtype.size_bytes()).ok_or_else(|| Error::msg("tensor size overflows"))?;
+        if raw.len() != need {
+            bail!("raw data has {} bytes, {} {} elements of shape {:?} need {}", raw.len(), n, dtype, shape, need);
+        }
+        let sz = dtype.size_bytes();
+        let chunks = raw.chunks_exact(sz);
+        let t = match dtype {
+            DType::F32 => Tensor::from_f32(shape, chunks.map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::F64 => Tensor { dtype, shape, data: Data::F64(chunks.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()) },
+            DType::F16 => Tensor { dtype, shape, data: Data::F32(chunks.map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()) },
+            DType::BF16 => Tensor { dtype, shape, data: Data::F32(chunks.map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()) },
+            _ => Tensor { dtype, shape, data: Data::I64(chunks.map(|c| raw_int(dtype, c)).collect()) },
+        };
+        Ok(t)
+    }
+
+    /// Encodes as ONNX raw little-endian bytes of `self.dtype`.
+    pub fn to_raw(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len() * self.dtype.size_bytes());
+        match self.dtype {
+            DType::F32 => self.to_f64().iter().for_each(|&x| out.extend((x as f32).to_le_bytes())),
+            DType::F64 => self.to_f64().iter().for_each(|&x| out.extend(x.to_le_bytes())),
+            DType::F16 => self.to_f64().iter().for_each(|&x| out.extend(f16::from_f64(x).to_le_bytes())),
+            DType::BF16 => self.to_f64().iter().for_each(|&x| out.extend(bf16::from_f64(x).to_le_bytes())),
+            dt => {
+                let sz = dt.size_bytes();
+                self.to_i64().iter().for_each(|&x| out.extend(&x.to_le_bytes()[..sz]))
+            }
+        }
+        out
+    }
+
+    /// The same values under a new shape with the same element count.
+    pub fn reshaped(&self, shape: Vec<usize>) -> Result<Tensor> {
+        if numel(&shape) != self.len() {
+            bail!("cannot reshape {} elements to {:?}", self.len(), shape);
+        }
+        Ok(Tensor { dtype: self.dtype, shape, data: self.data.clone() })
+    }
+
+    /// Converts values to another element type with ONNX Cast semantics.
+    pub fn cast(&self, to: DType) -> Tensor {
+        if to.is_float() || self.dtype.is_float() && to == DType::Bool {
+            let v = self.to_f64();
+            if to == DType::Bool {
+                return Tensor::from_i64(to, self.shape.clone(), v.iter().map(|&x| (x != 0.0) as i64).collect());
+            }
+            return Tensor::from_f64(to, self.shape.clone(), v);
+        }
+        if to == DType::Bool {
+            return Tensor::from_i64(to, self.shape.clone(), self.to_i64().iter().map(|&x| (x != 0) as i64).collect());
+        }
+        Tensor::from_i64(to, self.shape.clone(), self.to_i64())
+    }
+}
+
+fn float_to_int(x: f64) -> i64 {
+    if x.is_nan() { 0 } else { x as i64 }
+}
+
+/// Wraps an integer to the width of `dtype`, as a C cast would.
+fn wrap_int(dtype: DType, x: i64) -> i64 {
+    match dtype {
+        DType::I8 => x as i8 as i64,
+        DType::U8 => x as u8 as i64,
+        DType::I16 => x as i16 as i64,
+        DType::U16 => x as u16 as i64,
+        DType::I32 => x as i32 as i64,
+        DType::U32 => x as u32 as i64,
+        DType::Bool => (x != 0) as i64,
+        _ => x,
+    }
+}
+
+fn raw_int(dtype: DType, c: &[u8]) -> i64 {
+    match dtype {
+        DType::U8 | DType::Bool => c[0] as i64,
+        DType::I8 => c[0] as i8 as i64,
+        DType::U16 => u16::from_le_bytes([c[0], c[1]]) as i64,
+        DType::I16 => i16::from_le_bytes([c[0], c[1]]) as i64,
+        DType::U32 => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64,
+        DType::I32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64,
+        _ => i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+    }
+}
+
+fn int_to_word(dtype: DType, x: i64) -> Result<u32> {
+    match dtype.phys() {
+        crate::Phys::I32 => i32::try_from(x)
+            .map(|v| v as u32)
+            .map_err(|_| Error::unsupported(format!("{dtype} value {x} does not fit the GPU's 32-bit integers"))),
+        _ => u32::try_from(x)
+            .map_err(|_| Error::unsupported(format!("{dtype} value {x} does not fit the GPU's 32-bit integers"))),
+    }
+}

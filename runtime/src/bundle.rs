@@ -1,0 +1,166 @@
+//! The bundle schema: what the compiler writes and the runtime replays.
+//!
+//! A bundle file is
+//! ```text
+//! offset 0   magic  b"DRIFTBN\0"            (8 bytes)
+//! offset 8   format version, u32 LE        (FORMAT_VERSION)
+//! offset 12  flags, u32 LE                 (0; reserved)
+//! offset 16  header length H, u64 LE
+//! offset 24  header: a prost-encoded `Bundle` (H bytes)
+//! then zero padding to the next multiple of WEIGHTS_ALIGN
+//!            weights section (`Bundle::weights_size` bytes)
+//! ```
+//! The messages are declared with prost derives rather than a `.proto` file so
+//! the build needs no `protoc`; `docs/bundle.md` gives the equivalent schema.
+
+/// First eight bytes of every bundle.
+pub const MAGIC: &[u8; 8] = b"DRIFTBN\0";
+/// Bumped on every incompatible change of the layout or the messages.
+pub const FORMAT_VERSION: u32 = 1;
+/// The weights section starts at a multiple of this many bytes.
+pub const WEIGHTS_ALIGN: u64 = 256;
+/// Size of the fixed file header before the prost message.
+pub const FILE_HEADER_LEN: usize = 24;
+/// Each dispatch's parameter block starts at a multiple of this (the
+/// WebGPU default `min_uniform_buffer_offset_alignment`).
+pub const PARAMS_ALIGN: u32 = 256;
+
+/// The whole program: tensors at the boundary, buffers, kernels and the
+/// ordered dispatch list.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Bundle {
+    #[prost(string, tag = "1")]
+    pub compiler_version: String,
+    #[prost(string, tag = "2")]
+    pub model_name: String,
+    #[prost(message, repeated, tag = "3")]
+    pub inputs: Vec<IoTensor>,
+    #[prost(message, repeated, tag = "4")]
+    pub outputs: Vec<IoTensor>,
+    #[prost(message, repeated, tag = "5")]
+    pub buffers: Vec<Buffer>,
+    #[prost(message, repeated, tag = "6")]
+    pub kernels: Vec<Kernel>,
+    #[prost(message, repeated, tag = "7")]
+    pub dispatches: Vec<Dispatch>,
+    /// Uniform data of all dispatches, one block per dispatch at
+    /// `Dispatch::params_offset`, each a multiple of PARAMS_ALIGN apart.
+    #[prost(bytes = "vec", tag = "8")]
+    pub params: Vec<u8>,
+    /// Length of the weights section that follows the header.
+    #[prost(uint64, tag = "9")]
+    pub weights_size: u64,
+}
+
+/// A graph input or output: its logical type (what the user passes) and the
+/// place of its physical copy on the GPU.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IoTensor {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Logical element type, as ONNX's `TensorProto.DataType` numbers it.
+    #[prost(int32, tag = "2")]
+    pub dtype: i32,
+    #[prost(uint64, repeated, tag = "3")]
+    pub shape: Vec<u64>,
+    /// Index into `Bundle::buffers`.
+    #[prost(uint32, tag = "4")]
+    pub buffer: u32,
+    /// Byte offset inside that buffer.
+    #[prost(uint64, tag = "5")]
+    pub offset: u64,
+    /// Element type as stored on the GPU.
+    #[prost(enumeration = "PhysType", tag = "6")]
+    pub phys: i32,
+}
+
+/// How elements are stored on the GPU. Every physical element is 32 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum PhysType {
+    F32 = 0,
+    I32 = 1,
+    U32 = 2,
+}
+
+/// What fills a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum BufferKind {
+    /// Activations, inputs and outputs: planned offsets, read and written.
+    Arena = 0,
+    /// Constants: uploaded once from the weights section, then only read.
+    Weights = 1,
+}
+
+/// One GPU buffer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Buffer {
+    #[prost(enumeration = "BufferKind", tag = "1")]
+    pub kind: i32,
+    /// Size in bytes (a multiple of 4).
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// For `Weights`: where its bytes start in the weights section.
+    #[prost(uint64, tag = "3")]
+    pub weights_offset: u64,
+}
+
+/// How a kernel binds one resource. Binding 0 is always the parameter block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum BindingKind {
+    /// `var<uniform>` with a dynamic offset: the dispatch's parameter block.
+    Params = 0,
+    /// `var<storage, read>`.
+    StorageRead = 1,
+    /// `var<storage, read_write>`.
+    StorageReadWrite = 2,
+}
+
+/// A compute kernel in every shader language the compiler emitted.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Kernel {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub entry_point: String,
+    #[prost(uint32, repeated, tag = "3")]
+    pub workgroup_size: Vec<u32>,
+    /// Group 0, bindings 0..n-1 in this order (dense, as passthrough needs).
+    #[prost(enumeration = "BindingKind", repeated, tag = "4")]
+    pub bindings: Vec<i32>,
+    /// Bytes of the parameter block this kernel reads.
+    #[prost(uint32, tag = "5")]
+    pub params_size: u32,
+    #[prost(string, tag = "6")]
+    pub wgsl: String,
+    /// SPIR-V words, little endian.
+    #[prost(bytes = "vec", tag = "7")]
+    pub spirv: Vec<u8>,
+    #[prost(string, tag = "8")]
+    pub msl: String,
+    /// The entry point's name in the MSL source (naga may rename it).
+    #[prost(string, tag = "9")]
+    pub msl_entry_point: String,
+}
+
+/// One step of the program.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Dispatch {
+    /// Index into `Bundle::kernels`.
+    #[prost(uint32, tag = "1")]
+    pub kernel: u32,
+    /// For each storage binding of the kernel (bindings 1..), the buffer it binds.
+    #[prost(uint32, repeated, tag = "2")]
+    pub buffers: Vec<u32>,
+    /// Byte offset of this dispatch's block in `Bundle::params`.
+    #[prost(uint32, tag = "3")]
+    pub params_offset: u32,
+    /// Workgroup counts (x, y, z).
+    #[prost(uint32, repeated, tag = "4")]
+    pub workgroups: Vec<u32>,
+    /// The graph node(s) this dispatch computes, for profiles and errors.
+    #[prost(string, tag = "5")]
+    pub label: String,
+}
