@@ -1,1 +1,61 @@
-//! x
+//! drift-compiler: ONNX model → drift bundle.
+//!
+//! The whole pipeline is the flat list in [`compile_graph`]: import, bind
+//! dynamic dims, build ops, order, infer shapes while folding constants,
+//! drop dead nodes, lower to kernels, plan memory, generate shaders,
+//! assemble the bundle.
+
+pub mod codegen;
+pub mod error;
+pub mod import;
+pub mod inspect;
+pub mod npy;
+pub mod ir;
+pub mod passes;
+pub mod plan;
+pub mod program;
+
+pub use error::{Error, Result};
+pub use program::Limits;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What the user chose at compile time.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Values of symbolic dimensions (`--dim batch=1`).
+    pub dims: BTreeMap<String, usize>,
+    /// Whole shapes for named inputs, overriding what the model declares.
+    pub input_shapes: BTreeMap<String, Vec<usize>>,
+    pub limits: Limits,
+}
+
+/// A compiled model, ready to be written.
+pub struct Compiled {
+    pub program: program::Program,
+}
+
+impl Compiled {
+    /// The bundle file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        drift_runtime::format::write_bundle(&self.program.bundle, &self.program.weights)
+    }
+}
+
+/// Compiles the ONNX file at `path`.
+pub fn compile_file(path: &Path, opts: &Options) -> Result<Compiled> {
+    let graph = import::import_file(path)?;
+    compile_graph(graph, opts)
+}
+
+/// The pipeline, one pass per line.
+pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
+    passes::bind_inputs(&mut g, &opts.dims, &opts.input_shapes)?;
+    passes::build_ops(&mut g)?;
+    let order = passes::toposort(&g)?;
+    passes::infer_and_fold(&mut g, &order)?;
+    passes::eliminate_dead_nodes(&mut g, &order);
+    let program = program::build(&g, &order, &opts.limits)?;
+    Ok(Compiled { program })
+}

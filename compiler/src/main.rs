@@ -1,1 +1,211 @@
-fn main(){}
+//! The `drift` command line: compile, run, inspect.
+
+use clap::{Parser, Subcommand};
+use drift_compiler::{Options, npy};
+use drift_runtime::{DType, Gpu, HostTensor, Model, Session};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "drift", version, about = "Ahead-of-time compiler from ONNX models to GPU bundles")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile an ONNX model into a bundle.
+    Compile {
+        model: PathBuf,
+        /// Output bundle (default: the model's name with .drift).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Fix a symbolic dimension, e.g. --dim batch=1 (repeatable).
+        #[arg(long = "dim", value_name = "NAME=VALUE")]
+        dims: Vec<String>,
+        /// Give an input's whole shape, e.g. --input-shape x=1,3,224,224.
+        #[arg(long = "input-shape", value_name = "NAME=D0,D1,..")]
+        input_shapes: Vec<String>,
+    },
+    /// Run a bundle on the GPU.
+    Run {
+        bundle: PathBuf,
+        /// An input as NAME=FILE.npy (repeatable).
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        /// Fill inputs that were not given with random values.
+        #[arg(long)]
+        random_inputs: bool,
+        /// Write each output as <name>.npy into this folder.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
+    /// Describe a bundle: inputs, outputs, kernels, dispatches, memory.
+    Inspect { bundle: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compile { model, output, dims, input_shapes } => compile(&model, output, &dims, &input_shapes),
+        Command::Run { bundle, inputs, random_inputs, output_dir } => {
+            run(&bundle, &inputs, random_inputs, output_dir.as_deref())
+        }
+        Command::Inspect { bundle } => inspect(&bundle),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn compile(model: &Path, output: Option<PathBuf>, dims: &[String], shapes: &[String]) -> Result<(), String> {
+    let mut opts = Options::default();
+    for d in dims {
+        let (k, v) = split_kv(d, "--dim")?;
+        let n = v.parse().map_err(|_| format!("--dim {d}: '{v}' is not a non-negative integer"))?;
+        opts.dims.insert(k.to_string(), n);
+    }
+    for s in shapes {
+        let (k, v) = split_kv(s, "--input-shape")?;
+        let shape = v
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| x.trim().parse().map_err(|_| format!("--input-shape {s}: '{x}' is not a dimension")))
+            .collect::<Result<Vec<usize>, String>>()?;
+        opts.input_shapes.insert(k.to_string(), shape);
+    }
+    let start = std::time::Instant::now();
+    let compiled = drift_compiler::compile_file(model, &opts).map_err(|e| e.to_string())?;
+    let out = output.unwrap_or_else(|| model.with_extension("drift"));
+    let bytes = compiled.to_bytes();
+    std::fs::write(&out, &bytes).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let b = &compiled.program.bundle;
+    println!(
+        "compiled {} -> {} ({} bytes, {} kernels, {} dispatches) in {:.2} s",
+        model.display(),
+        out.display(),
+        bytes.len(),
+        b.kernels.len(),
+        b.dispatches.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {
+    s.split_once('=').ok_or_else(|| format!("{flag} {s}: expected NAME=VALUE"))
+}
+
+fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>) -> Result<(), String> {
+    let model = Model::load(bundle).map_err(|e| e.to_string())?;
+    let mut given: BTreeMap<String, HostTensor> = BTreeMap::new();
+    for spec in inputs {
+        let (name, file) = split_kv(spec, "--input")?;
+        let t = npy::read(Path::new(file))?;
+        let info = model.inputs().iter().find(|i| i.name == name);
+        // .npy files often hold float64 or int32 where the model wants
+        // float32 or int64: convert numerically, say so.
+        let t = match info {
+            Some(i) if i.dtype != t.dtype => {
+                eprintln!("note: input '{name}': converting {} to {}", t.dtype.name(), i.dtype.name());
+                convert(&t, i.dtype)?
+            }
+            _ => t,
+        };
+        given.insert(name.to_string(), t);
+    }
+    if random {
+        for (k, info) in model.inputs().iter().enumerate() {
+            if !given.contains_key(&info.name) {
+                given.insert(info.name.clone(), random_tensor(info.dtype, &info.shape, k as u64)?);
+            }
+        }
+    }
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let info = gpu.info();
+    let mut session = Session::new(&gpu, &model).map_err(|e| e.to_string())?;
+    let args: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let start = std::time::Instant::now();
+    let outputs = session.run(&args).map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed();
+    println!("ran {} on {info} in {:.2} ms", bundle.display(), elapsed.as_secs_f64() * 1e3);
+    if let Some(dir) = output_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    for (name, t) in &outputs {
+        println!("{}", summary(name, t));
+        if let Some(dir) = output_dir {
+            let file = dir.join(format!("{}.npy", sanitize(name)));
+            npy::write(&file, t)?;
+        }
+    }
+    Ok(())
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' }).collect()
+}
+
+/// One line per output: shape, type, range, mean, and the top entry of
+/// small float vectors (class scores).
+fn summary(name: &str, t: &HostTensor) -> String {
+    let v = t.to_f64_vec();
+    let mut s = format!("  {name}: {} {:?}", t.dtype.name(), t.shape);
+    if v.is_empty() {
+        return s + " (empty)";
+    }
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    s += &format!(" min {min:.6} max {max:.6} mean {mean:.6}");
+    let argmax = v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best });
+    s += &format!(" argmax {argmax}");
+    let head: Vec<String> = v.iter().take(6).map(|x| format!("{x:.5}")).collect();
+    s + &format!(" first [{}{}]", head.join(", "), if v.len() > 6 { ", .." } else { "" })
+}
+
+fn convert(t: &HostTensor, to: DType) -> Result<HostTensor, String> {
+    let v = t.to_f64_vec();
+    let ops_from = drift_ops::DType::from_onnx(DType::F64.onnx()).map_err(|e| e.to_string())?;
+    let ops_to = drift_ops::DType::from_onnx(to.onnx()).map_err(|e| e.to_string())?;
+    let tensor = drift_ops::Tensor::from_f64(ops_from, t.shape.clone(), v).cast(ops_to);
+    HostTensor::new(to, t.shape.clone(), tensor.to_raw()).map_err(|e| e.to_string())
+}
+
+/// Deterministic pseudo-random values: floats in [-1, 1), integers in 0..10,
+/// bools alternating — enough to smoke-test a model.
+fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Result<HostTensor, String> {
+    let n: usize = shape.iter().product();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let vals: Vec<f64> = (0..n)
+        .map(|_| {
+            let r = next();
+            if dtype == DType::Bool {
+                (r & 1) as f64
+            } else if matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+                (r >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+            } else {
+                (r % 10) as f64
+            }
+        })
+        .collect();
+    convert(&HostTensor::new(DType::F64, shape.to_vec(), vals.iter().flat_map(|x| x.to_le_bytes()).collect()).map_err(|e| e.to_string())?, dtype)
+}
+
+fn inspect(path: &Path) -> Result<(), String> {
+    let model = Model::load(path).map_err(|e| e.to_string())?;
+    print!("{}", drift_compiler::inspect::describe(model.bundle()));
+    Ok(())
+}

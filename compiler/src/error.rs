@@ -1,0 +1,43 @@
+//! Compiler errors. Every message names the file, node, tensor or kernel it
+//! is about, so a user can find the problem in their model.
+
+use std::path::PathBuf;
+
+/// A node the compiler cannot handle, for the all-at-once report.
+#[derive(Debug, Clone)]
+pub struct UnsupportedNode {
+    pub node: String,
+    pub op_type: String,
+    pub domain: String,
+    pub opset: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid ONNX model: {reason}")]
+    NotOnnx { path: PathBuf, reason: String },
+    #[error("{}", unsupported_message(.0))]
+    Unsupported(Vec<UnsupportedNode>),
+    #[error("node '{node}' ({op_type}): {msg}")]
+    Node { node: String, op_type: String, msg: String },
+    #[error("tensor '{tensor}': {msg}")]
+    Tensor { tensor: String, msg: String },
+    #[error("kernel '{kernel}' for node '{node}' is invalid WGSL: {msg}")]
+    Codegen { kernel: String, node: String, msg: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn unsupported_message(nodes: &[UnsupportedNode]) -> String {
+    let mut m = format!("{} node(s) use unsupported operators:", nodes.len());
+    for n in nodes {
+        let domain = if n.domain.is_empty() { "ai.onnx" } else { &n.domain };
+        m += &format!("\n  node '{}': {} ({} opset {}): {}", n.node, n.op_type, domain, n.opset, n.reason);
+    }
+    m
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,80 @@
+//! `.npy` files ⇄ runtime host tensors, for the CLI's `--input` and
+//! `--output-dir`.
+
+use drift_runtime::{DType, HostTensor};
+use npyz::{DType as NpyType, TypeChar};
+use std::path::Path;
+
+/// Reads an `.npy` file (little-endian numeric or bool arrays).
+pub fn read(path: &Path) -> Result<HostTensor, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{} is not a .npy file: {e}", path.display()))?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
+        return Err(format!("{}: Fortran-ordered arrays are not supported; save with np.ascontiguousarray", path.display()));
+    }
+    let NpyType::Plain(ts) = npy.dtype() else {
+        return Err(format!("{}: structured arrays are not supported", path.display()));
+    };
+    let dtype = match (ts.type_char(), ts.size_field()) {
+        (TypeChar::Float, 4) => DType::F32,
+        (TypeChar::Float, 8) => DType::F64,
+        (TypeChar::Float, 2) => DType::F16,
+        (TypeChar::Int, 1) => DType::I8,
+        (TypeChar::Int, 2) => DType::I16,
+        (TypeChar::Int, 4) => DType::I32,
+        (TypeChar::Int, 8) => DType::I64,
+        (TypeChar::Uint, 1) => DType::U8,
+        (TypeChar::Uint, 2) => DType::U16,
+        (TypeChar::Uint, 4) => DType::U32,
+        (TypeChar::Uint, 8) => DType::U64,
+        (TypeChar::Bool, 1) => DType::Bool,
+        _ => return Err(format!("{}: element type {ts} is not supported", path.display())),
+    };
+    if ts.endianness() == npyz::Endianness::Big && ts.size_field() > 1 {
+        return Err(format!("{}: big-endian arrays are not supported", path.display()));
+    }
+    let header_len = bytes.len() - npy_data_len(&shape, dtype);
+    let data = bytes[header_len..].to_vec();
+    HostTensor::new(dtype, shape, data).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn npy_data_len(shape: &[usize], dtype: DType) -> usize {
+    shape.iter().product::<usize>() * dtype.size_bytes()
+}
+
+/// Writes a tensor as `.npy`.
+pub fn write(path: &Path, t: &HostTensor) -> Result<(), String> {
+    let descr = match t.dtype {
+        DType::F32 => "<f4",
+        DType::F64 => "<f8",
+        DType::F16 => "<f2",
+        DType::BF16 => return write(path, &to_f32(t)),
+        DType::I8 => "|i1",
+        DType::I16 => "<i2",
+        DType::I32 => "<i4",
+        DType::I64 => "<i8",
+        DType::U8 => "|u1",
+        DType::U16 => "<u2",
+        DType::U32 => "<u4",
+        DType::U64 => "<u8",
+        DType::Bool => "|b1",
+    };
+    let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+    let shape = if shape.len() == 1 { format!("({},)", shape[0]) } else { format!("({})", shape.join(", ")) };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(&t.data);
+    std::fs::write(path, out).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn to_f32(t: &HostTensor) -> HostTensor {
+    HostTensor::from_f32(t.shape.clone(), &t.to_f32_vec())
+}

@@ -1,0 +1,411 @@
+//! From a typed, folded graph to the bundle: lower nodes to kernels, give
+//! every tensor a home (arena offset or weights), plan the arena, generate
+//! and validate shaders, and assemble the dispatch list.
+
+use crate::codegen::{self, ArgBinding, StorageBinding};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeId, ValueId};
+use crate::plan::{self, Lifetime};
+use drift_ops::{Input, Kernel, KernelArg, LowerCtx, Lowering, Phys, Tensor, TensorRef, TypeInfo};
+use drift_runtime::bundle::{self as b, BindingKind, BufferKind, PARAMS_ALIGN};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Byte alignment of tensors inside arena and weight buffers.
+const TENSOR_ALIGN: u64 = 256;
+
+/// Where a tensor lives before buffers are assigned.
+#[derive(Clone, Debug)]
+enum Home {
+    /// Planned into the arena.
+    Arena { bytes: u64 },
+    /// A constant, stored in a weights buffer.
+    Weight(Arc<Tensor>),
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    home: Home,
+    phys: Phys,
+}
+
+/// One kernel launch before codegen.
+struct Step {
+    node: String,
+    kernel: Kernel,
+    /// Storage slot of each kernel argument.
+    slots: Vec<usize>,
+}
+
+/// Limits the plan must respect.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest buffer one binding may cover (the arena and each weights buffer).
+    pub max_binding_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // WebGPU's default maxStorageBufferBindingSize, also lavapipe's.
+        Limits { max_binding_bytes: 128 << 20 }
+    }
+}
+
+/// The assembled program: the bundle header and its weights section.
+pub struct Program {
+    pub bundle: b::Bundle,
+    pub weights: Vec<u8>,
+}
+
+struct Builder<'g> {
+    g: &'g Graph,
+    slots: Vec<Slot>,
+    value_slot: HashMap<ValueId, usize>,
+    steps: Vec<Step>,
+}
+
+/// Lowers the live nodes of `g` (in `order`) into a program.
+pub fn build(g: &Graph, order: &[NodeId], limits: &Limits) -> Result<Program> {
+    let mut bld = Builder { g, slots: vec![], value_slot: HashMap::new(), steps: vec![] };
+    for &v in &g.inputs {
+        bld.slot_of(v);
+    }
+    for &id in order.iter().filter(|&&id| !g.nodes[id].dead) {
+        bld.lower_node(id)?;
+    }
+    bld.copy_constant_outputs();
+    bld.finish(limits)
+}
+
+impl<'g> Builder<'g> {
+    fn slot_of(&mut self, v: ValueId) -> usize {
+        if let Some(&s) = self.value_slot.get(&v) {
+            return s;
+        }
+        let value = &self.g.values[v];
+        let ty = self.g.ty(v);
+        let home = match &value.constant {
+            Some(t) => Home::Weight(t.clone()),
+            None => Home::Arena { bytes: elem_bytes(ty.numel()) },
+        };
+        self.slots.push(Slot { home, phys: ty.dtype.phys() });
+        let s = self.slots.len() - 1;
+        self.value_slot.insert(v, s);
+        s
+    }
+
+    fn lower_node(&mut self, id: NodeId) -> Result<()> {
+        let g = self.g;
+        let node = &g.nodes[id];
+        let op = node.op.as_ref().expect("ops built");
+        let inputs: Vec<Option<Input>> = node
+            .inputs
+            .iter()
+            .map(|v| v.map(|v| Input { ty: g.ty(v), value: g.values[v].constant.as_deref() }))
+            .collect();
+        let outputs: Vec<TypeInfo> = node
+            .outputs
+            .iter()
+            .map(|v| v.map(|v| g.ty(v).clone()).unwrap_or_else(|| TypeInfo::new(drift_ops::DType::F32, vec![0])))
+            .collect();
+        let cx = LowerCtx { inputs, outputs };
+        let lowering = op.lower(&cx).map_err(|e| match e {
+            drift_ops::Error::Unsupported(reason) => Error::Unsupported(vec![crate::error::UnsupportedNode {
+                node: node.name.clone(),
+                op_type: node.op_type.clone(),
+                domain: node.domain.clone(),
+                opset: node.opset,
+                reason,
+            }]),
+            e => Error::Node { node: node.name.clone(), op_type: node.op_type.clone(), msg: e.to_string() },
+        })?;
+        match lowering {
+            Lowering::Alias => {
+                let (Some(Some(src)), Some(Some(dst))) = (node.inputs.first(), node.outputs.first()) else {
+                    return Err(Error::Node {
+                        node: node.name.clone(),
+                        op_type: node.op_type.clone(),
+                        msg: "a view needs an input and an output".into(),
+                    });
+                };
+                let s = self.slot_of(*src);
+                self.value_slot.insert(*dst, s);
+            }
+            Lowering::Kernels { temps, kernels } => {
+                let temp_slots: Vec<usize> = temps
+                    .iter()
+                    .map(|t| {
+                        self.slots.push(Slot { home: Home::Arena { bytes: elem_bytes(t.elems) }, phys: t.phys });
+                        self.slots.len() - 1
+                    })
+                    .collect();
+                for kernel in kernels {
+                    let slots = kernel
+                        .args
+                        .iter()
+                        .map(|a| self.arg_slot(node, a, &temp_slots))
+                        .collect::<Result<Vec<_>>>()?;
+                    self.steps.push(Step { node: node.name.clone(), kernel, slots });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn arg_slot(&mut self, node: &crate::ir::Node, a: &KernelArg, temps: &[usize]) -> Result<usize> {
+        let bad = |what: &str| Error::Node {
+            node: node.name.clone(),
+            op_type: node.op_type.clone(),
+            msg: format!("kernel argument '{}' names {what}", a.name),
+        };
+        match a.tensor {
+            TensorRef::Input(i) => match node.inputs.get(i) {
+                Some(Some(v)) => Ok(self.slot_of(*v)),
+                _ => Err(bad(&format!("missing input {i}"))),
+            },
+            TensorRef::Output(i) => match node.outputs.get(i) {
+                Some(Some(v)) => Ok(self.slot_of(*v)),
+                _ => Err(bad(&format!("missing output {i}"))),
+            },
+            TensorRef::Temp(i) => temps.get(i).copied().ok_or_else(|| bad(&format!("missing temp {i}"))),
+        }
+    }
+
+    /// Graph outputs must live in the arena for readback: constant outputs
+    /// get a copy kernel from their weights buffer.
+    fn copy_constant_outputs(&mut self) {
+        for &v in &self.g.outputs {
+            let src = self.slot_of(v);
+            if matches!(self.slots[src].home, Home::Arena { .. }) {
+                continue;
+            }
+            let ty = self.g.ty(v);
+            self.slots.push(Slot { home: Home::Arena { bytes: elem_bytes(ty.numel()) }, phys: ty.dtype.phys() });
+            let dst = self.slots.len() - 1;
+            self.value_slot.insert(v, dst);
+            let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+            let kernel = drift_ops::wgsl::kernel_1d("copy", args, ty.numel(), "", "    st_y(i, ld_x(i));");
+            self.steps.push(Step { node: format!("output {}", self.g.values[v].name), kernel, slots: vec![src, dst] });
+        }
+    }
+
+    fn finish(self, limits: &Limits) -> Result<Program> {
+        let layout = Layout::new(&self, limits)?;
+        let mut kernels: Vec<b::Kernel> = vec![];
+        let mut kernel_index: HashMap<String, u32> = HashMap::new();
+        let mut dispatches = vec![];
+        let mut params: Vec<u8> = vec![];
+        for step in &self.steps {
+            let (source, buffers, offsets) = layout.kernel_source(step);
+            let k = match kernel_index.get(&source) {
+                Some(&k) => k,
+                None => {
+                    let shaders = codegen::compile_wgsl(&source).map_err(|msg| Error::Codegen {
+                        kernel: step.kernel.name.clone(),
+                        node: step.node.clone(),
+                        msg,
+                    })?;
+                    kernels.push(bundle_kernel(step, &buffers, &layout, shaders, offsets.len()));
+                    kernel_index.insert(source, kernels.len() as u32 - 1);
+                    kernels.len() as u32 - 1
+                }
+            };
+            let params_offset = params.len() as u32;
+            params.extend(offsets.iter().flat_map(|o| o.to_le_bytes()));
+            params.resize(params.len().next_multiple_of(PARAMS_ALIGN as usize), 0);
+            dispatches.push(b::Dispatch {
+                kernel: k,
+                buffers,
+                params_offset,
+                workgroups: step.kernel.workgroups.iter().map(|&w| w.max(1)).collect(),
+                label: step.node.clone(),
+            });
+        }
+        let io = |v: &ValueId| layout.io_tensor(self.g, &self.value_slot, *v);
+        let bundle = b::Bundle {
+            compiler_version: env!("CARGO_PKG_VERSION").to_string(),
+            model_name: self.g.name.clone(),
+            inputs: self.g.inputs.iter().map(io).collect(),
+            outputs: self.g.outputs.iter().map(io).collect(),
+            buffers: layout.buffers.clone(),
+            kernels,
+            dispatches,
+            params,
+            weights_size: layout.weights.len() as u64,
+        };
+        Ok(Program { bundle, weights: layout.weights })
+    }
+}
+
+fn elem_bytes(n: usize) -> u64 {
+    (n.max(1) as u64) * 4
+}
+
+fn bundle_kernel(step: &Step, buffers: &[u32], layout: &Layout, s: codegen::Shaders, n_args: usize) -> b::Kernel {
+    let mut bindings = vec![BindingKind::Params as i32];
+    for &buf in buffers {
+        let kind = if layout.buffers[buf as usize].kind == BufferKind::Arena as i32 {
+            BindingKind::StorageReadWrite
+        } else {
+            BindingKind::StorageRead
+        };
+        bindings.push(kind as i32);
+    }
+    b::Kernel {
+        name: step.kernel.name.clone(),
+        entry_point: "main".into(),
+        workgroup_size: step.kernel.workgroup_size.to_vec(),
+        bindings,
+        params_size: (n_args.div_ceil(4).max(1) * 16) as u32,
+        wgsl: s.wgsl,
+        spirv: s.spirv.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        msl: s.msl,
+        msl_entry_point: s.msl_entry_point,
+    }
+}
+
+/// Final placement: each slot's buffer and byte offset.
+struct Layout {
+    buffers: Vec<b::Buffer>,
+    /// (buffer, byte offset) per slot.
+    place: Vec<(u32, u64)>,
+    weights: Vec<u8>,
+    phys: Vec<Phys>,
+}
+
+impl Layout {
+    fn new(bld: &Builder, limits: &Limits) -> Result<Layout> {
+        let n = bld.slots.len();
+        let mut place = vec![(0u32, 0u64); n];
+        let mut buffers = vec![];
+        // Arena: lifetimes over the step list.
+        let arena_slots: Vec<usize> = (0..n).filter(|&s| matches!(bld.slots[s].home, Home::Arena { .. })).collect();
+        let lifetimes = arena_lifetimes(bld, &arena_slots);
+        let planned = plan::greedy_by_size(&lifetimes, TENSOR_ALIGN);
+        let arena_size = planned.total.max(4);
+        if arena_size > limits.max_binding_bytes {
+            return Err(Error::Other(format!(
+                "activations need {arena_size} bytes, more than one binding may hold ({}); splitting the arena is not supported yet",
+                limits.max_binding_bytes
+            )));
+        }
+        buffers.push(b::Buffer { kind: BufferKind::Arena as i32, size: arena_size, weights_offset: 0 });
+        for (i, &s) in arena_slots.iter().enumerate() {
+            place[s] = (0, planned.offsets[i]);
+        }
+        // Weights: packed in order into buffers no larger than one binding.
+        let mut weights: Vec<u8> = vec![];
+        let mut cur: Option<usize> = None;
+        for s in 0..n {
+            let Home::Weight(t) = &bld.slots[s].home else { continue };
+            let words = t.to_phys_words().map_err(|e| Error::Other(format!("constant: {e}")))?;
+            let bytes = elem_bytes(words.len());
+            if bytes > limits.max_binding_bytes {
+                return Err(Error::Other(format!(
+                    "a constant of shape {:?} needs {bytes} bytes, more than one binding may hold ({})",
+                    t.shape, limits.max_binding_bytes
+                )));
+            }
+            let fits = cur.is_some_and(|c| buffers[c].size.next_multiple_of(TENSOR_ALIGN) + bytes <= limits.max_binding_bytes);
+            if !fits {
+                weights.resize(weights.len().next_multiple_of(TENSOR_ALIGN as usize), 0);
+                buffers.push(b::Buffer { kind: BufferKind::Weights as i32, size: 0, weights_offset: weights.len() as u64 });
+                cur = Some(buffers.len() - 1);
+            }
+            let c = cur.expect("set above");
+            let off = buffers[c].size.next_multiple_of(TENSOR_ALIGN);
+            let start = buffers[c].weights_offset + off;
+            weights.resize(start as usize, 0);
+            weights.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+            if words.is_empty() {
+                weights.extend([0u8; 4]);
+            }
+            buffers[c].size = off + bytes;
+            place[s] = (c as u32, off);
+        }
+        let phys = bld.slots.iter().map(|s| s.phys).collect();
+        Ok(Layout { buffers, place, weights, phys })
+    }
+
+    /// The kernel's full WGSL, the buffer bound at each storage binding and
+    /// each argument's element offset.
+    fn kernel_source(&self, step: &Step) -> (String, Vec<u32>, Vec<u32>) {
+        let mut buffers: Vec<u32> = vec![];
+        let mut args = vec![];
+        let mut offsets = vec![];
+        for (a, &s) in step.kernel.args.iter().zip(&step.slots) {
+            let (buf, off) = self.place[s];
+            let binding = match buffers.iter().position(|&x| x == buf) {
+                Some(k) => k,
+                None => {
+                    buffers.push(buf);
+                    buffers.len() - 1
+                }
+            } as u32
+                + 1;
+            let writable = self.buffers[buf as usize].kind == BufferKind::Arena as i32;
+            args.push(ArgBinding { name: a.name.clone(), phys: self.phys[s], binding, writable });
+            offsets.push((off / 4) as u32);
+        }
+        let storage: Vec<StorageBinding> = buffers
+            .iter()
+            .map(|&buf| StorageBinding { read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32 })
+            .collect();
+        let source = codegen::prelude(&args, &storage) + &step.kernel.body;
+        (source, buffers, offsets)
+    }
+
+    fn io_tensor(&self, g: &Graph, value_slot: &HashMap<ValueId, usize>, v: ValueId) -> b::IoTensor {
+        let ty = g.ty(v);
+        let s = value_slot[&v];
+        let (buffer, offset) = self.place[s];
+        b::IoTensor {
+            name: g.values[v].name.clone(),
+            dtype: ty.dtype.onnx(),
+            shape: ty.shape.iter().map(|&d| d as u64).collect(),
+            buffer,
+            offset,
+            phys: match self.phys[s] {
+                Phys::F32 => b::PhysType::F32,
+                Phys::I32 => b::PhysType::I32,
+                Phys::U32 => b::PhysType::U32,
+            } as i32,
+        }
+    }
+}
+
+/// First and last step touching each arena slot; graph inputs live from
+/// the start, graph outputs to the end.
+fn arena_lifetimes(bld: &Builder, arena_slots: &[usize]) -> Vec<Lifetime> {
+    let end = bld.steps.len();
+    let mut first = vec![usize::MAX; bld.slots.len()];
+    let mut last = vec![0usize; bld.slots.len()];
+    for (i, step) in bld.steps.iter().enumerate() {
+        for &s in &step.slots {
+            first[s] = first[s].min(i);
+            last[s] = last[s].max(i);
+        }
+    }
+    for &v in &bld.g.inputs {
+        if let Some(&s) = bld.value_slot.get(&v) {
+            first[s] = 0;
+        }
+    }
+    for &v in &bld.g.outputs {
+        if let Some(&s) = bld.value_slot.get(&v) {
+            last[s] = end;
+            first[s] = first[s].min(end);
+        }
+    }
+    arena_slots
+        .iter()
+        .map(|&s| {
+            let bytes = match bld.slots[s].home {
+                Home::Arena { bytes } => bytes,
+                Home::Weight(_) => 0,
+            };
+            let f = if first[s] == usize::MAX { end } else { first[s] };
+            Lifetime { first: f, last: last[s].max(f), bytes }
+        })
+        .collect()
+}
