@@ -55,6 +55,7 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     passes::build_ops(&mut g)?;
     let order = passes::toposort(&g)?;
     passes::infer_and_fold(&mut g, &order)?;
+    let order = passes::split_oversized_weights(&mut g, &order, opts.limits.max_binding_bytes)?;
     passes::eliminate_dead_nodes(&mut g, &order);
     let program = program::build(&g, &order, &opts.limits)?;
     Ok(Compiled { program })

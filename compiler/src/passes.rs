@@ -203,3 +203,135 @@ pub fn eliminate_dead_nodes(g: &mut Graph, order: &[NodeId]) {
         }
     }
 }
+
+/// Splits Gemm/MatMul nodes whose constant weight is larger than one
+/// binding may hold (VGG's 400 MB fully connected layers on a 128 MiB
+/// device) into column blocks joined by a Concat: `Y = [A·B₀ | A·B₁ | …]`.
+/// Returns the new node order.
+pub fn split_oversized_weights(g: &mut Graph, order: &[NodeId], max_bytes: u64) -> Result<Vec<NodeId>> {
+    let mut new_order = Vec::with_capacity(order.len());
+    for &id in order {
+        match weight_split_plan(g, id, max_bytes) {
+            Some(plan) => new_order.extend(apply_weight_split(g, id, plan)?),
+            None => new_order.push(id),
+        }
+    }
+    Ok(new_order)
+}
+
+/// (number of blocks, whether B is stored transposed)
+struct SplitPlan {
+    blocks: usize,
+    trans_b: bool,
+}
+
+fn weight_split_plan(g: &Graph, id: NodeId, max_bytes: u64) -> Option<SplitPlan> {
+    let n = &g.nodes[id];
+    if n.dead || !(n.op_type == "Gemm" || n.op_type == "MatMul") {
+        return None;
+    }
+    let b = g.values[(*n.inputs.get(1)?)?].constant.as_ref()?;
+    let bytes = b.len() as u64 * 4;
+    if bytes <= max_bytes || b.rank() != 2 {
+        return None;
+    }
+    let trans_b = n.op_type == "Gemm" && n.attrs.int("transB", 0).ok()? != 0;
+    if n.op_type == "Gemm" && n.attrs.int("transA", 0).ok()? != 0 {
+        return None;
+    }
+    Some(SplitPlan { blocks: bytes.div_ceil(max_bytes) as usize, trans_b })
+}
+
+fn apply_weight_split(g: &mut Graph, id: NodeId, plan: SplitPlan) -> Result<Vec<NodeId>> {
+    let node = &g.nodes[id];
+    let (name, op_type, opset, attrs) = (node.name.clone(), node.op_type.clone(), node.opset, node.attrs.clone());
+    let inputs = node.inputs.clone();
+    let out = node.outputs[0].expect("Gemm/MatMul has an output");
+    let b = g.values[inputs[1].expect("checked")].constant.clone().expect("checked");
+    let c = inputs.get(2).copied().flatten();
+    let n_cols = if plan.trans_b { b.shape[0] } else { b.shape[1] };
+    let per = n_cols.div_ceil(plan.blocks);
+    let mut ids = vec![];
+    let mut parts = vec![];
+    for (k, start) in (0..n_cols).step_by(per).enumerate() {
+        let end = (start + per).min(n_cols);
+        let bk = column_block(&b, start, end, plan.trans_b);
+        let bv = constant_value(g, format!("{name}/B{k}"), bk);
+        let cv = c.map(|c| split_bias(g, c, start, end, n_cols, &format!("{name}/C{k}")));
+        let yv = g.add_value(crate::ir::Value { name: format!("{name}/Y{k}"), ..Default::default() });
+        let mut ins = vec![inputs[0], Some(bv)];
+        if let Some(cv) = cv {
+            ins.push(Some(cv));
+        }
+        ids.push(add_typed_node(g, format!("{name}/part{k}"), &op_type, opset, attrs.clone(), ins, yv)?);
+        parts.push(Some(yv));
+    }
+    let mut concat_attrs = drift_ops::Attrs::default();
+    concat_attrs.0.insert("axis".into(), drift_ops::Attr::Int(-1));
+    ids.push(add_typed_node(g, format!("{name}/concat"), "Concat", g.opsets.get("").copied().unwrap_or(13), concat_attrs, parts, out)?);
+    g.nodes[id].dead = true;
+    Ok(ids)
+}
+
+fn column_block(b: &Tensor, start: usize, end: usize, trans: bool) -> Tensor {
+    let v = b.to_f64();
+    let (rows, cols) = (b.shape[0], b.shape[1]);
+    if trans {
+        // Rows of B are output columns.
+        Tensor::from_f64(b.dtype, vec![end - start, cols], v[start * cols..end * cols].to_vec())
+    } else {
+        let data = (0..rows).flat_map(|r| v[r * cols + start..r * cols + end].to_vec()).collect();
+        Tensor::from_f64(b.dtype, vec![rows, end - start], data)
+    }
+}
+
+/// The bias block for output columns `start..end`; a bias that does not
+/// vary along the columns is shared.
+fn split_bias(g: &mut Graph, c: ValueId, start: usize, end: usize, n_cols: usize, name: &str) -> ValueId {
+    let Some(t) = g.values[c].constant.clone() else { return c };
+    if t.shape.last() != Some(&n_cols) {
+        return c;
+    }
+    let rows = t.len() / n_cols;
+    let v = t.to_f64();
+    let data = (0..rows).flat_map(|r| v[r * n_cols + start..r * n_cols + end].to_vec()).collect();
+    let mut shape = t.shape.clone();
+    *shape.last_mut().expect("nonempty") = end - start;
+    constant_value(g, name.to_string(), Tensor::from_f64(t.dtype, shape, data))
+}
+
+fn constant_value(g: &mut Graph, name: String, t: Tensor) -> ValueId {
+    let ty = TypeInfo::new(t.dtype, t.shape.clone());
+    g.add_value(crate::ir::Value { name, ty: Some(ty), constant: Some(Arc::new(t)), declared: None })
+}
+
+/// Adds a node with its op built and its output typed.
+fn add_typed_node(
+    g: &mut Graph,
+    name: String,
+    op_type: &str,
+    opset: i64,
+    attrs: drift_ops::Attrs,
+    inputs: Vec<Option<ValueId>>,
+    out: ValueId,
+) -> Result<NodeId> {
+    let op = drift_ops::build_op(op_type, "", opset, &attrs).map_err(|e| node_error(name.clone(), op_type, e))?;
+    let ins: Vec<Option<Input>> = inputs
+        .iter()
+        .map(|v| v.map(|v| Input { ty: g.ty(v), value: g.values[v].constant.as_deref() }))
+        .collect();
+    let ty = op.infer(&ins).map_err(|e| node_error(name.clone(), op_type, e))?;
+    g.values[out].ty = ty.into_iter().next();
+    g.nodes.push(crate::ir::Node {
+        name,
+        op_type: op_type.to_string(),
+        domain: String::new(),
+        opset,
+        attrs,
+        inputs,
+        outputs: vec![Some(out)],
+        op: Some(op),
+        dead: false,
+    });
+    Ok(g.nodes.len() - 1)
+}

@@ -111,7 +111,7 @@ impl DType {
     /// `what` names the tensor in errors, e.g. "input 'idx'".
     pub fn to_physical(self, src: &[u8], what: &str, out: &mut Vec<u8>) -> Result<()> {
         use DType::*;
-        if src.len() % self.size_bytes() != 0 {
+        if !src.len().is_multiple_of(self.size_bytes()) {
             return Err(Error::DataLength {
                 what: what.to_string(),
                 expected: src.len() / self.size_bytes() * self.size_bytes(),
@@ -151,8 +151,12 @@ impl DType {
         use DType::*;
         match self {
             F32 | I32 | U32 => out.extend_from_slice(words),
-            F16 => decode(words, out, |w| f16::from_f32(f32::from_bits(w)).to_le_bytes()),
-            BF16 => decode(words, out, |w| bf16::from_f32(f32::from_bits(w)).to_le_bytes()),
+            F16 => decode(words, out, |w| {
+                f16::from_f32(f32::from_bits(w)).to_le_bytes()
+            }),
+            BF16 => decode(words, out, |w| {
+                bf16::from_f32(f32::from_bits(w)).to_le_bytes()
+            }),
             F64 => decode(words, out, |w| f64::from(f32::from_bits(w)).to_le_bytes()),
             // Narrowing keeps the low bits; see the module docs.
             I8 => decode(words, out, |w| (w as i8).to_le_bytes()),
@@ -250,12 +254,19 @@ mod tests {
         let (words, back) = round_trip(DType::I8, &[0xff, 5]);
         assert_eq!(words, [u32::MAX, 5]);
         assert_eq!(back, [0xff, 5]);
-        let src: Vec<u8> = [-7i64, i32::MAX as i64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let src: Vec<u8> = [-7i64, i32::MAX as i64]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let (words, back) = round_trip(DType::I64, &src);
         assert_eq!(words, [(-7i32) as u32, i32::MAX as u32]);
         assert_eq!(back, src);
         let err = DType::I64
-            .to_physical(&3_000_000_000i64.to_le_bytes(), "input 'idx'", &mut Vec::new())
+            .to_physical(
+                &3_000_000_000i64.to_le_bytes(),
+                "input 'idx'",
+                &mut Vec::new(),
+            )
             .unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -279,7 +290,9 @@ mod tests {
 
     #[test]
     fn ragged_bytes_are_an_error() {
-        let err = DType::F32.to_physical(&[0; 5], "input 'x'", &mut Vec::new()).unwrap_err();
+        let err = DType::F32
+            .to_physical(&[0; 5], "input 'x'", &mut Vec::new())
+            .unwrap_err();
         assert!(err.to_string().starts_with("input 'x': data has 5 bytes"));
     }
 }

@@ -665,6 +665,7 @@ pub fn build(op_type: &str, a: &Attrs) -> Result<Box<dyn Op>> {
         "Min" => variadic(Min, false),
         "Sum" => variadic(Add, false),
         "Mean" => variadic(Add, true),
+        "CastLike" => Ok(Box::new(CastLike)),
         "Cast" => {
             let to = a.int_opt("to")?.ok_or_else(|| Error::msg("attribute 'to' is required"))?;
             Ok(Box::new(Cast { to: DType::from_onnx(to as i32)? }))
@@ -715,4 +716,22 @@ impl Op for ClipOp {
 
 pub fn build_clip(a: &Attrs) -> Result<Box<dyn Op>> {
     Ok(Box::new(ClipOp { attr_min: a.float_opt("min")?, attr_max: a.float_opt("max")? }))
+}
+
+/// CastLike: Cast to the element type of input 1 (whose values are unused).
+#[derive(Debug)]
+pub struct CastLike;
+
+impl Op for CastLike {
+    fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
+        Cast { to: ty(inputs, 1)?.dtype }.infer(inputs)
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        Cast { to: arg(inputs, 1)?.dtype }.eval(inputs)
+    }
+
+    fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
+        Cast { to: cx.input(1)?.dtype }.lower(cx)
+    }
 }

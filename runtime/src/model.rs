@@ -1,0 +1,114 @@
+//! A loaded, validated bundle.
+//!
+//! [`Model`] owns the decoded header and the file bytes the weights section
+//! lives in. [`Model::load`] maps the file instead of reading it, so the
+//! weights are copied only once, straight into GPU buffers by the session.
+
+use std::ops::{Deref, Range};
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use crate::bundle::{Bundle, IoTensor};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::format;
+
+/// A graph input or output as the caller sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// A bundle ready to build sessions from.
+pub struct Model {
+    bundle: Bundle,
+    bytes: FileBytes,
+    weights: Range<usize>,
+    inputs: Vec<TensorInfo>,
+    outputs: Vec<TensorInfo>,
+}
+
+/// The file's bytes, mapped or owned.
+enum FileBytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
+impl Model {
+    /// Maps and validates the bundle file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let io_err = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        // SAFETY: the mapping is only read. Like every runtime that maps its
+        // model, we rely on the file not being modified while it is mapped.
+        let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
+        Model::new(FileBytes::Mapped(map))
+    }
+
+    /// Validates a bundle already in memory (e.g. from `write_bundle`).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Model> {
+        Model::new(FileBytes::Owned(bytes))
+    }
+
+    fn new(bytes: FileBytes) -> Result<Model> {
+        let (bundle, weights) = format::parse(&bytes)?;
+        format::validate(&bundle)?;
+        // validate() checked dtypes and that sizes fit usize.
+        let inputs = bundle.inputs.iter().map(info).collect();
+        let outputs = bundle.outputs.iter().map(info).collect();
+        Ok(Model {
+            bundle,
+            bytes,
+            weights,
+            inputs,
+            outputs,
+        })
+    }
+
+    /// The decoded, validated header.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The weights section (`bundle().weights_size` bytes).
+    pub fn weights(&self) -> &[u8] {
+        &self.bytes[self.weights.clone()]
+    }
+
+    /// The graph inputs, in bundle order.
+    pub fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs
+    }
+
+    /// The graph outputs, in bundle order.
+    pub fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+}
+
+/// The caller's view of a validated IO tensor.
+fn info(t: &IoTensor) -> TensorInfo {
+    TensorInfo {
+        name: t.name.clone(),
+        dtype: DType::from_onnx(t.dtype).expect("validate() checked the dtype"),
+        // validate() checked that the element count fits usize.
+        shape: t.shape.iter().map(|&d| d as usize).collect(),
+    }
+}

@@ -1,0 +1,676 @@
+//! Replaying a bundle on a GPU.
+//!
+//! [`Session::new`] builds everything a run needs once: buffers (weights
+//! uploaded), one params uniform buffer, a pipeline per kernel, a bind group
+//! per dispatch and one staging buffer for all outputs. [`Session::run`] then
+//! only writes inputs, records every dispatch into one compute pass, submits
+//! once, and reads the outputs back with one map.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex, mpsc};
+
+use crate::bundle::{
+    BindingKind, Buffer, BufferKind, Bundle, Dispatch, IoTensor, Kernel, PARAMS_ALIGN,
+};
+use crate::error::{Error, Result, fmt_shape};
+use crate::format::{binding_kinds, io_size};
+use crate::gpu::{Gpu, ShaderPath, take_error};
+use crate::model::{Model, TensorInfo};
+use crate::tensor::HostTensor;
+
+/// A model instantiated on a GPU, ready to run repeatedly.
+pub struct Session {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    errors: Arc<Mutex<Option<String>>>,
+    buffers: Vec<wgpu::Buffer>,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    steps: Vec<Step>,
+    inputs: Vec<Slot>,
+    outputs: Vec<Slot>,
+    /// All outputs side by side, each at `Slot::staging_offset`; `None` when
+    /// no output has elements.
+    staging: Option<wgpu::Buffer>,
+    /// Reused for converting inputs to their GPU form.
+    scratch: Vec<u8>,
+}
+
+/// One dispatch, ready to record.
+struct Step {
+    pipeline: usize,
+    bind_group: wgpu::BindGroup,
+    params_offset: u32,
+    workgroups: [u32; 3],
+}
+
+/// Where an input or output lives on the GPU.
+struct Slot {
+    info: TensorInfo,
+    buffer: usize,
+    offset: u64,
+    /// Bytes of the physical copy: 4 per element.
+    size: u64,
+    /// Outputs only: offset in the staging buffer.
+    staging_offset: u64,
+}
+
+/// Bytes of the uniform binding of a kernel: wgpu needs a nonzero size and
+/// WGSL uniform structs are multiples of 16 bytes.
+fn params_binding_size(kernel: &Kernel) -> u64 {
+    u64::from(kernel.params_size).next_multiple_of(16).max(16)
+}
+
+impl Session {
+    /// Creates every GPU object `model` needs on `gpu`.
+    pub fn new(gpu: &Gpu, model: &Model) -> Result<Session> {
+        let bundle = model.bundle();
+        check_limits(gpu, bundle)?;
+        let device = &gpu.device;
+
+        let inputs: Vec<Slot> = bundle
+            .inputs
+            .iter()
+            .zip(model.inputs())
+            .map(|(t, info)| slot(t, info))
+            .collect();
+        let mut outputs: Vec<Slot> = bundle
+            .outputs
+            .iter()
+            .zip(model.outputs())
+            .map(|(t, info)| slot(t, info))
+            .collect();
+        let ((buffers, params, staging), err) = catch(device, || {
+            let buffers = create_buffers(device, bundle, model.weights());
+            (
+                buffers,
+                create_params_buffer(device, &gpu.queue, bundle),
+                create_staging(device, &mut outputs),
+            )
+        });
+        if let Some(e) = err {
+            return Err(Error::Gpu(format!("creating buffers: {e}")));
+        }
+
+        let (layouts, pipelines) = create_pipelines(gpu, bundle)?;
+        let (steps, err) = catch(device, || {
+            let step = |d: &Dispatch| Step {
+                pipeline: d.kernel as usize,
+                bind_group: create_bind_group(device, bundle, d, &layouts, &buffers, &params),
+                params_offset: d.params_offset,
+                workgroups: [d.workgroups[0], d.workgroups[1], d.workgroups[2]],
+            };
+            bundle.dispatches.iter().map(step).collect::<Vec<_>>()
+        });
+        if let Some(e) = err {
+            return Err(Error::Gpu(format!("creating bind groups: {e}")));
+        }
+
+        Ok(Session {
+            device: device.clone(),
+            queue: gpu.queue.clone(),
+            errors: Arc::clone(&gpu.errors),
+            buffers,
+            pipelines,
+            steps,
+            inputs,
+            outputs,
+            staging,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The inputs `run` expects, in bundle order.
+    pub fn inputs(&self) -> impl Iterator<Item = &TensorInfo> {
+        self.inputs.iter().map(|s| &s.info)
+    }
+
+    /// The outputs `run` returns, in bundle order.
+    pub fn outputs(&self) -> impl Iterator<Item = &TensorInfo> {
+        self.outputs.iter().map(|s| &s.info)
+    }
+
+    /// Runs the model once. Every input must be given exactly once, with the
+    /// bundle's dtype and shape; outputs come back in bundle order.
+    pub fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<Vec<(String, HostTensor)>> {
+        let order = self.match_inputs(inputs)?;
+        for (slot, tensor) in self.inputs.iter().zip(order) {
+            let what = format!("input '{}'", slot.info.name);
+            self.scratch.clear();
+            tensor
+                .dtype
+                .to_physical(&tensor.data, &what, &mut self.scratch)?;
+            if !self.scratch.is_empty() {
+                self.queue
+                    .write_buffer(&self.buffers[slot.buffer], slot.offset, &self.scratch);
+            }
+        }
+        self.queue.submit([self.record()]);
+        self.read_outputs()
+    }
+
+    /// Pairs the given inputs with the bundle's, in bundle order, checking
+    /// names, dtypes, shapes and data lengths.
+    fn match_inputs<'a>(&self, given: &[(&str, &'a HostTensor)]) -> Result<Vec<&'a HostTensor>> {
+        let mut order: Vec<Option<&HostTensor>> = vec![None; self.inputs.len()];
+        for &(name, tensor) in given {
+            let Some(i) = self.inputs.iter().position(|s| s.info.name == name) else {
+                let names: Vec<&str> = self.inputs.iter().map(|s| s.info.name.as_str()).collect();
+                return Err(Error::UnknownInput {
+                    name: name.to_string(),
+                    expected: names.join(", "),
+                });
+            };
+            if order[i].replace(tensor).is_some() {
+                return Err(Error::DuplicateInput(name.to_string()));
+            }
+            check_input(&self.inputs[i].info, tensor)?;
+        }
+        order
+            .into_iter()
+            .zip(&self.inputs)
+            .map(|(t, slot)| t.ok_or_else(|| Error::MissingInput(slot.info.name.clone())))
+            .collect()
+    }
+
+    /// One command buffer: all dispatches in one compute pass, then the
+    /// copies of the outputs into the staging buffer.
+    fn record(&self) -> wgpu::CommandBuffer {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for step in &self.steps {
+                pass.set_pipeline(&self.pipelines[step.pipeline]);
+                pass.set_bind_group(0, &step.bind_group, &[step.params_offset]);
+                let [x, y, z] = step.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+        }
+        if let Some(staging) = &self.staging {
+            for out in self.outputs.iter().filter(|o| o.size > 0) {
+                let src = &self.buffers[out.buffer];
+                encoder.copy_buffer_to_buffer(
+                    src,
+                    out.offset,
+                    staging,
+                    out.staging_offset,
+                    out.size,
+                );
+            }
+        }
+        encoder.finish()
+    }
+
+    /// Waits for the submitted work, maps the staging buffer once and
+    /// converts every output back to its logical type.
+    fn read_outputs(&self) -> Result<Vec<(String, HostTensor)>> {
+        let Some(staging) = &self.staging else {
+            // Nothing to read back, but a run still ends when the GPU is done.
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            return match take_error(&self.errors) {
+                Some(e) => Err(Error::Gpu(e)),
+                None => Ok(self.convert(&[])),
+            };
+        };
+        let mapped = self.map(staging);
+        // An error wgpu reported during the run explains a failure best.
+        let result = match (take_error(&self.errors), mapped) {
+            (Some(e), _) => Err(Error::Gpu(e)),
+            (None, Err(e)) => Err(e),
+            (None, Ok(view)) => Ok(self.convert(&view)),
+        };
+        // Always unmap, or the next run's map fails. After a failed map this
+        // reports "not mapped", which is noise next to the error above.
+        staging.unmap();
+        if result.is_err() {
+            take_error(&self.errors);
+        }
+        result
+    }
+
+    /// The outputs from the staging bytes (`words` is empty when every
+    /// output is).
+    fn convert(&self, words: &[u8]) -> Vec<(String, HostTensor)> {
+        let convert_one = |o: &Slot| {
+            let range = o.staging_offset as usize..(o.staging_offset + o.size) as usize;
+            let words = words.get(range).unwrap_or_default();
+            let mut data = Vec::with_capacity(words.len() / 4 * o.info.dtype.size_bytes());
+            o.info.dtype.from_physical(words, &mut data);
+            let tensor = HostTensor {
+                dtype: o.info.dtype,
+                shape: o.info.shape.clone(),
+                data,
+            };
+            (o.info.name.clone(), tensor)
+        };
+        self.outputs.iter().map(convert_one).collect()
+    }
+
+    /// Maps `staging` for reading and waits for the GPU.
+    fn map(&self, staging: &wgpu::Buffer) -> Result<wgpu::BufferView> {
+        let (tx, rx) = mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            // The receiver lives until after the poll below; a failed send
+            // can only mean it is gone, and then nobody needs the result.
+            let _ = tx.send(r);
+        });
+        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
+            return Err(Error::Gpu(format!("waiting for the GPU: {e}")));
+        }
+        match rx.try_recv() {
+            Ok(Ok(())) => staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Gpu(format!("reading outputs: {e}"))),
+            Ok(Err(e)) => Err(Error::Gpu(format!("reading outputs: {e}"))),
+            Err(_) => Err(Error::Gpu(
+                "reading outputs: the map did not complete".to_string(),
+            )),
+        }
+    }
+}
+
+/// Checks a given tensor against the bundle's description of that input.
+fn check_input(info: &TensorInfo, tensor: &HostTensor) -> Result<()> {
+    if tensor.dtype != info.dtype {
+        return Err(Error::DTypeMismatch {
+            name: info.name.clone(),
+            expected: info.dtype.name(),
+            got: tensor.dtype.name(),
+        });
+    }
+    if tensor.shape != info.shape {
+        return Err(Error::ShapeMismatch {
+            name: info.name.clone(),
+            expected: fmt_shape(&info.shape),
+            got: fmt_shape(&tensor.shape),
+        });
+    }
+    tensor.check_len(&format!("input '{}'", info.name))
+}
+
+fn slot(t: &IoTensor, info: &TensorInfo) -> Slot {
+    Slot {
+        info: info.clone(),
+        buffer: t.buffer as usize,
+        offset: t.offset,
+        size: io_size(t).expect("validate() checked the size"),
+        staging_offset: 0,
+    }
+}
+
+/// Runs `f` inside validation, out-of-memory and internal error scopes and
+/// returns its value with the first error caught, so bad bundles or shaders
+/// become `Error`s instead of reaching the uncaptured-error handler.
+fn catch<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> (T, Option<String>) {
+    use wgpu::ErrorFilter::*;
+    let scopes = [Validation, OutOfMemory, Internal].map(|filter| device.push_error_scope(filter));
+    let value = f();
+    let mut first = None;
+    // Scopes pop in reverse order of pushing.
+    for scope in scopes.into_iter().rev() {
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            first.get_or_insert_with(|| e.to_string().trim_end().to_string());
+        }
+    }
+    (value, first)
+}
+
+/// Fails with `Error::Unsupported` when the bundle needs more than the device allows.
+fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
+    let limits = gpu.device.limits();
+    let unsupported = |msg: String| Err(Error::Unsupported(msg));
+    let align = limits.min_uniform_buffer_offset_alignment;
+    if align == 0 || !PARAMS_ALIGN.is_multiple_of(align) {
+        return unsupported(format!(
+            "its uniform offset alignment {align} does not divide {}",
+            PARAMS_ALIGN
+        ));
+    }
+    let max_buffer = limits
+        .max_buffer_size
+        .min(limits.max_storage_buffer_binding_size);
+    for (i, b) in bundle.buffers.iter().enumerate() {
+        if b.size > max_buffer {
+            return unsupported(format!(
+                "buffers[{i}] has {} bytes, the GPU binds at most {max_buffer}",
+                b.size
+            ));
+        }
+    }
+    for (i, k) in bundle.kernels.iter().enumerate() {
+        check_kernel_limits(&limits, i, k)?;
+    }
+    let max_groups = limits.max_compute_workgroups_per_dimension;
+    if let Some((i, d)) = bundle
+        .dispatches
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.workgroups.iter().any(|&n| n > max_groups))
+    {
+        return unsupported(format!(
+            "dispatches[{i}] launches {} workgroups, the GPU allows {max_groups} per dimension",
+            fmt_shape(&d.workgroups)
+        ));
+    }
+    Ok(())
+}
+
+/// A kernel's bindings, params block and workgroup size against the limits.
+fn check_kernel_limits(limits: &wgpu::Limits, i: usize, k: &Kernel) -> Result<()> {
+    let unsupported = |msg: String| Err(Error::Unsupported(msg));
+    let what = format!("kernels[{i}] '{}'", k.name);
+    let storage = k.bindings.len() as u64 - 1;
+    if storage > u64::from(limits.max_storage_buffers_per_shader_stage) {
+        return unsupported(format!(
+            "{what} has {storage} storage bindings, the GPU allows {}",
+            limits.max_storage_buffers_per_shader_stage
+        ));
+    }
+    if params_binding_size(k) > limits.max_uniform_buffer_binding_size {
+        return unsupported(format!(
+            "{what} reads {} params bytes, the GPU allows {}",
+            k.params_size, limits.max_uniform_buffer_binding_size
+        ));
+    }
+    let [x, y, z] = [
+        k.workgroup_size[0],
+        k.workgroup_size[1],
+        k.workgroup_size[2],
+    ];
+    let invocations = u64::from(x) * u64::from(y) * u64::from(z);
+    if x > limits.max_compute_workgroup_size_x
+        || y > limits.max_compute_workgroup_size_y
+        || z > limits.max_compute_workgroup_size_z
+        || invocations > u64::from(limits.max_compute_invocations_per_workgroup)
+    {
+        return unsupported(format!(
+            "{what} has workgroup size {}, too large for the GPU",
+            fmt_shape(&k.workgroup_size)
+        ));
+    }
+    Ok(())
+}
+
+/// Arenas start zeroed (wgpu guarantees it); weights are filled from the
+/// weights section through a mapping, with no staging copy on our side.
+fn create_buffers(device: &wgpu::Device, bundle: &Bundle, weights: &[u8]) -> Vec<wgpu::Buffer> {
+    bundle
+        .buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| create_buffer(device, i, b, weights))
+        .collect()
+}
+
+fn create_buffer(device: &wgpu::Device, i: usize, b: &Buffer, weights: &[u8]) -> wgpu::Buffer {
+    let is_weights = b.kind == BufferKind::Weights as i32;
+    let label = format!("buffers[{i}]");
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&label),
+        size: b.size,
+        // COPY_SRC on weights too: an output may be a constant.
+        usage: if is_weights {
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC
+        } else {
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST
+        },
+        mapped_at_creation: is_weights,
+    });
+    if is_weights {
+        // validate() checked the range against weights_size, parse() that
+        // the section holds weights_size bytes.
+        let start = b.weights_offset as usize;
+        let src = &weights[start..start + b.size as usize];
+        // Creation errors (e.g. out of memory) leave no mapping; the error
+        // scope around us reports them.
+        if let Ok(mut view) = buffer.get_mapped_range_mut(..) {
+            view.copy_from_slice(src);
+        }
+        buffer.unmap();
+    }
+    buffer
+}
+
+/// One uniform buffer holding every dispatch's params block, padded so that
+/// each dispatch's binding window fits.
+fn create_params_buffer(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    bundle: &Bundle,
+) -> wgpu::Buffer {
+    let window_end = bundle
+        .dispatches
+        .iter()
+        .map(|d| {
+            u64::from(d.params_offset) + params_binding_size(&bundle.kernels[d.kernel as usize])
+        })
+        .max()
+        .unwrap_or(0);
+    let size = window_end
+        .max(bundle.params.len() as u64)
+        .next_multiple_of(16)
+        .max(256);
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("params"),
+        size,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    // write_buffer wants a multiple of 4 bytes.
+    let mut data = bundle.params.clone();
+    data.resize(data.len().next_multiple_of(4), 0);
+    if !data.is_empty() {
+        queue.write_buffer(&buffer, 0, &data);
+    }
+    buffer
+}
+
+/// Every kernel's bind group layout and pipeline; a kernel that fails to
+/// build is named in the error.
+fn create_pipelines(
+    gpu: &Gpu,
+    bundle: &Bundle,
+) -> Result<(Vec<wgpu::BindGroupLayout>, Vec<wgpu::ComputePipeline>)> {
+    let mut layouts = Vec::with_capacity(bundle.kernels.len());
+    let mut pipelines = Vec::with_capacity(bundle.kernels.len());
+    for (index, kernel) in bundle.kernels.iter().enumerate() {
+        let device = &gpu.device;
+        let ((layout, pipeline), err) =
+            catch(device, || create_pipeline(device, gpu.shader_path, kernel));
+        if let Some(message) = err {
+            let name = kernel.name.clone();
+            return Err(Error::Kernel {
+                index,
+                name,
+                message,
+            });
+        }
+        layouts.push(layout);
+        pipelines.push(pipeline);
+    }
+    Ok((layouts, pipelines))
+}
+
+/// The bind group layout and compute pipeline of one kernel.
+fn create_pipeline(
+    device: &wgpu::Device,
+    path: ShaderPath,
+    kernel: &Kernel,
+) -> (wgpu::BindGroupLayout, wgpu::ComputePipeline) {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = binding_kinds(kernel)
+        .enumerate()
+        .map(|(b, kind)| layout_entry(b as u32, kind, kernel))
+        .collect();
+    let label = Some(kernel.name.as_str());
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label,
+        entries: &entries,
+    });
+    // Passthrough shaders carry no reflection, so the layout is always explicit.
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label,
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let (module, entry_point) = create_module(device, path, kernel);
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label,
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(entry_point),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    (layout, pipeline)
+}
+
+fn layout_entry(
+    binding: u32,
+    kind: Option<BindingKind>,
+    kernel: &Kernel,
+) -> wgpu::BindGroupLayoutEntry {
+    let ty = match kind {
+        Some(BindingKind::Params) => wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: wgpu::BufferSize::new(params_binding_size(kernel)),
+        },
+        // validate() allows only StorageRead / StorageReadWrite here.
+        read => wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage {
+                read_only: read != Some(BindingKind::StorageReadWrite),
+            },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+    };
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty,
+        count: None,
+    }
+}
+
+/// The kernel's shader module for `path`, falling back to WGSL (then to
+/// SPIR-V through naga) when the bundle lacks the preferred form; returns
+/// the entry point name to use with it.
+fn create_module<'k>(
+    device: &wgpu::Device,
+    path: ShaderPath,
+    kernel: &'k Kernel,
+) -> (wgpu::ShaderModule, &'k str) {
+    let label = Some(kernel.name.as_str());
+    let [x, y, z] = [
+        kernel.workgroup_size[0],
+        kernel.workgroup_size[1],
+        kernel.workgroup_size[2],
+    ];
+    let passthrough = |name: &'k str, spirv, msl| {
+        let entry = wgpu::PassthroughShaderEntryPoint {
+            name: Cow::Borrowed(name),
+            workgroup_size: (x, y, z),
+        };
+        let desc = wgpu::ShaderModuleDescriptorPassthrough {
+            label,
+            entry_points: Cow::Owned(vec![entry]),
+            spirv,
+            msl,
+            ..Default::default()
+        };
+        // SAFETY: the compiler validated these shaders with naga and baked in
+        // bounds checks; wgpu cannot check passthrough code.
+        (
+            unsafe { device.create_shader_module_passthrough(desc) },
+            name,
+        )
+    };
+    match path {
+        ShaderPath::SpirvPassthrough if !kernel.spirv.is_empty() => passthrough(
+            &kernel.entry_point,
+            Some(Cow::Owned(spirv_words(kernel))),
+            None,
+        ),
+        ShaderPath::MslPassthrough if !kernel.msl.is_empty() => {
+            let name = if kernel.msl_entry_point.is_empty() {
+                &kernel.entry_point
+            } else {
+                &kernel.msl_entry_point
+            };
+            passthrough(name, None, Some(Cow::Borrowed(kernel.msl.as_str())))
+        }
+        _ => {
+            let source = if kernel.wgsl.is_empty() {
+                wgpu::ShaderSource::SpirV(Cow::Owned(spirv_words(kernel)))
+            } else {
+                wgpu::ShaderSource::Wgsl(Cow::Borrowed(kernel.wgsl.as_str()))
+            };
+            let module =
+                device.create_shader_module(wgpu::ShaderModuleDescriptor { label, source });
+            (module, &kernel.entry_point)
+        }
+    }
+}
+
+/// SPIR-V bytes (little endian) as words; validate() checked the length.
+fn spirv_words(kernel: &Kernel) -> Vec<u32> {
+    kernel
+        .spirv
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
+}
+
+/// Binding 0: the params window at offset 0 (moved by the dynamic offset);
+/// then each storage buffer whole.
+fn create_bind_group(
+    device: &wgpu::Device,
+    bundle: &Bundle,
+    dispatch: &Dispatch,
+    layouts: &[wgpu::BindGroupLayout],
+    buffers: &[wgpu::Buffer],
+    params: &wgpu::Buffer,
+) -> wgpu::BindGroup {
+    let kernel = &bundle.kernels[dispatch.kernel as usize];
+    let params_binding = wgpu::BufferBinding {
+        buffer: params,
+        offset: 0,
+        size: wgpu::BufferSize::new(params_binding_size(kernel)),
+    };
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: wgpu::BindingResource::Buffer(params_binding),
+    }];
+    for (j, &b) in dispatch.buffers.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry {
+            binding: j as u32 + 1,
+            resource: buffers[b as usize].as_entire_binding(),
+        });
+    }
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(&dispatch.label),
+        layout: &layouts[dispatch.kernel as usize],
+        entries: &entries,
+    })
+}
+
+/// One MAP_READ buffer for all outputs, each at an offset aligned for
+/// mapping; records the offsets in `outputs`.
+fn create_staging(device: &wgpu::Device, outputs: &mut [Slot]) -> Option<wgpu::Buffer> {
+    let mut end = 0u64;
+    for out in outputs.iter_mut() {
+        out.staging_offset = end;
+        end = (end + out.size).next_multiple_of(wgpu::MAP_ALIGNMENT);
+    }
+    (end > 0).then(|| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("outputs"),
+            size: end,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    })
+}

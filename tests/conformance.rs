@@ -1,0 +1,140 @@
+//! The conformance gate: every ONNX test suite of the onnx wheel plus the
+//! repository's fixtures, compiled and run on the GPU (lavapipe in CI).
+//!
+//! A case listed in `tests/conformance/<suite>.pass` must pass; a failure
+//! there fails the test. New passes are reported so the list can be
+//! extended with `DRIFT_BLESS=1`, which also regenerates docs/conformance.md.
+//! Fixtures must all pass.
+
+use drift_runtime::{Gpu, HostTensor};
+use drift_tests::suite::{self, Result as CaseResult};
+use drift_tests::{Case, Outcome};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Tolerance against onnxruntime's float32 outputs for the fixtures.
+const FIXTURE_RTOL: f64 = 1e-3;
+const FIXTURE_ATOL: f64 = 1e-5;
+
+fn main() {
+    let bless = std::env::var_os("DRIFT_BLESS").is_some();
+    let gpu = Gpu::new().unwrap_or_else(|e| fail(&format!("no GPU: {e} (CI uses lavapipe: apt install mesa-vulkan-drivers)")));
+    let root = suite::onnx_data_root();
+    if !root.join("node").is_dir() {
+        fail(&format!("{} is missing: run python3 scripts/gen_onnx_tests.py --out target/onnx-tests", root.display()));
+    }
+    let mut all: Vec<(String, Vec<CaseResult>)> = vec![];
+    let mut regressions = vec![];
+    let mut total_pass = 0;
+    for &name in suite::ONNX_SUITES {
+        let start = std::time::Instant::now();
+        let results = suite::run_onnx_suite(&gpu, &root.join(name), "", |_| {});
+        let pass = results.iter().filter(|r| r.outcome.passed()).count();
+        total_pass += pass;
+        println!("{name}: {pass}/{} pass in {:.1} s", results.len(), start.elapsed().as_secs_f64());
+        check_against_list(name, &results, &mut regressions);
+        all.push((name.to_string(), results));
+    }
+    let fixtures = run_fixtures(&gpu);
+    let fixture_fail: Vec<&CaseResult> = fixtures.iter().filter(|r| !r.outcome.passed()).collect();
+    println!("fixtures: {}/{} pass", fixtures.len() - fixture_fail.len(), fixtures.len());
+    for r in &fixture_fail {
+        regressions.push(format!("fixture {}: {}", r.name, r.outcome.message()));
+    }
+    total_pass += fixtures.len() - fixture_fail.len();
+    all.push(("fixtures".into(), fixtures));
+    if bless {
+        for (name, results) in &all {
+            suite::write_pass_list(name, results).unwrap_or_else(|e| fail(&e.to_string()));
+        }
+        suite::write_report(&all, &gpu.info().to_string()).unwrap_or_else(|e| fail(&e.to_string()));
+        println!("blessed: pass lists and docs/conformance.md rewritten");
+    }
+    for r in &regressions {
+        println!("REGRESSION {r}");
+    }
+    println!("conformance: {total_pass} passed, {} failed", regressions.len());
+    if !regressions.is_empty() && !bless {
+        std::process::exit(1);
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(1)
+}
+
+/// Expected passes that failed become regressions; new passes are listed.
+fn check_against_list(suite_name: &str, results: &[CaseResult], regressions: &mut Vec<String>) {
+    let expected: BTreeSet<String> = suite::read_pass_list(suite_name).into_iter().collect();
+    let mut new = vec![];
+    for r in results {
+        match (expected.contains(&r.name), r.outcome.passed()) {
+            (true, false) => regressions.push(format!(
+                "{suite_name}/{}: [{}] {}",
+                r.name,
+                r.outcome.class(),
+                r.outcome.message().lines().last().unwrap_or("")
+            )),
+            (false, true) => new.push(r.name.clone()),
+            _ => {}
+        }
+    }
+    let seen: BTreeSet<&str> = results.iter().map(|r| r.name.as_str()).collect();
+    for missing in expected.iter().filter(|n| !seen.contains(n.as_str())) {
+        regressions.push(format!("{suite_name}/{missing}: case not found in the test data"));
+    }
+    if !new.is_empty() {
+        println!("  {} new pass(es) in {suite_name} (add with DRIFT_BLESS=1): {}", new.len(), new.join(", "));
+    }
+}
+
+/// Each `fixtures/<name>/` holds model.onnx, inputs/*.npy and the outputs
+/// onnxruntime computed, outputs/*.npy.
+fn run_fixtures(gpu: &Gpu) -> Vec<CaseResult> {
+    let dir = suite::repo_root().join("fixtures");
+    let mut results = vec![];
+    for case_dir in suite::case_dirs(&dir).unwrap_or_default() {
+        if !case_dir.join("model.onnx").exists() {
+            continue;
+        }
+        let name = case_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let outcome = match load_fixture(&case_dir, &name) {
+            Ok(case) => suite::guarded_run(gpu, &case),
+            Err(e) => Outcome::Data(e),
+        };
+        results.push(CaseResult { name, op: "fixture".into(), outcome });
+    }
+    if results.is_empty() {
+        fail("no fixtures found under fixtures/");
+    }
+    results
+}
+
+fn load_fixture(dir: &Path, name: &str) -> Result<Case, String> {
+    Ok(Case {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        model: dir.join("model.onnx"),
+        inputs: read_npy_dir(&dir.join("inputs"))?,
+        expected: read_npy_dir(&dir.join("outputs"))?,
+        rtol: FIXTURE_RTOL,
+        atol: FIXTURE_ATOL,
+    })
+}
+
+fn read_npy_dir(dir: &Path) -> Result<Vec<(String, HostTensor)>, String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            drift_compiler::npy::read(p).map(|t| (name, t))
+        })
+        .collect()
+}

@@ -1,0 +1,148 @@
+//! Running whole suites (folders of cases), keeping the committed lists of
+//! expected passes, and writing `docs/conformance.md`.
+
+use crate::{Case, Outcome, load_onnx_case, run_case};
+use drift_runtime::Gpu;
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+/// The folders of the onnx wheel's test data, as `gen_onnx_tests.py` writes them.
+pub const ONNX_SUITES: &[&str] = &["node", "light", "simple", "pytorch-converted", "pytorch-operator"];
+
+/// One case's result.
+#[derive(Debug, Clone)]
+pub struct Result {
+    pub name: String,
+    /// The ONNX op the case tests (its single node, or the first node).
+    pub op: String,
+    pub outcome: Outcome,
+}
+
+/// Repository root (the workspace folder).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Where the generated ONNX test data lives.
+pub fn onnx_data_root() -> PathBuf {
+    std::env::var_os("DRIFT_ONNX_TESTS").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/onnx-tests"))
+}
+
+/// Case folders of a suite, sorted.
+pub fn case_dirs(suite_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(suite_dir)?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// Runs every case of an ONNX suite folder whose name contains `filter`.
+pub fn run_onnx_suite(gpu: &Gpu, suite_dir: &Path, filter: &str, mut progress: impl FnMut(&Result)) -> Vec<Result> {
+    let dirs = case_dirs(suite_dir).unwrap_or_default();
+    let mut results = vec![];
+    for dir in dirs.iter().filter(|d| d.to_string_lossy().contains(filter)) {
+        let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let op = main_op(&dir.join("model.onnx"));
+        let outcome = match load_onnx_case(dir) {
+            Ok(case) => guarded_run(gpu, &case),
+            Err(e) => Outcome::Data(e),
+        };
+        let r = Result { name, op, outcome };
+        progress(&r);
+        results.push(r);
+    }
+    results
+}
+
+/// Runs a case, turning a panic into a failure so one bug cannot hide the
+/// rest of the suite (a panic is still a defect: it shows as "PANIC").
+pub fn guarded_run(gpu: &Gpu, case: &Case) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| run_case(gpu, case))) {
+        Ok(o) => o,
+        Err(p) => {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Outcome::Run(format!("PANIC: {}", msg.unwrap_or_default()))
+        }
+    }
+}
+
+/// The op type a test is about: its only node, or the first node.
+fn main_op(model: &Path) -> String {
+    use onnx_protobuf::{Message, ModelProto};
+    let Ok(bytes) = std::fs::read(model) else { return "?".into() };
+    let Ok(m) = ModelProto::parse_from_bytes(&bytes) else { return "?".into() };
+    let name = model.parent().and_then(|p| p.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let nodes = m.graph.as_ref().map(|g| g.node.clone()).unwrap_or_default();
+    if name.contains("_expanded") {
+        // Expanded tests spell one op out as several; name them after it.
+        return nodes.first().map(|n| format!("{} (expanded)", op_from_name(&name, &n.op_type))).unwrap_or_default();
+    }
+    nodes.first().map(|n| n.op_type.clone()).unwrap_or_else(|| "?".into())
+}
+
+fn op_from_name(test: &str, fallback: &str) -> String {
+    let base = test.trim_start_matches("test_").split("_expanded").next().unwrap_or(fallback);
+    base.split('_').next().unwrap_or(fallback).to_string()
+}
+
+/// The committed list of expected passes of a suite.
+pub fn pass_list_path(suite: &str) -> PathBuf {
+    repo_root().join("tests/conformance").join(format!("{suite}.pass"))
+}
+
+pub fn read_pass_list(suite: &str) -> Vec<String> {
+    std::fs::read_to_string(pass_list_path(suite))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
+pub fn write_pass_list(suite: &str, results: &[Result]) -> std::io::Result<()> {
+    let mut text = format!("# Cases of the '{suite}' suite that must pass. Regenerate: DRIFT_BLESS=1 cargo test -p drift-tests --release --test conformance\n");
+    for r in results.iter().filter(|r| r.outcome.passed()) {
+        text += &r.name;
+        text.push('\n');
+    }
+    std::fs::create_dir_all(pass_list_path(suite).parent().expect("has parent"))?;
+    std::fs::write(pass_list_path(suite), text)
+}
+
+/// Writes docs/conformance.md from the results of every suite.
+pub fn write_report(suites: &[(String, Vec<Result>)], gpu: &str) -> std::io::Result<()> {
+    let mut s = String::from("# Conformance\n\n");
+    s += "Generated by `DRIFT_BLESS=1 cargo test -p drift-tests --release --test conformance` ";
+    s += "(do not edit by hand). Each case is compiled by drift, run on the GPU and compared with the ";
+    s += "expected outputs at the case's own tolerance (default rtol 1e-3, atol 1e-7, as numpy.isclose).\n\n";
+    s += &format!("GPU: {gpu}\n\n");
+    s += "| suite | passing | total |\n|---|---:|---:|\n";
+    for (name, rs) in suites {
+        s += &format!("| {name} | {} | {} |\n", rs.iter().filter(|r| r.outcome.passed()).count(), rs.len());
+    }
+    s += "\n## Data types on the GPU\n\nEvery element is stored as 32 bits: float32/float16/bfloat16 as f32 ";
+    s += "(float16 and bfloat16 widen exactly; results are rounded back when the output type is narrower), ";
+    s += "float64 as f32 (narrowed: precision drops to float32's, which the tests' tolerances accept or reject ";
+    s += "case by case), int8/16/32 as i32, uint8/16/32 and bool as u32, int64/uint64 as 32-bit integers with a ";
+    s += "range check: constants are checked at compile time and inputs at run time, and a value that does not fit ";
+    s += "is an error, never a silent wrap.\n\n";
+    for (name, rs) in suites {
+        s += &format!("## {name}: per op\n\n| op | tests | passing | failures (class: first message) |\n|---|---:|---:|---|\n");
+        let mut per_op: BTreeMap<&str, Vec<&Result>> = BTreeMap::new();
+        for r in rs {
+            per_op.entry(r.op.as_str()).or_default().push(r);
+        }
+        for (op, list) in per_op {
+            let pass = list.iter().filter(|r| r.outcome.passed()).count();
+            let fail = list.iter().find(|r| !r.outcome.passed()).map(|r| {
+                let m: String = r.outcome.message().lines().last().unwrap_or("").chars().take(110).collect();
+                format!("{}: {}", r.outcome.class(), m.replace('|', "/"))
+            });
+            s += &format!("| {op} | {} | {pass} | {} |\n", list.len(), fail.unwrap_or_default());
+        }
+        s += "\n";
+    }
+    std::fs::write(repo_root().join("docs/conformance.md"), s)
+}
