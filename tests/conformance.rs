@@ -85,7 +85,9 @@ fn check_against_list(suite_name: &str, results: &[CaseResult], regressions: &mu
         regressions.push(format!("{suite_name}/{missing}: case not found in the test data"));
     }
     if !new.is_empty() {
-        println!("  {} new pass(es) in {suite_name} (add with DRIFT_BLESS=1): {}", new.len(), new.join(", "));
+        let shown: Vec<&str> = new.iter().take(20).map(String::as_str).collect();
+        let more = if new.len() > shown.len() { ", ..." } else { "" };
+        println!("  {} new pass(es) in {suite_name} (add with DRIFT_BLESS=1): {}{more}", new.len(), shown.join(", "));
     }
 }
 

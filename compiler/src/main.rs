@@ -103,11 +103,11 @@ fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {
 }
 
 fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>) -> Result<(), String> {
-    let model = Model::load(bundle).map_err(|e| e.to_string())?;
+    let model = load(bundle)?;
     let mut given: BTreeMap<String, HostTensor> = BTreeMap::new();
     for spec in inputs {
         let (name, file) = split_kv(spec, "--input")?;
-        let t = npy::read(Path::new(file))?;
+        let t = npy::read(Path::new(file)).map_err(|e| format!("input '{name}': {e}"))?;
         let info = model.inputs().iter().find(|i| i.name == name);
         // .npy files often hold float64 or int32 where the model wants
         // float32 or int64: convert numerically, say so.
@@ -118,7 +118,9 @@ fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>
             }
             _ => t,
         };
-        given.insert(name.to_string(), t);
+        if given.insert(name.to_string(), t).is_some() {
+            return Err(format!("input '{name}' is given more than once"));
+        }
     }
     if random {
         for (k, info) in model.inputs().iter().enumerate() {
@@ -205,7 +207,16 @@ fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Result<HostTensor,
 }
 
 fn inspect(path: &Path) -> Result<(), String> {
-    let model = Model::load(path).map_err(|e| e.to_string())?;
+    let model = load(path)?;
     print!("{}", drift_compiler::inspect::describe(model.bundle()));
     Ok(())
+}
+
+/// Loads a bundle; every error names the file.
+fn load(path: &Path) -> Result<Model, String> {
+    Model::load(path).map_err(|e| match e {
+        // Already says "cannot read bundle '<path>'".
+        drift_runtime::Error::Io { .. } => e.to_string(),
+        _ => format!("{}: {e}", path.display()),
+    })
 }

@@ -34,13 +34,32 @@ pub fn read(path: &Path) -> Result<HostTensor, String> {
     if ts.endianness() == npyz::Endianness::Big && ts.size_field() > 1 {
         return Err(format!("{}: big-endian arrays are not supported", path.display()));
     }
-    let header_len = bytes.len() - npy_data_len(&shape, dtype);
-    let data = bytes[header_len..].to_vec();
-    HostTensor::new(dtype, shape, data).map_err(|e| format!("{}: {e}", path.display()))
+    // npyz checked the magic, the version and the header; the data follows it.
+    let header_end = npy_header_end(&bytes).ok_or_else(|| format!("{} is not a .npy file: bad header", path.display()))?;
+    let data = &bytes[header_end..];
+    let expected = shape
+        .iter()
+        .try_fold(dtype.size_bytes(), |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("{}: shape {shape:?} is too large", path.display()))?;
+    if data.len() != expected {
+        return Err(format!(
+            "{}: holds {} data bytes, but its shape {shape:?} of {} needs {expected}{}",
+            path.display(),
+            data.len(),
+            dtype.name(),
+            if data.len() < expected { " (truncated file?)" } else { "" }
+        ));
+    }
+    HostTensor::new(dtype, shape, data.to_vec()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn npy_data_len(shape: &[usize], dtype: DType) -> usize {
-    shape.iter().product::<usize>() * dtype.size_bytes()
+/// Where the data starts: after the magic (6 bytes), the version (2), the
+/// header length (2 bytes in version 1, 4 in versions 2 and 3) and the header.
+fn npy_header_end(bytes: &[u8]) -> Option<usize> {
+    let len_size = if *bytes.get(6)? == 1 { 2 } else { 4 };
+    let len = bytes.get(8..8 + len_size)?.iter().rev().fold(0usize, |n, &b| n << 8 | b as usize);
+    let end = (8 + len_size).checked_add(len)?;
+    (end <= bytes.len()).then_some(end)
 }
 
 /// Writes a tensor as `.npy`.

@@ -24,6 +24,7 @@ pub fn bind_inputs(
         };
         let dtype = DType::from_onnx(elem).map_err(|e| Error::Tensor { tensor: value.name.clone(), msg: e.to_string() })?;
         if let Some(shape) = shapes.get(&value.name) {
+            check_elements(shape).map_err(|msg| Error::Tensor { tensor: value.name.clone(), msg })?;
             g.values[v].ty = Some(TypeInfo::new(dtype, shape.clone()));
             continue;
         }
@@ -37,6 +38,9 @@ pub fn bind_inputs(
                 },
                 Dim::Unknown => missing.entry("?".into()).or_default().push(format!("{}[{axis}]", value.name)),
             }
+        }
+        if declared.len() == shape.len() {
+            check_elements(&shape).map_err(|msg| Error::Tensor { tensor: g.values[v].name.clone(), msg })?;
         }
         g.values[v].ty = Some(TypeInfo::new(dtype, shape));
     }
@@ -57,6 +61,28 @@ pub fn bind_inputs(
         "the model has dynamic dimensions that must be fixed at compile time: {}; bind them with --dim NAME=VALUE",
         list.join("; ")
     )))
+}
+
+/// Most elements one tensor may have: kernels index elements with 32-bit integers.
+pub const MAX_ELEMENTS: u64 = u32::MAX as u64;
+
+/// Constant folding materializes tensors in host memory; a node whose
+/// result would have more elements is left to the GPU instead.
+const MAX_FOLD_ELEMENTS: u64 = 1 << 30;
+
+/// The element count of `shape`, `None` if it overflows u64.
+fn elements(shape: &[usize]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+}
+
+/// Rejects shapes with more than [`MAX_ELEMENTS`] elements, before any pass
+/// multiplies their dimensions or allocates for them.
+fn check_elements(shape: &[usize]) -> std::result::Result<(), String> {
+    match elements(shape) {
+        Some(n) if n <= MAX_ELEMENTS => Ok(()),
+        Some(n) => Err(format!("shape {shape:?} has {n} elements, more than the {MAX_ELEMENTS} a GPU tensor may hold")),
+        None => Err(format!("shape {shape:?} has more elements than 64 bits can count")),
+    }
 }
 
 /// Builds every node's op, reporting all unsupported nodes together.
@@ -149,7 +175,13 @@ pub fn infer_and_fold(g: &mut Graph, order: &[NodeId]) -> Result<()> {
             .collect();
         let err = |e: drift_ops::Error| node_error(node.name.clone(), &node.op_type, e);
         let all_known = ins.iter().flatten().all(|i| i.value.is_some());
-        let folded = if all_known {
+        // Never allocate an absurd constant (ConstantOfShape of [1e6, 1e6, 1e6]):
+        // results too large to fold go to the GPU, which checks its limits.
+        let foldable = || match op.infer(&ins) {
+            Ok(tys) => tys.iter().all(|t| elements(&t.shape).is_some_and(|n| n <= MAX_FOLD_ELEMENTS)),
+            Err(_) => true,
+        };
+        let folded = if all_known && foldable() {
             let vals: Vec<Option<&Tensor>> = ins.iter().map(|i| i.and_then(|i| i.value)).collect();
             match op.eval(&vals) {
                 Ok(v) => Some(v),
@@ -185,6 +217,14 @@ pub fn infer_and_fold(g: &mut Graph, order: &[NodeId]) -> Result<()> {
                 op_type: node.op_type.clone(),
                 msg: format!("output '{}' was not produced by the op", g.values[*v].name),
             });
+        }
+        for &v in node.outputs.iter().flatten() {
+            let shape = &g.values[v].ty.as_ref().expect("checked above").shape;
+            check_elements(shape).map_err(|msg| Error::Node {
+                node: node.name.clone(),
+                op_type: node.op_type.clone(),
+                msg: format!("output '{}': {msg}", g.values[v].name),
+            })?;
         }
     }
     Ok(())

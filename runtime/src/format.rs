@@ -191,6 +191,10 @@ fn validate_kernel(i: usize, kernel: &Kernel) -> Result<()> {
             format!("has {} bytes, not whole 32-bit words", kernel.spirv.len()),
         ));
     }
+    if !kernel.spirv.is_empty() {
+        check_spirv_framing(&kernel.spirv)
+            .map_err(|problem| bundle_err(field("spirv"), problem))?;
+    }
     for (b, kind) in binding_kinds(kernel).enumerate() {
         // Binding 0 is the params block and only binding 0 is.
         let ok = match kind {
@@ -213,6 +217,37 @@ fn validate_kernel(i: usize, kernel: &Kernel) -> Result<()> {
             field("bindings"),
             "is empty (binding 0 must be Params)",
         ));
+    }
+    Ok(())
+}
+
+/// The SPIR-V magic number, as the first little-endian word of a module.
+const SPIRV_MAGIC: u32 = 0x0723_0203;
+
+/// Checks the framing of a SPIR-V module (whole words, checked by the
+/// caller): the magic number, the 5-word header, and instruction word
+/// counts that end exactly at the end. Drivers given passthrough SPIR-V
+/// trust it, and some crash on a damaged module instead of rejecting it;
+/// this catches truncation and most damage to the structure, not to operands.
+fn check_spirv_framing(bytes: &[u8]) -> std::result::Result<(), String> {
+    let word = |i: usize| {
+        let b = &bytes[4 * i..4 * i + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    };
+    let n = bytes.len() / 4;
+    if n < 5 || word(0) != SPIRV_MAGIC {
+        return Err("is not a SPIR-V module (no magic number and header)".to_string());
+    }
+    let mut i = 5;
+    while i < n {
+        let count = (word(i) >> 16) as usize;
+        if count == 0 || i + count > n {
+            return Err(format!(
+                "is damaged: the instruction at word {i} has word count {count}, {} words remain",
+                n - i
+            ));
+        }
+        i += count;
     }
     Ok(())
 }

@@ -165,6 +165,22 @@ impl Gpu {
                 slot.get_or_insert_with(|| e.to_string());
             }
         }));
+        // A lost device (a kernel that crashed the driver) otherwise surfaces
+        // only as a failed map with no reason; keep the reason for `run`.
+        let slot = Arc::clone(&errors);
+        device.set_device_lost_callback(move |reason, message| {
+            if reason == wgpu::DeviceLostReason::Destroyed {
+                return;
+            }
+            if let Ok(mut slot) = slot.lock() {
+                slot.get_or_insert_with(|| {
+                    format!(
+                        "the GPU device was lost ({message}); a kernel crashed the driver \
+                         (recompile the bundle if the file may be damaged)"
+                    )
+                });
+            }
+        });
 
         let shader_path = choose_path(adapter.get_info().backend, features, options.force_wgsl);
         Ok(Gpu {

@@ -100,11 +100,23 @@ pub fn to_host(t: &drift_ops::Tensor) -> Result<HostTensor, String> {
 
 /// Compiles a case for the shapes of its inputs, runs it and compares.
 pub fn run_case(gpu: &Gpu, case: &Case) -> Outcome {
+    let graph = match drift_compiler::import::import_file(&case.model) {
+        Ok(g) => g,
+        Err(e) => return Outcome::Compile(e.to_string()),
+    };
+    // Old test data leaves tensor names empty: those match inputs by position.
+    let graph_inputs: Vec<String> = graph.inputs.iter().map(|&v| graph.values[v].name.clone()).collect();
+    let named: Vec<(&str, &HostTensor)> = case
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, (n, t))| (if n.is_empty() { graph_inputs.get(k).map_or("", |s| s.as_str()) } else { n.as_str() }, t))
+        .collect();
     let mut opts = Options::default();
-    for (name, t) in &case.inputs {
-        opts.input_shapes.insert(name.clone(), t.shape.clone());
+    for (name, t) in &named {
+        opts.input_shapes.insert(name.to_string(), t.shape.clone());
     }
-    let compiled = match drift_compiler::compile_file(&case.model, &opts) {
+    let compiled = match drift_compiler::compile_graph(graph, &opts) {
         Ok(c) => c,
         Err(e) => return Outcome::Compile(e.to_string()),
     };
@@ -116,7 +128,7 @@ pub fn run_case(gpu: &Gpu, case: &Case) -> Outcome {
         Ok(s) => s,
         Err(e) => return Outcome::Run(format!("session: {e}")),
     };
-    let args: Vec<(&str, &HostTensor)> = case.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let args = named;
     let outputs = match session.run(&args) {
         Ok(o) => o,
         Err(e) => return Outcome::Run(e.to_string()),

@@ -905,6 +905,7 @@ impl Op for Pad {
         let (pads, axes) = if self.attr_pads.is_some() { (None, None) } else { (get(1)?, get(3)?) };
         let (begin, out) = self.plan(&x.shape, pads, axes)?;
         let st = strides(&x.shape);
+        let mut args = xy_args();
         let mut body = String::new();
         let mut inside = Vec::new();
         let mut terms = Vec::new();
@@ -931,15 +932,19 @@ impl Op for Pad {
         if inside.is_empty() {
             body += &format!("    st_y(i, ld_x({src}));");
         } else {
-            let fill =
-                if cx.has_input(2) { self.fill(Some(cx.const_input(2, "constant_value")?)) } else { self.fill(None) };
-            let fill = lit(x.dtype.phys(), fill);
+            let fill = match (cx.has_input(2), cx.value(2)) {
+                (true, None) => {
+                    args.push(KernelArg::new("cv", TensorRef::Input(2)));
+                    "ld_cv(0u)".to_string()
+                }
+                (_, v) => lit(x.dtype.phys(), self.fill(v)),
+            };
             body += &format!(
                 "    if ({}) {{\n        st_y(i, ld_x({src}));\n    }} else {{\n        st_y(i, {fill});\n    }}",
                 inside.join(" && ")
             );
         }
-        Ok(Lowering::one(map_kernel("pad", xy_args(), &out, &body)))
+        Ok(Lowering::one(map_kernel("pad", args, &out, &body)))
     }
 }
 
@@ -1061,7 +1066,6 @@ impl Op for Trilu {
         if x.rank() < 2 {
             bail!("Trilu needs rank >= 2, got {:?}", x.shape);
         }
-        const_opt(inputs, 1, "k")?;
         Ok(vec![x.clone()])
     }
 
@@ -1076,21 +1080,29 @@ impl Op for Trilu {
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let x = cx.input(0)?;
-        let k = scalar_k(if cx.has_input(1) { Some(cx.const_input(1, "k")?) } else { None });
         let (rows, cols) = (x.shape[x.rank() - 2], x.shape[x.rank() - 1]);
+        let mut args = xy_args();
+        let k = match (cx.has_input(1), cx.value(1)) {
+            // k beyond ±(rows + cols) behaves like the bound; clamping keeps
+            // the literal inside i32.
+            (_, Some(_)) | (false, _) => {
+                let bound = rows as i64 + cols as i64 + 1;
+                lit(Phys::I32, scalar_k(cx.value(1)).clamp(-bound, bound) as f64)
+            }
+            (true, None) => {
+                args.push(KernelArg::new("k", TensorRef::Input(1)));
+                as_i32("ld_k(0u)", cx.input(1)?.dtype)
+            }
+        };
         let cmp = if self.upper { ">=" } else { "<=" };
-        // k beyond ±(rows + cols) behaves like the bound; clamping keeps the
-        // literal inside i32.
-        let k = k.clamp(-(rows as i64 + cols as i64 + 1), rows as i64 + cols as i64 + 1);
         let zero = lit(x.dtype.phys(), 0.0);
         let body = format!(
-            "    let col = i32(i % {}u);\n    let row = i32((i / {}u) % {}u);\n    st_y(i, select({zero}, ld_x(i), col - row {cmp} {}));",
+            "    let col = i32(i % {}u);\n    let row = i32((i / {}u) % {}u);\n    st_y(i, select({zero}, ld_x(i), col - row {cmp} {k}));",
             cols.max(1),
             cols.max(1),
             rows.max(1),
-            lit(Phys::I32, k as f64)
         );
-        Ok(Lowering::one(kernel("trilu", xy_args(), x.numel(), "", &body)))
+        Ok(Lowering::one(kernel("trilu", args, x.numel(), "", &body)))
     }
 }
 
@@ -1181,7 +1193,9 @@ impl Op for CumSum {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
         let x = ty(inputs, 0)?;
         ty(inputs, 1)?;
-        cumsum_axis(value(inputs, 1), x.rank())?;
+        if let Some(a) = value(inputs, 1) {
+            cumsum_axis(Some(a), x.rank())?;
+        }
         Ok(vec![x.clone()])
     }
 
@@ -1220,7 +1234,8 @@ impl Op for CumSum {
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let x = cx.input(0)?;
-        let axis = cumsum_axis(Some(cx.const_input(1, "axis")?), x.rank())?;
+        let Some(axis) = cx.value(1) else { return self.lower_dynamic(cx) };
+        let axis = cumsum_axis(Some(axis), x.rank())?;
         let (outer, len, inner) = around(&x.shape, axis);
         let t = x.dtype.phys().wgsl();
         let e = if self.reverse {
@@ -1236,6 +1251,36 @@ impl Op for CumSum {
             len * inner
         );
         Ok(Lowering::one(kernel("cumsum", xy_args(), outer * inner, "", &body)))
+    }
+}
+
+impl CumSum {
+    /// The axis known only at run time: one thread per element sums its
+    /// prefix (or suffix) along the axis, found in baked dims and strides.
+    fn lower_dynamic(&self, cx: &LowerCtx) -> Result<Lowering> {
+        let x = cx.input(0)?;
+        let r = x.rank();
+        if r == 0 {
+            bail!("CumSum needs rank >= 1");
+        }
+        let list = |v: &[usize]| v.iter().map(|d| format!("{d}u")).collect::<Vec<_>>().join(", ");
+        let t = x.dtype.phys().wgsl();
+        let (lo, hi) = match (self.reverse, self.exclusive) {
+            (false, false) => ("0u", "pos + 1u"),
+            (false, true) => ("0u", "pos"),
+            (true, false) => ("pos", "n"),
+            (true, true) => ("pos + 1u", "n"),
+        };
+        let a = as_i32("ld_ax(0u)", cx.input(1)?.dtype);
+        let body = format!(
+            "    var dims = array<u32, {r}>({});\n    var strd = array<u32, {r}>({});\n    let a0 = {a};\n    let ax = u32(clamp(select(a0, a0 + {r}, a0 < 0), 0, {}));\n    let n = dims[ax];\n    let st = strd[ax];\n    let pos = (i / st) % n;\n    let base = i - pos * st;\n    var acc = {t}(0);\n    for (var k = {lo}; k < {hi}; k++) {{\n        acc += ld_x(base + k * st);\n    }}\n    st_y(i, acc);",
+            list(&x.shape),
+            list(&strides(&x.shape)),
+            r - 1
+        );
+        let mut args = xy_args();
+        args.push(KernelArg::new("ax", TensorRef::Input(1)));
+        Ok(Lowering::one(kernel("cumsum", args, x.numel(), "", &body)))
     }
 }
 

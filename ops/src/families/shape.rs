@@ -13,10 +13,10 @@
 
 use crate::families::elementwise::broadcast_shapes;
 use crate::families::movement::{kernel, map_kernel, take, xy_args};
-use crate::wgsl::lit;
+use crate::wgsl::{f32_lit, lit};
 use crate::{
-    Attr, Attrs, DType, Data, Error, Input, KernelArg, LowerCtx, Lowering, Op, Result, Tensor, TensorRef, TypeInfo, arg,
-    bail, numel, ty, unsupported, value,
+    Attr, Attrs, DType, Data, Error, Input, KernelArg, LowerCtx, Lowering, Op, Result, Tensor, TensorRef, TypeInfo,
+    arg, bail, numel, ty, unsupported, value,
 };
 
 /// Builds a shape op from its ONNX type, attributes and opset.
@@ -29,14 +29,10 @@ pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {
         "Flatten" => Box::new(Flatten { axis: a.int("axis", 1)? }),
         "Squeeze" => Box::new(Squeeze { attr_axes: axes_attr(a, opset)? }),
         "Unsqueeze" => Box::new(Unsqueeze { attr_axes: axes_attr(a, opset)? }),
-        "Identity" => Box::new(View { dropout: false }),
-        "Dropout" => {
-            // Before opset 7, is_test = 0 asked for training behaviour.
-            if opset < 7 && a.int("is_test", 0)? == 0 && a.float("ratio", 0.5)? != 0.0 {
-                unsupported!("Dropout in training mode (is_test = 0)");
-            }
-            Box::new(View { dropout: true })
-        }
+        "Identity" => Box::new(Identity),
+        // Before opset 7 `is_test = 0` asked for training; this compiler
+        // runs inference, so those graphs get the inference behaviour too.
+        "Dropout" => Box::new(Dropout { seed: a.int_opt("seed")?.map(|s| s as u32) }),
         "Shape" => Box::new(ShapeOp { start: a.int("start", 0)?, end: a.int_opt("end")? }),
         "Size" => Box::new(SizeOp),
         "Constant" => Box::new(Constant { value: constant_value(a)? }),
@@ -250,60 +246,197 @@ impl Op for Unsqueeze {
     }
 }
 
-/// Identity, and Dropout at inference: output 0 is input 0. Dropout's
-/// optional output 1 (the mask) is all true.
+/// Identity: output 0 is input 0.
 #[derive(Debug)]
-pub struct View {
-    pub dropout: bool,
-}
+pub struct Identity;
 
-impl View {
-    /// Dropout (opset 12+) trains, i.e. drops at random, only when
-    /// `training_mode` is true and the ratio is not 0.
-    fn check_inference(ratio: Option<&Tensor>, training: Option<&Tensor>) -> Result<()> {
-        let training = training.is_some_and(|t| t.to_f64().first().is_some_and(|&v| v != 0.0));
-        let zero_ratio = ratio.is_some_and(|t| t.to_f64().first() == Some(&0.0));
-        if training && !zero_ratio {
-            unsupported!("Dropout in training mode (random masks)");
-        }
-        Ok(())
+impl Op for Identity {
+    fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
+        Ok(vec![ty(inputs, 0)?.clone()])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        Ok(vec![arg(inputs, 0)?.clone()])
+    }
+
+    fn lower(&self, _cx: &LowerCtx) -> Result<Lowering> {
+        Ok(Lowering::Alias)
     }
 }
 
-impl Op for View {
+/// Dropout: at inference (no `training_mode`, or false, or ratio 0)
+/// output 0 is input 0 and the optional mask (output 1) is all true.
+/// In training mode it drops elements at random and scales the kept ones
+/// by 1 / (1 - ratio). With a `seed`, the draws are numpy's
+/// `RandomState(seed).uniform` (what onnx's reference uses), baked into the
+/// kernel for small tensors; otherwise a counter-based hash of the element
+/// index. `ratio` and `training_mode` may be known only at run time; the
+/// kernel then decides per run.
+#[derive(Debug)]
+pub struct Dropout {
+    pub seed: Option<u32>,
+}
+
+/// Most draws baked into a Dropout kernel; larger tensors use the hash.
+const MAX_BAKED_DRAWS: usize = 4096;
+
+/// Dropout's default ratio.
+const DROP_RATIO: f64 = 0.5;
+
+/// A uniform value in [0, 1) for element `i`: the PCG output permutation
+/// of a scrambled index. `DROP_HASH_WGSL` is the same function on the GPU.
+fn drop_hash(i: u32, seed: u32) -> f64 {
+    let mut h = i.wrapping_mul(747796405).wrapping_add(2891336453).wrapping_add(seed.wrapping_mul(2654435769));
+    h = ((h >> ((h >> 28) + 4)) ^ h).wrapping_mul(277803737);
+    h = (h >> 22) ^ h;
+    (h >> 8) as f64 / 16777216.0
+}
+
+const DROP_HASH_WGSL: &str = "
+fn drop_hash(i: u32, seed: u32) -> f32 {
+    var h = i * 747796405u + 2891336453u + seed * 2654435769u;
+    h = ((h >> ((h >> 28u) + 4u)) ^ h) * 277803737u;
+    h = (h >> 22u) ^ h;
+    return f32(h >> 8u) / 16777216.0;
+}
+";
+
+/// numpy's legacy `RandomState(seed).uniform(0, 1, n)`: MT19937 seeded by
+/// `init_genrand`, 53-bit doubles from pairs of 32-bit outputs.
+fn numpy_uniform(seed: u32, n: usize) -> Vec<f64> {
+    const N: usize = 624;
+    let mut mt = [0u32; N];
+    mt[0] = seed;
+    for i in 1..N {
+        mt[i] = 1812433253u32.wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30)).wrapping_add(i as u32);
+    }
+    let mut idx = N;
+    let mut next = move || {
+        if idx >= N {
+            for k in 0..N {
+                let y = (mt[k] & 0x8000_0000) | (mt[(k + 1) % N] & 0x7fff_ffff);
+                mt[k] = mt[(k + 397) % N] ^ (y >> 1) ^ if y & 1 != 0 { 0x9908_b0df } else { 0 };
+            }
+            idx = 0;
+        }
+        let mut y = mt[idx];
+        idx += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    };
+    (0..n)
+        .map(|_| {
+            let (a, b) = (next() >> 5, next() >> 6);
+            (a as f64 * 67108864.0 + b as f64) / 9007199254740992.0
+        })
+        .collect()
+}
+
+impl Dropout {
+    /// The uniform draw of every element.
+    fn draws(&self, n: usize) -> Vec<f64> {
+        match self.seed {
+            Some(seed) => numpy_uniform(seed, n),
+            None => (0..n).map(|i| drop_hash(i as u32, 0)).collect(),
+        }
+    }
+
+    /// WGSL statements defining `u`, element i's draw.
+    fn wgsl_draw(&self, n: usize) -> String {
+        match self.seed {
+            Some(seed) if n <= MAX_BAKED_DRAWS => {
+                let bits: Vec<String> =
+                    numpy_uniform(seed, n).iter().map(|&u| format!("{}u", (u as f32).to_bits())).collect();
+                format!("    var draws = array<u32, {n}>({});\n    let u = bitcast<f32>(draws[i]);\n", bits.join(", "))
+            }
+            seed => format!("    let u = drop_hash(i, {}u);\n", seed.unwrap_or(0)),
+        }
+    }
+
+    /// (training, ratio) when both are known; None where one is a
+    /// run-time value.
+    fn mode(ratio: Option<Option<&Tensor>>, training: Option<Option<&Tensor>>) -> Option<(bool, f64)> {
+        let first = |t: &Tensor| t.to_f64().first().copied().unwrap_or(0.0);
+        let training = match training {
+            None => false,
+            Some(t) => first(t?) != 0.0,
+        };
+        if !training {
+            // The ratio does not matter at inference, known or not.
+            return Some((false, DROP_RATIO));
+        }
+        let ratio = match ratio {
+            None => DROP_RATIO,
+            Some(t) => first(t?),
+        };
+        Some((training, ratio))
+    }
+}
+
+impl Op for Dropout {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
         let x = ty(inputs, 0)?.clone();
-        if !self.dropout {
-            return Ok(vec![x]);
-        }
-        if inputs.get(2).copied().flatten().is_some() && value(inputs, 2).is_none() {
-            unsupported!("Dropout's training_mode (input 2) must be a constant known at compile time");
-        }
-        View::check_inference(value(inputs, 1), value(inputs, 2))?;
         let mask = TypeInfo::new(DType::Bool, x.shape.clone());
         Ok(vec![x, mask])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let x = arg(inputs, 0)?;
-        if !self.dropout {
-            return Ok(vec![x.clone()]);
+        let get = |i: usize| inputs.get(i).copied().flatten().map(Some);
+        let (training, ratio) = Dropout::mode(get(1), get(2)).expect("every input is known here");
+        if !training || ratio == 0.0 {
+            let mask = Tensor::from_i64(DType::Bool, x.shape.clone(), vec![1; x.len()]);
+            return Ok(vec![x.clone(), mask]);
         }
-        View::check_inference(inputs.get(1).copied().flatten(), inputs.get(2).copied().flatten())?;
-        let mask = Tensor::from_i64(DType::Bool, x.shape.clone(), vec![1; x.len()]);
-        Ok(vec![x.clone(), mask])
+        let keep: Vec<bool> = self.draws(x.len()).iter().map(|&u| u >= ratio).collect();
+        let scale = 1.0 / (1.0 - ratio);
+        let y = x.to_f64().iter().zip(&keep).map(|(&v, &k)| if k { v * scale } else { 0.0 }).collect();
+        let mask = keep.iter().map(|&k| k as i64).collect();
+        Ok(vec![Tensor::from_f64(x.dtype, x.shape.clone(), y), Tensor::from_i64(DType::Bool, x.shape.clone(), mask)])
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         // An omitted mask output has a placeholder type, not bool.
-        if cx.outputs.get(1).is_none_or(|m| m.dtype != DType::Bool) {
-            return Ok(Lowering::Alias);
-        }
-        // The mask is wanted too: a view cannot also write it, so copy.
-        let body = "    st_y(i, ld_x(i));\n    st_m(i, 1u);";
+        let want_mask = cx.outputs.get(1).is_some_and(|m| m.dtype == DType::Bool);
+        let known = |i: usize| cx.has_input(i).then(|| cx.value(i));
         let mut args = xy_args();
-        args.push(KernelArg::new("m", TensorRef::Output(1)));
-        Ok(Lowering::one(kernel("dropout", args, cx.output(0).numel(), "", body)))
+        if want_mask {
+            args.push(KernelArg::new("m", TensorRef::Output(1)));
+        }
+        let n = cx.output(0).numel();
+        let body = match Dropout::mode(known(1), known(2)) {
+            Some((false, _)) | Some((_, 0.0)) if !want_mask => return Ok(Lowering::Alias),
+            // The mask is wanted too: a view cannot also write it, so copy.
+            Some((false, _)) | Some((_, 0.0)) => "    st_y(i, ld_x(i));\n    st_m(i, 1u);".to_string(),
+            _ => {
+                let ratio = match known(1) {
+                    None => f32_lit(DROP_RATIO as f32),
+                    Some(Some(t)) => f32_lit(t.to_f64().first().copied().unwrap_or(0.0) as f32),
+                    Some(None) => {
+                        args.push(KernelArg::new("r", TensorRef::Input(1)));
+                        "ld_r(0u)".into()
+                    }
+                };
+                let training = match known(2) {
+                    Some(None) => {
+                        args.push(KernelArg::new("t", TensorRef::Input(2)));
+                        "ld_t(0u) != 0u".to_string()
+                    }
+                    _ => "true".into(),
+                };
+                let mut b = format!(
+                    "{}    let r = {ratio};\n    let drop = ({training}) && r != 0.0;\n    let keep = !drop || u >= r;\n    let scale = select(1.0, 1.0 / (1.0 - r), drop);\n    st_y(i, select(0.0, ld_x(i) * scale, keep));",
+                    self.wgsl_draw(n)
+                );
+                if want_mask {
+                    b += "\n    st_m(i, select(0u, 1u, keep));";
+                }
+                b
+            }
+        };
+        Ok(Lowering::one(kernel("dropout", args, n, DROP_HASH_WGSL, &body)))
     }
 }
 
@@ -678,9 +811,25 @@ mod tests {
         let ratio = Tensor::scalar_f64(DType::F32, 0.5);
         let train = Tensor::from_i64(DType::Bool, vec![], vec![1]);
         let op = build("Dropout", &Attrs::default(), 13).unwrap();
-        assert!(op.eval(&[Some(&x), Some(&ratio), Some(&train)]).is_err());
+        // Training: kept elements scale by 1 / (1 - 0.5), dropped ones are 0.
+        let big = f32s(vec![1000]);
+        let out = op.eval(&[Some(&big), Some(&ratio), Some(&train)]).unwrap();
+        let (y, m) = (out[0].to_f64(), out[1].to_i64());
+        for (e, (&v, &k)) in y.iter().zip(&m).enumerate() {
+            assert_eq!(v, if k == 1 { 2.0 * e as f64 } else { 0.0 });
+        }
+        let kept = m.iter().sum::<i64>();
+        assert!((400..600).contains(&kept), "{kept} of 1000 kept at ratio 0.5");
         let zero = Tensor::scalar_f64(DType::F32, 0.0);
         assert_eq!(op.eval(&[Some(&x), Some(&zero), Some(&train)]).unwrap()[0], x);
+    }
+
+    #[test]
+    fn dropout_draws_match_numpy() {
+        // numpy.random.RandomState(0).uniform(0, 1, 3) and RandomState(7)'s 700th.
+        let u = numpy_uniform(0, 3);
+        assert_eq!(u, vec![0.5488135039273248, 0.7151893663724195, 0.6027633760716439]);
+        assert_eq!(numpy_uniform(7, 700)[699], 0.33871568992326884);
     }
 
     #[test]
