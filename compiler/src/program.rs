@@ -70,8 +70,17 @@ pub fn build(g: &Graph, order: &[NodeId], limits: &Limits) -> Result<Program> {
     for &v in &g.inputs {
         bld.slot_of(v);
     }
+    // Keep lowering past unsupported nodes so the user sees all of them.
+    let mut unsupported = vec![];
     for &id in order.iter().filter(|&&id| !g.nodes[id].dead) {
-        bld.lower_node(id)?;
+        match bld.lower_node(id) {
+            Ok(()) => {}
+            Err(Error::Unsupported(nodes)) => unsupported.extend(nodes),
+            Err(e) => return Err(e),
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(Error::Unsupported(unsupported));
     }
     bld.copy_constant_outputs();
     bld.finish(limits)
@@ -296,8 +305,8 @@ impl Layout {
         // Weights: packed in order into buffers no larger than one binding.
         let mut weights: Vec<u8> = vec![];
         let mut cur: Option<usize> = None;
-        for s in 0..n {
-            let Home::Weight(t) = &bld.slots[s].home else { continue };
+        for (s, slot) in bld.slots.iter().enumerate() {
+            let Home::Weight(t) = &slot.home else { continue };
             let words = t.to_phys_words().map_err(|e| Error::Other(format!("constant: {e}")))?;
             let bytes = elem_bytes(words.len());
             if bytes > limits.max_binding_bytes {

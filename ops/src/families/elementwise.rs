@@ -608,7 +608,7 @@ pub fn build(op_type: &str, a: &Attrs) -> Result<Box<dyn Op>> {
         "Gelu" => simple(Gelu { tanh: a.str("approximate", "none")? == "tanh" }),
         "LeakyRelu" => simple(LeakyRelu(a.float("alpha", 0.01)?)),
         "Elu" => simple(Elu(a.float("alpha", 1.0)?)),
-        "Selu" => simple(Selu { alpha: a.float("alpha", 1.67326319)?, gamma: a.float("gamma", 1.05070102)? }),
+        "Selu" => simple(Selu { alpha: a.float("alpha", 1.673_263_2)?, gamma: a.float("gamma", 1.050_701)? }),
         "Celu" => simple(Celu(a.float("alpha", 1.0)?)),
         "ThresholdedRelu" => simple(ThresholdedRelu(a.float("alpha", 1.0)?)),
         "HardSigmoid" => simple(HardSigmoid { alpha: a.float("alpha", 0.2)?, beta: a.float("beta", 0.5)? }),
