@@ -28,18 +28,21 @@ fn fixture(rel: &str) -> PathBuf {
     root().join("fixtures").join(rel)
 }
 
-/// `target/<profile>/drift`, next to this test's `deps/` folder; built with
-/// this test's profile when it is missing.
+/// `target/<profile>/drift`, next to this test's `deps/` folder. Cargo does
+/// not build another package's binary for a test, so this runs `cargo build`
+/// with the test's profile first: a no-op when the binary is fresh, and it
+/// keeps a stale binary from being tested. Set `DRIFT_TEST_NO_BUILD` to use
+/// whatever binary is there.
 fn drift_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         let profile_dir = exe.parent().and_then(Path::parent).expect("test executable lies in target/<profile>/deps");
         let bin = profile_dir.join(format!("drift{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
+        if std::env::var_os("DRIFT_TEST_NO_BUILD").is_none() || !bin.exists() {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.current_dir(root()).args(["build", "-p", "drift-compiler", "--bin", "drift"]);
+            cmd.current_dir(root()).args(["build", "--quiet", "-p", "drift-compiler", "--bin", "drift"]);
             if !cfg!(debug_assertions) {
                 cmd.arg("--release");
             }

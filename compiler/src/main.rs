@@ -203,7 +203,11 @@ fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Result<HostTensor,
             }
         })
         .collect();
-    convert(&HostTensor::new(DType::F64, shape.to_vec(), vals.iter().flat_map(|x| x.to_le_bytes()).collect()).map_err(|e| e.to_string())?, dtype)
+    convert(
+        &HostTensor::new(DType::F64, shape.to_vec(), vals.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .map_err(|e| e.to_string())?,
+        dtype,
+    )
 }
 
 fn inspect(path: &Path) -> Result<(), String> {

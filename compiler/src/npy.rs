@@ -11,7 +11,10 @@ pub fn read(path: &Path) -> Result<HostTensor, String> {
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{} is not a .npy file: {e}", path.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
-        return Err(format!("{}: Fortran-ordered arrays are not supported; save with np.ascontiguousarray", path.display()));
+        return Err(format!(
+            "{}: Fortran-ordered arrays are not supported; save with np.ascontiguousarray",
+            path.display()
+        ));
     }
     let NpyType::Plain(ts) = npy.dtype() else {
         return Err(format!("{}: structured arrays are not supported", path.display()));
@@ -35,7 +38,8 @@ pub fn read(path: &Path) -> Result<HostTensor, String> {
         return Err(format!("{}: big-endian arrays are not supported", path.display()));
     }
     // npyz checked the magic, the version and the header; the data follows it.
-    let header_end = npy_header_end(&bytes).ok_or_else(|| format!("{} is not a .npy file: bad header", path.display()))?;
+    let header_end =
+        npy_header_end(&bytes).ok_or_else(|| format!("{} is not a .npy file: bad header", path.display()))?;
     let data = &bytes[header_end..];
     let expected = shape
         .iter()

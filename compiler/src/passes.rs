@@ -11,18 +11,15 @@ use std::sync::Arc;
 /// Fixes every graph input's type: declared dims, symbols bound by
 /// `--dim`, or a whole shape given by the caller. Reports every unbound
 /// symbol at once.
-pub fn bind_inputs(
-    g: &mut Graph,
-    dims: &BTreeMap<String, usize>,
-    shapes: &BTreeMap<String, Vec<usize>>,
-) -> Result<()> {
+pub fn bind_inputs(g: &mut Graph, dims: &BTreeMap<String, usize>, shapes: &BTreeMap<String, Vec<usize>>) -> Result<()> {
     let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for &v in &g.inputs.clone() {
         let value = &g.values[v];
         let Some((elem, declared)) = value.declared.clone() else {
             return Err(Error::Tensor { tensor: value.name.clone(), msg: "graph input has no tensor type".into() });
         };
-        let dtype = DType::from_onnx(elem).map_err(|e| Error::Tensor { tensor: value.name.clone(), msg: e.to_string() })?;
+        let dtype =
+            DType::from_onnx(elem).map_err(|e| Error::Tensor { tensor: value.name.clone(), msg: e.to_string() })?;
         if let Some(shape) = shapes.get(&value.name) {
             check_elements(shape).map_err(|msg| Error::Tensor { tensor: value.name.clone(), msg })?;
             g.values[v].ty = Some(TypeInfo::new(dtype, shape.clone()));
@@ -89,7 +86,7 @@ fn check_elements(shape: &[usize]) -> std::result::Result<(), String> {
 pub fn build_ops(g: &mut Graph) -> Result<()> {
     let mut unsupported = Vec::new();
     for node in g.nodes.iter_mut().filter(|n| !n.dead) {
-        match drift_ops::build_op(&node.op_type, &node.domain, node.opset, &node.attrs) {
+        match drift_ops::build_op(&node.op_type, &node.domain, node.opset, &node.attrs, node.outputs.len()) {
             Ok(op) => node.op = Some(op),
             Err(drift_ops::Error::Unsupported(reason)) => unsupported.push(UnsupportedNode {
                 node: node.name.clone(),
@@ -140,7 +137,10 @@ pub fn toposort(g: &Graph) -> Result<Vec<NodeId>> {
                     return Err(Error::Node {
                         node: n.name.clone(),
                         op_type: n.op_type.clone(),
-                        msg: format!("input '{}' is neither a graph input, an initializer nor a node output", g.values[v].name),
+                        msg: format!(
+                            "input '{}' is neither a graph input, an initializer nor a node output",
+                            g.values[v].name
+                        ),
                     });
                 }
             }
@@ -148,7 +148,10 @@ pub fn toposort(g: &Graph) -> Result<Vec<NodeId>> {
     }
     for &v in &g.outputs {
         if !producer.contains_key(&v) && g.values[v].constant.is_none() && !graph_inputs.contains(&v) {
-            return Err(Error::Tensor { tensor: g.values[v].name.clone(), msg: "graph output is never computed".into() });
+            return Err(Error::Tensor {
+                tensor: g.values[v].name.clone(),
+                msg: "graph output is never computed".into(),
+            });
         }
     }
     petgraph::algo::toposort(&dg, None).map(|order| order.into_iter().map(|i| dg[i]).collect()).map_err(|cycle| {
@@ -169,7 +172,10 @@ pub fn infer_and_fold(g: &mut Graph, order: &[NodeId]) -> Result<()> {
             .map(|v| {
                 v.map(|v| {
                     let val = &g.values[v];
-                    Input { ty: val.ty.as_ref().expect("inputs typed in topological order"), value: val.constant.as_deref() }
+                    Input {
+                        ty: val.ty.as_ref().expect("inputs typed in topological order"),
+                        value: val.constant.as_deref(),
+                    }
                 })
             })
             .collect();
@@ -308,7 +314,15 @@ fn apply_weight_split(g: &mut Graph, id: NodeId, plan: SplitPlan) -> Result<Vec<
     }
     let mut concat_attrs = drift_ops::Attrs::default();
     concat_attrs.0.insert("axis".into(), drift_ops::Attr::Int(-1));
-    ids.push(add_typed_node(g, format!("{name}/concat"), "Concat", g.opsets.get("").copied().unwrap_or(13), concat_attrs, parts, out)?);
+    ids.push(add_typed_node(
+        g,
+        format!("{name}/concat"),
+        "Concat",
+        g.opsets.get("").copied().unwrap_or(13),
+        concat_attrs,
+        parts,
+        out,
+    )?);
     g.nodes[id].dead = true;
     Ok(ids)
 }
@@ -355,11 +369,9 @@ fn add_typed_node(
     inputs: Vec<Option<ValueId>>,
     out: ValueId,
 ) -> Result<NodeId> {
-    let op = drift_ops::build_op(op_type, "", opset, &attrs).map_err(|e| node_error(name.clone(), op_type, e))?;
-    let ins: Vec<Option<Input>> = inputs
-        .iter()
-        .map(|v| v.map(|v| Input { ty: g.ty(v), value: g.values[v].constant.as_deref() }))
-        .collect();
+    let op = drift_ops::build_op(op_type, "", opset, &attrs, 1).map_err(|e| node_error(name.clone(), op_type, e))?;
+    let ins: Vec<Option<Input>> =
+        inputs.iter().map(|v| v.map(|v| Input { ty: g.ty(v), value: g.values[v].constant.as_deref() })).collect();
     let ty = op.infer(&ins).map_err(|e| node_error(name.clone(), op_type, e))?;
     g.values[out].ty = ty.into_iter().next();
     g.nodes.push(crate::ir::Node {

@@ -5,11 +5,17 @@ use crate::{Attrs, Error, Op, Result};
 
 /// Builds the op of a node. `opset` is the model's version of the op's
 /// domain; families use it where attributes moved to inputs over time.
-pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs) -> Result<Box<dyn Op>> {
+/// `n_outputs` is the node's output count, which some ops imply rather
+/// than state (Split into equal parts before opset 18).
+pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs, n_outputs: usize) -> Result<Box<dyn Op>> {
     if !(domain.is_empty() || domain == "ai.onnx") {
         return Err(Error::unsupported(format!("domain '{domain}'")));
     }
-    let _ = opset;
+    if op_type == "Split" && !attrs.has("num_outputs") && !attrs.has("split") {
+        let mut attrs = attrs.clone();
+        attrs.0.insert("num_outputs".into(), crate::Attr::Int(n_outputs as i64));
+        return crate::families::movement::build(op_type, &attrs, opset);
+    }
     match op_type {
         "Clip" => elementwise::build_clip(attrs),
         "MaxPool" | "AveragePool" | "LpPool" | "GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" => crate::families::pool::build(op_type, attrs, opset),
@@ -26,5 +32,5 @@ pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs) -> Resul
 
 /// Whether `op_type` of the default domain has a builder.
 pub fn is_supported(op_type: &str) -> bool {
-    !matches!(build_op(op_type, "", 21, &Attrs::default()), Err(Error::Unsupported(m)) if m == op_type)
+    !matches!(build_op(op_type, "", 21, &Attrs::default(), 1), Err(Error::Unsupported(m)) if m == op_type)
 }

@@ -13,8 +13,8 @@ use std::ops::Range;
 use prost::Message;
 
 use crate::bundle::{
-    BindingKind, BufferKind, Bundle, Dispatch, FILE_HEADER_LEN, FORMAT_VERSION, IoTensor, Kernel,
-    MAGIC, PARAMS_ALIGN, PhysType, WEIGHTS_ALIGN,
+    BindingKind, BufferKind, Bundle, Dispatch, FILE_HEADER_LEN, FORMAT_VERSION, IoTensor, Kernel, MAGIC, PARAMS_ALIGN,
+    PhysType, WEIGHTS_ALIGN,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result, bundle_err, fmt_shape};
@@ -47,10 +47,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Bundle, Range<usize>)> {
 
     let header_end = (FILE_HEADER_LEN as u64).saturating_add(header_len);
     if header_end > file_len {
-        return Err(Error::Truncated {
-            expected: header_end,
-            actual: file_len,
-        });
+        return Err(Error::Truncated { expected: header_end, actual: file_len });
     }
     // header_end <= bytes.len(), so it fits usize.
     let bundle = Bundle::decode(&bytes[FILE_HEADER_LEN..header_end as usize])?;
@@ -69,18 +66,12 @@ fn weights_range(header_end: u64, weights_size: u64, file_len: u64) -> Result<Ra
     }
     let end = start.saturating_add(weights_size);
     if end > file_len {
-        return Err(Error::Truncated {
-            expected: end,
-            actual: file_len,
-        });
+        return Err(Error::Truncated { expected: end, actual: file_len });
     }
     if end < file_len {
         return Err(bundle_err(
             "weights_size",
-            format!(
-                "= {weights_size} leaves {} bytes unused at the end of the file",
-                file_len - end
-            ),
+            format!("= {weights_size} leaves {} bytes unused at the end of the file", file_len - end),
         ));
     }
     // end <= file_len, so both fit usize.
@@ -89,11 +80,7 @@ fn weights_range(header_end: u64, weights_size: u64, file_len: u64) -> Result<Ra
 
 /// Writes `bundle` framed as a bundle file, with `weights` as its weights
 /// section; `weights_size` in the written header is `weights.len()`.
-pub fn write_bundle_to(
-    out: &mut impl Write,
-    bundle: &Bundle,
-    weights: &[u8],
-) -> std::io::Result<()> {
+pub fn write_bundle_to(out: &mut impl Write, bundle: &Bundle, weights: &[u8]) -> std::io::Result<()> {
     let mut header = bundle.clone();
     header.weights_size = weights.len() as u64;
     let header = header.encode_to_vec();
@@ -123,10 +110,7 @@ pub fn validate(bundle: &Bundle) -> Result<()> {
         let field = |f: &str| format!("buffers[{i}].{f}");
         let kind = buffer_kind(bundle, i)?;
         if buf.size == 0 || !buf.size.is_multiple_of(4) {
-            return Err(bundle_err(
-                field("size"),
-                format!("= {} is not a positive multiple of 4", buf.size),
-            ));
+            return Err(bundle_err(field("size"), format!("= {} is not a positive multiple of 4", buf.size)));
         }
         let end = buf.weights_offset.saturating_add(buf.size);
         if kind == BufferKind::Weights && end > bundle.weights_size {
@@ -152,20 +136,13 @@ pub fn validate(bundle: &Bundle) -> Result<()> {
 /// The kind of `buffers[i]`, which must exist.
 fn buffer_kind(bundle: &Bundle, i: usize) -> Result<BufferKind> {
     let kind = bundle.buffers[i].kind;
-    BufferKind::try_from(kind).map_err(|_| {
-        bundle_err(
-            format!("buffers[{i}].kind"),
-            format!("= {kind} is not a buffer kind"),
-        )
-    })
+    BufferKind::try_from(kind)
+        .map_err(|_| bundle_err(format!("buffers[{i}].kind"), format!("= {kind} is not a buffer kind")))
 }
 
 /// The binding kinds of a kernel, decoded.
 pub(crate) fn binding_kinds(kernel: &Kernel) -> impl Iterator<Item = Option<BindingKind>> + '_ {
-    kernel
-        .bindings
-        .iter()
-        .map(|&b| BindingKind::try_from(b).ok())
+    kernel.bindings.iter().map(|&b| BindingKind::try_from(b).ok())
 }
 
 fn validate_kernel(i: usize, kernel: &Kernel) -> Result<()> {
@@ -176,24 +153,17 @@ fn validate_kernel(i: usize, kernel: &Kernel) -> Result<()> {
     if kernel.workgroup_size.len() != 3 || kernel.workgroup_size.contains(&0) {
         return Err(bundle_err(
             field("workgroup_size"),
-            format!(
-                "= {} is not three sizes of at least 1",
-                fmt_shape(&kernel.workgroup_size)
-            ),
+            format!("= {} is not three sizes of at least 1", fmt_shape(&kernel.workgroup_size)),
         ));
     }
     if kernel.spirv.is_empty() && kernel.wgsl.is_empty() {
         return Err(bundle_err(field("spirv"), "and wgsl are both empty"));
     }
     if !kernel.spirv.len().is_multiple_of(4) {
-        return Err(bundle_err(
-            field("spirv"),
-            format!("has {} bytes, not whole 32-bit words", kernel.spirv.len()),
-        ));
+        return Err(bundle_err(field("spirv"), format!("has {} bytes, not whole 32-bit words", kernel.spirv.len())));
     }
     if !kernel.spirv.is_empty() {
-        check_spirv_framing(&kernel.spirv)
-            .map_err(|problem| bundle_err(field("spirv"), problem))?;
+        check_spirv_framing(&kernel.spirv).map_err(|problem| bundle_err(field("spirv"), problem))?;
     }
     for (b, kind) in binding_kinds(kernel).enumerate() {
         // Binding 0 is the params block and only binding 0 is.
@@ -205,18 +175,12 @@ fn validate_kernel(i: usize, kernel: &Kernel) -> Result<()> {
         if !ok {
             return Err(bundle_err(
                 format!("kernels[{i}].bindings[{b}]"),
-                format!(
-                    "= {} is not allowed (binding 0 must be Params, the rest storage)",
-                    kernel.bindings[b]
-                ),
+                format!("= {} is not allowed (binding 0 must be Params, the rest storage)", kernel.bindings[b]),
             ));
         }
     }
     if kernel.bindings.is_empty() {
-        return Err(bundle_err(
-            field("bindings"),
-            "is empty (binding 0 must be Params)",
-        ));
+        return Err(bundle_err(field("bindings"), "is empty (binding 0 must be Params)"));
     }
     Ok(())
 }
@@ -257,11 +221,7 @@ fn validate_dispatch(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<(
     let Some(kernel) = bundle.kernels.get(dispatch.kernel as usize) else {
         return Err(bundle_err(
             field("kernel"),
-            format!(
-                "= {} is out of range ({} kernels)",
-                dispatch.kernel,
-                bundle.kernels.len()
-            ),
+            format!("= {} is out of range ({} kernels)", dispatch.kernel, bundle.kernels.len()),
         ));
     };
     let storage = kernel.bindings.len() - 1;
@@ -276,52 +236,28 @@ fn validate_dispatch(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<(
             ),
         ));
     }
-    for (j, (&buffer, kind)) in dispatch
-        .buffers
-        .iter()
-        .zip(binding_kinds(kernel).skip(1))
-        .enumerate()
-    {
+    for (j, (&buffer, kind)) in dispatch.buffers.iter().zip(binding_kinds(kernel).skip(1)).enumerate() {
         let f = format!("dispatches[{i}].buffers[{j}]");
         if buffer as usize >= bundle.buffers.len() {
-            return Err(bundle_err(
-                f,
-                format!(
-                    "= {buffer} is out of range ({} buffers)",
-                    bundle.buffers.len()
-                ),
-            ));
+            return Err(bundle_err(f, format!("= {buffer} is out of range ({} buffers)", bundle.buffers.len())));
         }
         let writes = kind == Some(BindingKind::StorageReadWrite);
         if writes && buffer_kind(bundle, buffer as usize)? == BufferKind::Weights {
-            return Err(bundle_err(
-                f,
-                format!("= {buffer} binds a Weights buffer read-write"),
-            ));
+            return Err(bundle_err(f, format!("= {buffer} binds a Weights buffer read-write")));
         }
         // WebGPU tracks usage per buffer: read-only and read-write bindings
         // of one buffer in one dispatch conflict.
-        let clash = dispatch
-            .buffers
-            .iter()
-            .zip(binding_kinds(kernel).skip(1))
-            .any(|(&other, other_kind)| {
-                other == buffer && (other_kind == Some(BindingKind::StorageReadWrite)) != writes
-            });
+        let clash = dispatch.buffers.iter().zip(binding_kinds(kernel).skip(1)).any(|(&other, other_kind)| {
+            other == buffer && (other_kind == Some(BindingKind::StorageReadWrite)) != writes
+        });
         if clash {
-            return Err(bundle_err(
-                f,
-                format!("= {buffer} is bound both read-only and read-write"),
-            ));
+            return Err(bundle_err(f, format!("= {buffer} is bound both read-only and read-write")));
         }
     }
     if !dispatch.params_offset.is_multiple_of(PARAMS_ALIGN) {
         return Err(bundle_err(
             field("params_offset"),
-            format!(
-                "= {} is not a multiple of {PARAMS_ALIGN}",
-                dispatch.params_offset
-            ),
+            format!("= {} is not a multiple of {PARAMS_ALIGN}", dispatch.params_offset),
         ));
     }
     let params_end = u64::from(dispatch.params_offset) + u64::from(kernel.params_size);
@@ -340,10 +276,7 @@ fn validate_dispatch(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<(
     if wg.len() != 3 || wg.iter().any(|&n| n == 0 || n > MAX_WORKGROUPS_PER_DIM) {
         return Err(bundle_err(
             field("workgroups"),
-            format!(
-                "= {} is not three counts in 1..={MAX_WORKGROUPS_PER_DIM}",
-                fmt_shape(wg)
-            ),
+            format!("= {} is not three counts in 1..={MAX_WORKGROUPS_PER_DIM}", fmt_shape(wg)),
         ));
     }
     Ok(())
@@ -353,49 +286,29 @@ fn validate_io(bundle: &Bundle, list: &str, tensors: &[IoTensor]) -> Result<()> 
     for (i, t) in tensors.iter().enumerate() {
         let field = |f: &str| format!("{list}[{i}].{f}");
         if t.name.is_empty() || tensors[..i].iter().any(|o| o.name == t.name) {
-            return Err(bundle_err(
-                field("name"),
-                format!("= '{}' is empty or repeated", t.name),
-            ));
+            return Err(bundle_err(field("name"), format!("= '{}' is empty or repeated", t.name)));
         }
         let Some(dtype) = DType::from_onnx(t.dtype) else {
-            return Err(bundle_err(
-                field("dtype"),
-                format!("= {} is not a supported ONNX type", t.dtype),
-            ));
+            return Err(bundle_err(field("dtype"), format!("= {} is not a supported ONNX type", t.dtype)));
         };
         if PhysType::try_from(t.phys) != Ok(dtype.phys()) {
             return Err(bundle_err(
                 field("phys"),
-                format!(
-                    "= {} does not match dtype {dtype} (needs {:?})",
-                    t.phys,
-                    dtype.phys()
-                ),
+                format!("= {} does not match dtype {dtype} (needs {:?})", t.phys, dtype.phys()),
             ));
         }
         let Some(buffer) = bundle.buffers.get(t.buffer as usize) else {
             return Err(bundle_err(
                 field("buffer"),
-                format!(
-                    "= {} is out of range ({} buffers)",
-                    t.buffer,
-                    bundle.buffers.len()
-                ),
+                format!("= {} is out of range ({} buffers)", t.buffer, bundle.buffers.len()),
             ));
         };
         // Inputs are written by the runtime: never into the weights.
         if list == "inputs" && buffer_kind(bundle, t.buffer as usize)? != BufferKind::Arena {
-            return Err(bundle_err(
-                field("buffer"),
-                format!("= {} is not an Arena buffer", t.buffer),
-            ));
+            return Err(bundle_err(field("buffer"), format!("= {} is not an Arena buffer", t.buffer)));
         }
         let Some(size) = io_size(t) else {
-            return Err(bundle_err(
-                field("shape"),
-                format!("= {} has too many elements", fmt_shape(&t.shape)),
-            ));
+            return Err(bundle_err(field("shape"), format!("= {} has too many elements", fmt_shape(&t.shape))));
         };
         if !t.offset.is_multiple_of(4) || t.offset.saturating_add(size) > buffer.size {
             return Err(bundle_err(

@@ -52,11 +52,7 @@ impl GpuOptions {
             Some("dx12") => Some(wgpu::Backend::Dx12),
             Some("webgpu") => Some(wgpu::Backend::BrowserWebGpu),
             Some(other) => {
-                return Err(bad_env(
-                    "DRIFT_BACKEND",
-                    other,
-                    "vulkan, metal, dx12, webgpu",
-                ));
+                return Err(bad_env("DRIFT_BACKEND", other, "vulkan, metal, dx12, webgpu"));
             }
         };
         let force_wgsl = match std::env::var("DRIFT_SHADERS").ok().as_deref() {
@@ -64,19 +60,12 @@ impl GpuOptions {
             Some("wgsl") => true,
             Some(other) => return Err(bad_env("DRIFT_SHADERS", other, "auto, wgsl")),
         };
-        Ok(GpuOptions {
-            backend,
-            force_wgsl,
-        })
+        Ok(GpuOptions { backend, force_wgsl })
     }
 }
 
 fn bad_env(var: &'static str, value: &str, allowed: &'static str) -> Error {
-    Error::BadEnv {
-        var,
-        value: value.to_string(),
-        allowed,
-    }
+    Error::BadEnv { var, value: value.to_string(), allowed }
 }
 
 /// Features requested when the adapter has them: passthrough for the fast
@@ -110,12 +99,7 @@ pub struct GpuInfo {
 
 impl std::fmt::Display for GpuInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (a, b, d, s) = (
-            &self.adapter,
-            &self.backend,
-            &self.driver,
-            self.shader_path.name(),
-        );
+        let (a, b, d, s) = (&self.adapter, &self.backend, &self.driver, self.shader_path.name());
         write!(f, "{a} ({b}, driver {d}, shaders: {s})")
     }
 }
@@ -131,10 +115,7 @@ impl Gpu {
         let backends = match options.backend {
             Some(b) => wgpu::Backends::from(b),
             None => {
-                wgpu::Backends::VULKAN
-                    | wgpu::Backends::METAL
-                    | wgpu::Backends::DX12
-                    | wgpu::Backends::BROWSER_WEBGPU
+                wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12 | wgpu::Backends::BROWSER_WEBGPU
             }
         };
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
@@ -183,14 +164,7 @@ impl Gpu {
         });
 
         let shader_path = choose_path(adapter.get_info().backend, features, options.force_wgsl);
-        Ok(Gpu {
-            adapter,
-            device,
-            queue,
-            shader_path,
-            errors,
-            _instance: instance,
-        })
+        Ok(Gpu { adapter, device, queue, shader_path, errors, _instance: instance })
     }
 
     /// Adapter name, backend, driver and shader path, for logs and reports.
@@ -199,9 +173,7 @@ impl Gpu {
         GpuInfo {
             adapter: info.name,
             backend: info.backend.to_string(),
-            driver: format!("{} {}", info.driver, info.driver_info)
-                .trim()
-                .to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             shader_path: self.shader_path,
         }
     }

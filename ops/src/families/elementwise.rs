@@ -423,20 +423,20 @@ impl Op for Elementwise {
             bail!("expects {} inputs, got {}", n, inputs.len());
         }
         let tys: Vec<&TypeInfo> = (0..n).map(|i| ty(inputs, i)).collect::<Result<_>>()?;
-        let shapes: Vec<&[usize]> = tys.iter().map(|t| t.shape.as_slice()).collect();
-        let shape = broadcast_shapes(&shapes)?;
+        let shapes = self.operand_shapes(tys.iter().map(|t| t.shape.as_slice()).collect());
+        let shape = broadcast_shapes(&shapes.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
         Ok(vec![TypeInfo::new(self.out_dtype(tys[self.data_operand()].dtype), shape)])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let n = if self.variadic { inputs.len() } else { self.func.arity() };
         let ts: Vec<&Tensor> = (0..n).map(|i| arg(inputs, i)).collect::<Result<_>>()?;
-        let shapes: Vec<&[usize]> = ts.iter().map(|t| t.shape.as_slice()).collect();
-        let shape = broadcast_shapes(&shapes)?;
+        let shapes = self.operand_shapes(ts.iter().map(|t| t.shape.as_slice()).collect());
+        let shape = broadcast_shapes(&shapes.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
         let data_ty = ts[self.data_operand()].dtype;
         let out_ty = self.out_dtype(data_ty);
         let total: usize = shape.iter().product();
-        let idx: Vec<Vec<usize>> = ts.iter().map(|t| broadcast_indices(&shape, &t.shape, total)).collect();
+        let idx: Vec<Vec<usize>> = shapes.iter().map(|s| broadcast_indices(&shape, s, total)).collect();
         if data_ty.is_float() {
             let vals: Vec<Vec<f64>> = ts.iter().map(|t| t.to_f64()).collect();
             let mut out = Vec::with_capacity(total);
@@ -463,8 +463,10 @@ impl Op for Elementwise {
         let phys = cx.input(self.data_operand())?.dtype.phys();
         let mut body = unravel("c", "i", &out.shape);
         let mut operands = Vec::new();
+        let in_shapes: Vec<&[usize]> = (0..n_in).map(|k| cx.input(k).map(|t| t.shape.as_slice())).collect::<Result<_>>()?;
+        let shapes = self.operand_shapes(in_shapes);
         for (k, name) in names.iter().enumerate() {
-            let shape = &cx.input(k)?.shape;
+            let shape = &shapes[k];
             let index = if shape == &out.shape { "i".to_string() } else { broadcast_index("c", &out.shape, shape) };
             body += &format!("    let a{k} = ld_{name}({index});\n");
             operands.push(format!("a{k}"));
@@ -481,6 +483,20 @@ impl Op for Elementwise {
 }
 
 impl Elementwise {
+    /// Operand shapes for broadcasting. PRelu before opset 7 broadcast a
+    /// 1-D slope of C values along axis 1 (channels), not the last axis.
+    fn operand_shapes(&self, shapes: Vec<&[usize]>) -> Vec<Vec<usize>> {
+        let mut out: Vec<Vec<usize>> = shapes.iter().map(|s| s.to_vec()).collect();
+        if self.func == Func::PRelu && broadcast_shapes(&shapes).is_err() {
+            let (x, slope) = (shapes[0], shapes[1]);
+            if slope.len() == 1 && x.len() > 2 && x[1] == slope[0] {
+                out[1] = vec![slope[0]];
+                out[1].extend(std::iter::repeat_n(1, x.len() - 2));
+            }
+        }
+        out
+    }
+
     fn fold_f(&self, a: &[f64]) -> f64 {
         if !self.variadic {
             return self.func.eval_f(a);
