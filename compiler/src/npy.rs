@@ -8,6 +8,9 @@ use std::path::Path;
 /// Reads an `.npy` file (little-endian numeric or bool arrays).
 pub fn read(path: &Path) -> Result<HostTensor, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if header_shape_overflows(&bytes) {
+        return Err(format!("{}: the shape in its header has more elements than 64 bits can count", path.display()));
+    }
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{} is not a .npy file: {e}", path.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
@@ -55,6 +58,22 @@ pub fn read(path: &Path) -> Result<HostTensor, String> {
         ));
     }
     HostTensor::new(dtype, shape, data.to_vec()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Whether the header's `'shape': (d0, d1, ..)` multiplies past u64, which
+/// npyz does not check (it panics in debug builds, wraps in release).
+/// Headers this cannot find a shape in are left to npyz to judge.
+fn header_shape_overflows(bytes: &[u8]) -> bool {
+    let Some(end) = npy_header_end(bytes) else { return false };
+    let header = String::from_utf8_lossy(&bytes[..end]);
+    let Some(at) = header.find("'shape'") else { return false };
+    let rest = &header[at..];
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { return false };
+    if close < open {
+        return false;
+    }
+    let mut dims = rest[open + 1..close].split(',').filter_map(|d| d.trim().parse::<u64>().ok());
+    dims.try_fold(1u64, |n, d| n.checked_mul(d)).is_none()
 }
 
 /// Where the data starts: after the magic (6 bytes), the version (2), the

@@ -122,6 +122,14 @@ pub fn write_report(suites: &[(String, Vec<Result>)], gpu: &str) -> std::io::Res
     for (name, rs) in suites {
         s += &format!("| {name} | {} | {} |\n", rs.iter().filter(|r| r.outcome.passed()).count(), rs.len());
     }
+    s += "\n## Why cases fail\n\n| reason | cases |\n|---|---:|\n";
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in suites.iter().flat_map(|(_, rs)| rs).filter(|r| !r.outcome.passed()) {
+        *reasons.entry(failure_reason(&r.outcome)).or_default() += 1;
+    }
+    for (reason, n) in reasons {
+        s += &format!("| {reason} | {n} |\n");
+    }
     s += "\n## Data types on the GPU\n\nEvery element is stored as 32 bits: float32/float16/bfloat16 as f32 ";
     s += "(float16 and bfloat16 widen exactly; results are rounded back when the output type is narrower), ";
     s += "float64 as f32 (narrowed: precision drops to float32's, which the tests' tolerances accept or reject ";
@@ -145,4 +153,26 @@ pub fn write_report(suites: &[(String, Vec<Result>)], gpu: &str) -> std::io::Res
         s += "\n";
     }
     std::fs::write(repo_root().join("docs/conformance.md"), s)
+}
+
+/// A failure's class in words, for the report's summary table.
+fn failure_reason(o: &Outcome) -> &'static str {
+    let m = o.message();
+    match o {
+        Outcome::Data(_) if m.contains("string") => "string tensors (not supported on the GPU)",
+        Outcome::Data(_) if m.contains("sequence") || m.contains("has 0 values") || m.contains("overflows") => {
+            "sequence/optional values (not supported)"
+        }
+        Outcome::Data(_) => "element type without a GPU form yet (float8, int4, uint4, float4, ...)",
+        Outcome::Compile(_) if m.contains("must be a constant") || m.contains("must be constants") => {
+            "a shape-deciding input (shape, axes, pads, scales, k, ...) is given at run time; drift needs it at compile time"
+        }
+        Outcome::Compile(_) if m.contains("no implementation") || m.contains("domain") => "operator not implemented",
+        Outcome::Compile(_) if m.contains("unsupported") => "operator form or data type not implemented",
+        Outcome::Compile(_) => "other compile error",
+        Outcome::Run(_) => "run-time error",
+        Outcome::Mismatch(m) if m.contains("inf") => "numbers differ: float64 values beyond float32's range",
+        Outcome::Mismatch(_) => "numbers differ",
+        Outcome::Pass => "pass",
+    }
 }

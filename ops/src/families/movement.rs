@@ -11,7 +11,10 @@
 //! binds two buffers only and does no per-element search. Index operands
 //! (Gather's indices, OneHot's indices, ...) are read at run time and may be
 //! negative: kernels wrap them by the axis size and clamp them to stay in
-//! bounds. CPU references mirror the same index maps.
+//! bounds. Operands that do not change the output shape (Trilu's k,
+//! CumSum's axis, Pad's constant_value) may also be run-time values; the
+//! others (starts, pads, repeats, split, depth) must be constants. CPU
+//! references mirror the same index maps.
 
 use crate::wgsl::{kernel_1d, lit, strides, unravel};
 use crate::{

@@ -375,7 +375,10 @@ impl Op for Pool {
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let x = cx.input(0)?;
         let g = pool_geom(&self.attrs, &x.shape)?;
-        pool_kernel(&g, self.kind, x.dtype.phys(), cx.outputs.len() > 1)
+        // Indices only when the node has a real second output (an omitted
+        // one comes as an empty placeholder).
+        let indices = cx.outputs.get(1).is_some_and(|t| t.dtype == DType::I64 && t.numel() > 0);
+        pool_kernel(&g, self.kind, x.dtype.phys(), indices)
     }
 }
 

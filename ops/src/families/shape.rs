@@ -5,11 +5,12 @@
 //! EyeLike) plus Expand.
 //!
 //! Design: views lower to `Lowering::Alias`, so they cost nothing at run
-//! time. Shape and Size fold from types alone (`fold_from_types`); the
-//! generators are normally folded by the compiler through `eval`, but each
-//! still has a small kernel so an unfolded node stays runnable. Shape
-//! operands (Reshape's shape, Squeeze's axes, ...) must be compile-time
-//! constants: every shape is concrete.
+//! time (Dropout too, unless its mask is wanted or it may train). Shape and
+//! Size fold from types alone (`fold_from_types`); the generators are
+//! normally folded by the compiler through `eval`, but each still has a
+//! small kernel so an unfolded node stays runnable. Shape operands
+//! (Reshape's shape, Squeeze's axes, ...) must be compile-time constants:
+//! every shape is concrete.
 
 use crate::families::elementwise::broadcast_shapes;
 use crate::families::movement::{kernel, map_kernel, take, xy_args};
