@@ -18,7 +18,8 @@ const FIXTURE_ATOL: f64 = 1e-5;
 
 fn main() {
     let bless = std::env::var_os("DRIFT_BLESS").is_some();
-    let gpu = Gpu::new().unwrap_or_else(|e| fail(&format!("no GPU: {e} (CI uses lavapipe: apt install mesa-vulkan-drivers)")));
+    let gpu = Gpu::new()
+        .unwrap_or_else(|e| fail(&format!("no GPU: {e} (CI uses lavapipe: apt install mesa-vulkan-drivers)")));
     let root = suite::onnx_data_root();
     if !root.join("node").is_dir() {
         fail(&format!("{} is missing: run python3 scripts/gen_onnx_tests.py --out target/onnx-tests", root.display()));

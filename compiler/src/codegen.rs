@@ -38,7 +38,8 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     for (k, a) in args.iter().enumerate() {
         let off = format!("p.o[{}].{}", k / 4, ["x", "y", "z", "w"][k % 4]);
         let (t, b) = (a.phys.wgsl(), a.binding);
-        let load = if a.phys == Phys::U32 { format!("b{b}[{off} + i]") } else { format!("bitcast<{t}>(b{b}[{off} + i])") };
+        let load =
+            if a.phys == Phys::U32 { format!("b{b}[{off} + i]") } else { format!("bitcast<{t}>(b{b}[{off} + i])") };
         s += &format!("fn ld_{}(i: u32) -> {t} {{ return {load}; }}\n", a.name);
         if a.writable {
             let store = if a.phys == Phys::U32 { "v".to_string() } else { "bitcast<u32>(v)".to_string() };
@@ -89,6 +90,7 @@ pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
     };
     let (msl, tinfo) =
         msl::write_string(&module, &info, &msl_options, &pipeline).map_err(|e| format!("MSL writer: {e}"))?;
-    let msl_entry_point = tinfo.entry_point_names.first().cloned().and_then(|r| r.ok()).unwrap_or_else(|| "main_".into());
+    let msl_entry_point =
+        tinfo.entry_point_names.first().cloned().and_then(|r| r.ok()).unwrap_or_else(|| "main_".into());
     Ok(Shaders { wgsl, spirv, msl, msl_entry_point })
 }

@@ -57,8 +57,8 @@ struct Builder {
 impl Builder {
     fn graph(&mut self, graph: &GraphProto) -> Result<()> {
         for init in &graph.initializer {
-            let t = tensor_from_proto(init, &self.dir)
-                .map_err(|msg| Error::Tensor { tensor: init.name.clone(), msg })?;
+            let t =
+                tensor_from_proto(init, &self.dir).map_err(|msg| Error::Tensor { tensor: init.name.clone(), msg })?;
             let id = self.value(&init.name);
             self.g.values[id].ty = Some(drift_ops::TypeInfo::new(t.dtype, t.shape.clone()));
             self.g.values[id].constant = Some(Arc::new(t));
@@ -139,7 +139,9 @@ fn attr_from_proto(a: &AttributeProto, dir: &Path) -> std::result::Result<Attr, 
         AttributeType::STRING => Attr::Str(String::from_utf8_lossy(&a.s).into_owned()),
         AttributeType::INTS => Attr::Ints(a.ints.clone()),
         AttributeType::FLOATS => Attr::Floats(a.floats.clone()),
-        AttributeType::STRINGS => Attr::Strs(a.strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect()),
+        AttributeType::STRINGS => {
+            Attr::Strs(a.strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        }
         AttributeType::TENSOR => match a.t.as_ref() {
             Some(t) => Attr::Tensor(tensor_from_proto(t, dir)?),
             None => return Err("tensor attribute without a tensor".into()),
@@ -218,7 +220,10 @@ fn read_external(t: &TensorProto, dir: &Path, expected: usize) -> std::result::R
     let mut f = std::fs::File::open(&path).map_err(|e| format!("external data file {}: {e}", path.display()))?;
     let size = f.metadata().map_err(|e| e.to_string())?.len();
     if offset.checked_add(length).is_none_or(|end| end > size) {
-        return Err(format!("external data {}: bytes {offset}..+{length} lie past its end ({size} bytes)", path.display()));
+        return Err(format!(
+            "external data {}: bytes {offset}..+{length} lie past its end ({size} bytes)",
+            path.display()
+        ));
     }
     f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; length as usize];

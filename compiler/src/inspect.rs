@@ -1,6 +1,6 @@
 //! Human-readable description of a bundle for `drift inspect`.
 
-use drift_runtime::bundle::{Bundle, BufferKind, IoTensor};
+use drift_runtime::bundle::{BufferKind, Bundle, IoTensor};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -57,12 +57,5 @@ pub fn describe(b: &Bundle) -> String {
 }
 
 fn io_line(t: &IoTensor) -> String {
-    format!(
-        "{} {} {:?} (buffer {} offset {})",
-        t.name,
-        drift_ops::onnx_type_name(t.dtype),
-        t.shape,
-        t.buffer,
-        t.offset
-    )
+    format!("{} {} {:?} (buffer {} offset {})", t.name, drift_ops::onnx_type_name(t.dtype), t.shape, t.buffer, t.offset)
 }

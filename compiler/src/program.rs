@@ -149,11 +149,8 @@ impl<'g> Builder<'g> {
                     })
                     .collect();
                 for kernel in kernels {
-                    let slots = kernel
-                        .args
-                        .iter()
-                        .map(|a| self.arg_slot(node, a, &temp_slots))
-                        .collect::<Result<Vec<_>>>()?;
+                    let slots =
+                        kernel.args.iter().map(|a| self.arg_slot(node, a, &temp_slots)).collect::<Result<Vec<_>>>()?;
                     self.steps.push(Step { node: node.name.clone(), kernel, slots });
                 }
             }
@@ -315,10 +312,15 @@ impl Layout {
                     t.shape, limits.max_binding_bytes
                 )));
             }
-            let fits = cur.is_some_and(|c| buffers[c].size.next_multiple_of(TENSOR_ALIGN) + bytes <= limits.max_binding_bytes);
+            let fits =
+                cur.is_some_and(|c| buffers[c].size.next_multiple_of(TENSOR_ALIGN) + bytes <= limits.max_binding_bytes);
             if !fits {
                 weights.resize(weights.len().next_multiple_of(TENSOR_ALIGN as usize), 0);
-                buffers.push(b::Buffer { kind: BufferKind::Weights as i32, size: 0, weights_offset: weights.len() as u64 });
+                buffers.push(b::Buffer {
+                    kind: BufferKind::Weights as i32,
+                    size: 0,
+                    weights_offset: weights.len() as u64,
+                });
                 cur = Some(buffers.len() - 1);
             }
             let c = cur.expect("set above");

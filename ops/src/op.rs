@@ -77,9 +77,9 @@ impl<'a> LowerCtx<'a> {
     pub fn const_input(&self, i: usize, what: &str) -> Result<&'a Tensor> {
         match self.value(i) {
             Some(t) => Ok(t),
-            None if self.has_input(i) => Err(crate::Error::unsupported(format!(
-                "input {i} ({what}) must be a constant known at compile time"
-            ))),
+            None if self.has_input(i) => {
+                Err(crate::Error::unsupported(format!("input {i} ({what}) must be a constant known at compile time")))
+            }
             None => bail!("input {i} ({what}) is required"),
         }
     }

@@ -18,13 +18,32 @@ pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs, n_output
     }
     match op_type {
         "Clip" => elementwise::build_clip(attrs),
-        "MaxPool" | "AveragePool" | "LpPool" | "GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" => crate::families::pool::build(op_type, attrs, opset),
+        "MaxPool" | "AveragePool" | "LpPool" | "GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" => {
+            crate::families::pool::build(op_type, attrs, opset)
+        }
         "Conv" | "ConvTranspose" => crate::families::conv::build(op_type, attrs, opset),
         "MatMul" | "Gemm" => crate::families::matmul::build(op_type, attrs, opset),
-        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" | "Dropout" | "Shape" | "Size" | "Constant" | "ConstantOfShape" | "Expand" | "Range" | "EyeLike" => crate::families::shape::build(op_type, attrs, opset),
-        "Transpose" | "Concat" | "Split" | "Slice" | "Gather" | "GatherElements" | "GatherND" | "Tile" | "Pad" | "DepthToSpace" | "SpaceToDepth" | "Trilu" | "OneHot" | "CumSum" | "ReverseSequence" => crate::families::movement::build(op_type, attrs, opset),
-        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax" | "ArgMin" => crate::families::reduce::build(op_type, attrs, opset),
-        "Softmax" | "LogSoftmax" | "Hardmax" | "LayerNormalization" | "RMSNormalization" | "BatchNormalization" | "InstanceNormalization" | "GroupNormalization" | "LpNormalization" | "MeanVarianceNormalization" | "LRN" => crate::families::norm::build(op_type, attrs, opset),
+        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" | "Dropout" | "Shape" | "Size" | "Constant"
+        | "ConstantOfShape" | "Expand" | "Range" | "EyeLike" => crate::families::shape::build(op_type, attrs, opset),
+        "Transpose" | "Concat" | "Split" | "Slice" | "Gather" | "GatherElements" | "GatherND" | "Tile" | "Pad"
+        | "DepthToSpace" | "SpaceToDepth" | "Trilu" | "OneHot" | "CumSum" | "ReverseSequence" => {
+            crate::families::movement::build(op_type, attrs, opset)
+        }
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
+        | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax" | "ArgMin" => {
+            crate::families::reduce::build(op_type, attrs, opset)
+        }
+        "Softmax"
+        | "LogSoftmax"
+        | "Hardmax"
+        | "LayerNormalization"
+        | "RMSNormalization"
+        | "BatchNormalization"
+        | "InstanceNormalization"
+        | "GroupNormalization"
+        | "LpNormalization"
+        | "MeanVarianceNormalization"
+        | "LRN" => crate::families::norm::build(op_type, attrs, opset),
         "Resize" | "Upsample" => crate::families::resize::build(op_type, attrs, opset),
         _ => elementwise::build(op_type, attrs),
     }

@@ -109,7 +109,9 @@ impl Tensor {
     /// Reads a tensor back from physical 32-bit words.
     pub fn from_phys_words(dtype: DType, shape: Vec<usize>, words: &[u32]) -> Tensor {
         match dtype.phys() {
-            crate::Phys::F32 => Tensor::from_f64(dtype, shape, words.iter().map(|&w| f32::from_bits(w) as f64).collect()),
+            crate::Phys::F32 => {
+                Tensor::from_f64(dtype, shape, words.iter().map(|&w| f32::from_bits(w) as f64).collect())
+            }
             crate::Phys::I32 => Tensor::from_i64(dtype, shape, words.iter().map(|&w| w as i32 as i64).collect()),
             crate::Phys::U32 => Tensor::from_i64(dtype, shape, words.iter().map(|&w| w as i64).collect()),
         }
@@ -126,9 +128,21 @@ impl Tensor {
         let chunks = raw.chunks_exact(sz);
         let t = match dtype {
             DType::F32 => Tensor::from_f32(shape, chunks.map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            DType::F64 => Tensor { dtype, shape, data: Data::F64(chunks.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()) },
-            DType::F16 => Tensor { dtype, shape, data: Data::F32(chunks.map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()) },
-            DType::BF16 => Tensor { dtype, shape, data: Data::F32(chunks.map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()) },
+            DType::F64 => Tensor {
+                dtype,
+                shape,
+                data: Data::F64(chunks.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()),
+            },
+            DType::F16 => Tensor {
+                dtype,
+                shape,
+                data: Data::F32(chunks.map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+            },
+            DType::BF16 => Tensor {
+                dtype,
+                shape,
+                data: Data::F32(chunks.map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+            },
             _ => Tensor { dtype, shape, data: Data::I64(chunks.map(|c| raw_int(dtype, c)).collect()) },
         };
         Ok(t)

@@ -135,9 +135,7 @@ impl DType {
             Bool => encode(src, out, |b: [u8; 1]| Ok(u32::from(b[0] != 0))),
             I64 => encode(src, out, |b| {
                 let v = i64::from_le_bytes(b);
-                i32::try_from(v)
-                    .map(|x| x as u32)
-                    .map_err(|_| does_not_fit(v, what, "int32"))
+                i32::try_from(v).map(|x| x as u32).map_err(|_| does_not_fit(v, what, "int32"))
             }),
             U64 => encode(src, out, |b| {
                 let v = u64::from_le_bytes(b);
@@ -151,12 +149,8 @@ impl DType {
         use DType::*;
         match self {
             F32 | I32 | U32 => out.extend_from_slice(words),
-            F16 => decode(words, out, |w| {
-                f16::from_f32(f32::from_bits(w)).to_le_bytes()
-            }),
-            BF16 => decode(words, out, |w| {
-                bf16::from_f32(f32::from_bits(w)).to_le_bytes()
-            }),
+            F16 => decode(words, out, |w| f16::from_f32(f32::from_bits(w)).to_le_bytes()),
+            BF16 => decode(words, out, |w| bf16::from_f32(f32::from_bits(w)).to_le_bytes()),
             F64 => decode(words, out, |w| f64::from(f32::from_bits(w)).to_le_bytes()),
             // Narrowing keeps the low bits; see the module docs.
             I8 => decode(words, out, |w| (w as i8).to_le_bytes()),
@@ -177,11 +171,7 @@ impl std::fmt::Display for DType {
 }
 
 /// Converts each `N`-byte element of `src` with `f` and appends its word.
-fn encode<const N: usize>(
-    src: &[u8],
-    out: &mut Vec<u8>,
-    mut f: impl FnMut([u8; N]) -> Result<u32>,
-) -> Result<()> {
+fn encode<const N: usize>(src: &[u8], out: &mut Vec<u8>, mut f: impl FnMut([u8; N]) -> Result<u32>) -> Result<()> {
     out.reserve(src.len() / N * 4);
     for chunk in src.chunks_exact(N) {
         let mut bytes = [0u8; N];
@@ -200,11 +190,7 @@ fn decode<const N: usize>(words: &[u8], out: &mut Vec<u8>, f: impl Fn(u32) -> [u
 }
 
 fn does_not_fit(value: impl ToString, what: &str, target: &'static str) -> Error {
-    Error::DoesNotFit {
-        value: value.to_string(),
-        what: what.to_string(),
-        target,
-    }
+    Error::DoesNotFit { value: value.to_string(), what: what.to_string(), target }
 }
 
 #[cfg(test)]
@@ -215,10 +201,7 @@ mod tests {
     fn round_trip(dtype: DType, src: &[u8]) -> (Vec<u32>, Vec<u8>) {
         let mut phys = Vec::new();
         dtype.to_physical(src, "t", &mut phys).expect("in range");
-        let words = phys
-            .chunks_exact(4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-            .collect();
+        let words = phys.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
         let mut back = Vec::new();
         dtype.from_physical(&phys, &mut back);
         (words, back)
@@ -236,10 +219,7 @@ mod tests {
 
     #[test]
     fn halves_widen_exactly_and_round_back() {
-        let src: Vec<u8> = [1.5f32, -0.0, 65504.0, 1e-7]
-            .iter()
-            .flat_map(|&x| f16::from_f32(x).to_le_bytes())
-            .collect();
+        let src: Vec<u8> = [1.5f32, -0.0, 65504.0, 1e-7].iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect();
         let (words, back) = round_trip(DType::F16, &src);
         assert_eq!(f32::from_bits(words[0]), 1.5);
         assert_eq!(f32::from_bits(words[2]), 65504.0);
@@ -254,27 +234,13 @@ mod tests {
         let (words, back) = round_trip(DType::I8, &[0xff, 5]);
         assert_eq!(words, [u32::MAX, 5]);
         assert_eq!(back, [0xff, 5]);
-        let src: Vec<u8> = [-7i64, i32::MAX as i64]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let src: Vec<u8> = [-7i64, i32::MAX as i64].iter().flat_map(|v| v.to_le_bytes()).collect();
         let (words, back) = round_trip(DType::I64, &src);
         assert_eq!(words, [(-7i32) as u32, i32::MAX as u32]);
         assert_eq!(back, src);
-        let err = DType::I64
-            .to_physical(
-                &3_000_000_000i64.to_le_bytes(),
-                "input 'idx'",
-                &mut Vec::new(),
-            )
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "value 3000000000 of input 'idx' does not fit int32 on the GPU"
-        );
-        let err = DType::U64
-            .to_physical(&u64::MAX.to_le_bytes(), "input 'u'", &mut Vec::new())
-            .unwrap_err();
+        let err = DType::I64.to_physical(&3_000_000_000i64.to_le_bytes(), "input 'idx'", &mut Vec::new()).unwrap_err();
+        assert_eq!(err.to_string(), "value 3000000000 of input 'idx' does not fit int32 on the GPU");
+        let err = DType::U64.to_physical(&u64::MAX.to_le_bytes(), "input 'u'", &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("does not fit uint32"));
     }
 
@@ -290,9 +256,7 @@ mod tests {
 
     #[test]
     fn ragged_bytes_are_an_error() {
-        let err = DType::F32
-            .to_physical(&[0; 5], "input 'x'", &mut Vec::new())
-            .unwrap_err();
+        let err = DType::F32.to_physical(&[0; 5], "input 'x'", &mut Vec::new()).unwrap_err();
         assert!(err.to_string().starts_with("input 'x': data has 5 bytes"));
     }
 }

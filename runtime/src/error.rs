@@ -12,10 +12,7 @@ use crate::bundle::FORMAT_VERSION;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read bundle '{}': {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("not a drift bundle (bad magic)")]
     BadMagic,
@@ -52,45 +49,25 @@ pub enum Error {
     DuplicateInput(String),
 
     #[error("input '{name}': expected shape {expected}, got {got}")]
-    ShapeMismatch {
-        name: String,
-        expected: String,
-        got: String,
-    },
+    ShapeMismatch { name: String, expected: String, got: String },
 
     #[error("input '{name}': expected dtype {expected}, got {got}")]
-    DTypeMismatch {
-        name: String,
-        expected: &'static str,
-        got: &'static str,
-    },
+    DTypeMismatch { name: String, expected: &'static str, got: &'static str },
 
     /// A tensor's byte buffer does not match its dtype and shape.
     #[error("{what}: data has {got} bytes, its dtype and shape need {expected}")]
-    DataLength {
-        what: String,
-        expected: usize,
-        got: usize,
-    },
+    DataLength { what: String, expected: usize, got: usize },
 
     /// A 64-bit value that the 32-bit GPU form cannot hold; `what` names the
     /// tensor, e.g. "input 'idx'".
     #[error("value {value} of {what} does not fit {target} on the GPU")]
-    DoesNotFit {
-        value: String,
-        what: String,
-        target: &'static str,
-    },
+    DoesNotFit { value: String, what: String, target: &'static str },
 
     #[error("unknown ONNX data type {0}")]
     UnknownDType(i32),
 
     #[error("{var}={value} is not one of {allowed}")]
-    BadEnv {
-        var: &'static str,
-        value: String,
-        allowed: &'static str,
-    },
+    BadEnv { var: &'static str, value: String, allowed: &'static str },
 
     #[error("no GPU adapter found ({0})")]
     NoAdapter(String),
@@ -104,11 +81,7 @@ pub enum Error {
 
     /// A kernel's shader module or pipeline failed to build.
     #[error("kernels[{index}] '{name}' failed to build: {message}")]
-    Kernel {
-        index: usize,
-        name: String,
-        message: String,
-    },
+    Kernel { index: usize, name: String, message: String },
 
     /// An error reported by wgpu or the driver while creating resources or running.
     #[error("GPU error: {0}")]
@@ -120,10 +93,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Shorthand for an [`Error::Bundle`].
 pub(crate) fn bundle_err(field: impl Into<String>, problem: impl Into<String>) -> Error {
-    Error::Bundle {
-        field: field.into(),
-        problem: problem.into(),
-    }
+    Error::Bundle { field: field.into(), problem: problem.into() }
 }
 
 /// Writes a shape the way messages show it: `[1,3,224,224]`.

@@ -51,10 +51,7 @@ impl Model {
     /// Maps and validates the bundle file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
-        let io_err = |source| Error::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io_err = |source| Error::Io { path: path.to_owned(), source };
         let file = std::fs::File::open(path).map_err(io_err)?;
         // SAFETY: the mapping is only read. Like every runtime that maps its
         // model, we rely on the file not being modified while it is mapped.
@@ -73,13 +70,7 @@ impl Model {
         // validate() checked dtypes and that sizes fit usize.
         let inputs = bundle.inputs.iter().map(info).collect();
         let outputs = bundle.outputs.iter().map(info).collect();
-        Ok(Model {
-            bundle,
-            bytes,
-            weights,
-            inputs,
-            outputs,
-        })
+        Ok(Model { bundle, bytes, weights, inputs, outputs })
     }
 
     /// The decoded, validated header.

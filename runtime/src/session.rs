@@ -9,9 +9,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, mpsc};
 
-use crate::bundle::{
-    BindingKind, Buffer, BufferKind, Bundle, Dispatch, IoTensor, Kernel, PARAMS_ALIGN,
-};
+use crate::bundle::{BindingKind, Buffer, BufferKind, Bundle, Dispatch, IoTensor, Kernel, PARAMS_ALIGN};
 use crate::error::{Error, Result, fmt_shape};
 use crate::format::{binding_kinds, io_size};
 use crate::gpu::{Gpu, ShaderPath, take_error};
@@ -67,25 +65,12 @@ impl Session {
         check_limits(gpu, bundle)?;
         let device = &gpu.device;
 
-        let inputs: Vec<Slot> = bundle
-            .inputs
-            .iter()
-            .zip(model.inputs())
-            .map(|(t, info)| slot(t, info))
-            .collect();
-        let mut outputs: Vec<Slot> = bundle
-            .outputs
-            .iter()
-            .zip(model.outputs())
-            .map(|(t, info)| slot(t, info))
-            .collect();
+        let inputs: Vec<Slot> = bundle.inputs.iter().zip(model.inputs()).map(|(t, info)| slot(t, info)).collect();
+        let mut outputs: Vec<Slot> =
+            bundle.outputs.iter().zip(model.outputs()).map(|(t, info)| slot(t, info)).collect();
         let ((buffers, params, staging), err) = catch(device, || {
             let buffers = create_buffers(device, bundle, model.weights());
-            (
-                buffers,
-                create_params_buffer(device, &gpu.queue, bundle),
-                create_staging(device, &mut outputs),
-            )
+            (buffers, create_params_buffer(device, &gpu.queue, bundle), create_staging(device, &mut outputs))
         });
         if let Some(e) = err {
             return Err(Error::Gpu(format!("creating buffers: {e}")));
@@ -136,12 +121,9 @@ impl Session {
         for (slot, tensor) in self.inputs.iter().zip(order) {
             let what = format!("input '{}'", slot.info.name);
             self.scratch.clear();
-            tensor
-                .dtype
-                .to_physical(&tensor.data, &what, &mut self.scratch)?;
+            tensor.dtype.to_physical(&tensor.data, &what, &mut self.scratch)?;
             if !self.scratch.is_empty() {
-                self.queue
-                    .write_buffer(&self.buffers[slot.buffer], slot.offset, &self.scratch);
+                self.queue.write_buffer(&self.buffers[slot.buffer], slot.offset, &self.scratch);
             }
         }
         self.queue.submit([self.record()]);
@@ -155,10 +137,7 @@ impl Session {
         for &(name, tensor) in given {
             let Some(i) = self.inputs.iter().position(|s| s.info.name == name) else {
                 let names: Vec<&str> = self.inputs.iter().map(|s| s.info.name.as_str()).collect();
-                return Err(Error::UnknownInput {
-                    name: name.to_string(),
-                    expected: names.join(", "),
-                });
+                return Err(Error::UnknownInput { name: name.to_string(), expected: names.join(", ") });
             };
             if order[i].replace(tensor).is_some() {
                 return Err(Error::DuplicateInput(name.to_string()));
@@ -188,13 +167,7 @@ impl Session {
         if let Some(staging) = &self.staging {
             for out in self.outputs.iter().filter(|o| o.size > 0) {
                 let src = &self.buffers[out.buffer];
-                encoder.copy_buffer_to_buffer(
-                    src,
-                    out.offset,
-                    staging,
-                    out.staging_offset,
-                    out.size,
-                );
+                encoder.copy_buffer_to_buffer(src, out.offset, staging, out.staging_offset, out.size);
             }
         }
         encoder.finish()
@@ -237,11 +210,7 @@ impl Session {
             let words = words.get(range).unwrap_or_default();
             let mut data = Vec::with_capacity(words.len() / 4 * o.info.dtype.size_bytes());
             o.info.dtype.from_physical(words, &mut data);
-            let tensor = HostTensor {
-                dtype: o.info.dtype,
-                shape: o.info.shape.clone(),
-                data,
-            };
+            let tensor = HostTensor { dtype: o.info.dtype, shape: o.info.shape.clone(), data };
             (o.info.name.clone(), tensor)
         };
         self.outputs.iter().map(convert_one).collect()
@@ -259,13 +228,9 @@ impl Session {
             return Err(Error::Gpu(format!("waiting for the GPU: {e}")));
         }
         match rx.try_recv() {
-            Ok(Ok(())) => staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(format!("reading outputs: {e}"))),
+            Ok(Ok(())) => staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading outputs: {e}"))),
             Ok(Err(e)) => Err(Error::Gpu(format!("reading outputs: {e}"))),
-            Err(_) => Err(Error::Gpu(
-                "reading outputs: the map did not complete".to_string(),
-            )),
+            Err(_) => Err(Error::Gpu("reading outputs: the map did not complete".to_string())),
         }
     }
 }
@@ -322,31 +287,20 @@ fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
     let unsupported = |msg: String| Err(Error::Unsupported(msg));
     let align = limits.min_uniform_buffer_offset_alignment;
     if align == 0 || !PARAMS_ALIGN.is_multiple_of(align) {
-        return unsupported(format!(
-            "its uniform offset alignment {align} does not divide {}",
-            PARAMS_ALIGN
-        ));
+        return unsupported(format!("its uniform offset alignment {align} does not divide {}", PARAMS_ALIGN));
     }
-    let max_buffer = limits
-        .max_buffer_size
-        .min(limits.max_storage_buffer_binding_size);
+    let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
     for (i, b) in bundle.buffers.iter().enumerate() {
         if b.size > max_buffer {
-            return unsupported(format!(
-                "buffers[{i}] has {} bytes, the GPU binds at most {max_buffer}",
-                b.size
-            ));
+            return unsupported(format!("buffers[{i}] has {} bytes, the GPU binds at most {max_buffer}", b.size));
         }
     }
     for (i, k) in bundle.kernels.iter().enumerate() {
         check_kernel_limits(&limits, i, k)?;
     }
     let max_groups = limits.max_compute_workgroups_per_dimension;
-    if let Some((i, d)) = bundle
-        .dispatches
-        .iter()
-        .enumerate()
-        .find(|(_, d)| d.workgroups.iter().any(|&n| n > max_groups))
+    if let Some((i, d)) =
+        bundle.dispatches.iter().enumerate().find(|(_, d)| d.workgroups.iter().any(|&n| n > max_groups))
     {
         return unsupported(format!(
             "dispatches[{i}] launches {} workgroups, the GPU allows {max_groups} per dimension",
@@ -373,11 +327,7 @@ fn check_kernel_limits(limits: &wgpu::Limits, i: usize, k: &Kernel) -> Result<()
             k.params_size, limits.max_uniform_buffer_binding_size
         ));
     }
-    let [x, y, z] = [
-        k.workgroup_size[0],
-        k.workgroup_size[1],
-        k.workgroup_size[2],
-    ];
+    let [x, y, z] = [k.workgroup_size[0], k.workgroup_size[1], k.workgroup_size[2]];
     let invocations = u64::from(x) * u64::from(y) * u64::from(z);
     if x > limits.max_compute_workgroup_size_x
         || y > limits.max_compute_workgroup_size_y
@@ -395,12 +345,7 @@ fn check_kernel_limits(limits: &wgpu::Limits, i: usize, k: &Kernel) -> Result<()
 /// Arenas start zeroed (wgpu guarantees it); weights are filled from the
 /// weights section through a mapping, with no staging copy on our side.
 fn create_buffers(device: &wgpu::Device, bundle: &Bundle, weights: &[u8]) -> Vec<wgpu::Buffer> {
-    bundle
-        .buffers
-        .iter()
-        .enumerate()
-        .map(|(i, b)| create_buffer(device, i, b, weights))
-        .collect()
+    bundle.buffers.iter().enumerate().map(|(i, b)| create_buffer(device, i, b, weights)).collect()
 }
 
 fn create_buffer(device: &wgpu::Device, i: usize, b: &Buffer, weights: &[u8]) -> wgpu::Buffer {
@@ -413,9 +358,7 @@ fn create_buffer(device: &wgpu::Device, i: usize, b: &Buffer, weights: &[u8]) ->
         usage: if is_weights {
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC
         } else {
-            wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
         },
         mapped_at_creation: is_weights,
     });
@@ -436,23 +379,14 @@ fn create_buffer(device: &wgpu::Device, i: usize, b: &Buffer, weights: &[u8]) ->
 
 /// One uniform buffer holding every dispatch's params block, padded so that
 /// each dispatch's binding window fits.
-fn create_params_buffer(
-    device: &wgpu::Device,
-    queue: &wgpu::Queue,
-    bundle: &Bundle,
-) -> wgpu::Buffer {
+fn create_params_buffer(device: &wgpu::Device, queue: &wgpu::Queue, bundle: &Bundle) -> wgpu::Buffer {
     let window_end = bundle
         .dispatches
         .iter()
-        .map(|d| {
-            u64::from(d.params_offset) + params_binding_size(&bundle.kernels[d.kernel as usize])
-        })
+        .map(|d| u64::from(d.params_offset) + params_binding_size(&bundle.kernels[d.kernel as usize]))
         .max()
         .unwrap_or(0);
-    let size = window_end
-        .max(bundle.params.len() as u64)
-        .next_multiple_of(16)
-        .max(256);
+    let size = window_end.max(bundle.params.len() as u64).next_multiple_of(16).max(256);
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("params"),
         size,
@@ -470,23 +404,15 @@ fn create_params_buffer(
 
 /// Every kernel's bind group layout and pipeline; a kernel that fails to
 /// build is named in the error.
-fn create_pipelines(
-    gpu: &Gpu,
-    bundle: &Bundle,
-) -> Result<(Vec<wgpu::BindGroupLayout>, Vec<wgpu::ComputePipeline>)> {
+fn create_pipelines(gpu: &Gpu, bundle: &Bundle) -> Result<(Vec<wgpu::BindGroupLayout>, Vec<wgpu::ComputePipeline>)> {
     let mut layouts = Vec::with_capacity(bundle.kernels.len());
     let mut pipelines = Vec::with_capacity(bundle.kernels.len());
     for (index, kernel) in bundle.kernels.iter().enumerate() {
         let device = &gpu.device;
-        let ((layout, pipeline), err) =
-            catch(device, || create_pipeline(device, gpu.shader_path, kernel));
+        let ((layout, pipeline), err) = catch(device, || create_pipeline(device, gpu.shader_path, kernel));
         if let Some(message) = err {
             let name = kernel.name.clone();
-            return Err(Error::Kernel {
-                index,
-                name,
-                message,
-            });
+            return Err(Error::Kernel { index, name, message });
         }
         layouts.push(layout);
         pipelines.push(pipeline);
@@ -500,15 +426,10 @@ fn create_pipeline(
     path: ShaderPath,
     kernel: &Kernel,
 ) -> (wgpu::BindGroupLayout, wgpu::ComputePipeline) {
-    let entries: Vec<wgpu::BindGroupLayoutEntry> = binding_kinds(kernel)
-        .enumerate()
-        .map(|(b, kind)| layout_entry(b as u32, kind, kernel))
-        .collect();
+    let entries: Vec<wgpu::BindGroupLayoutEntry> =
+        binding_kinds(kernel).enumerate().map(|(b, kind)| layout_entry(b as u32, kind, kernel)).collect();
     let label = Some(kernel.name.as_str());
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label,
-        entries: &entries,
-    });
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label, entries: &entries });
     // Passthrough shaders carry no reflection, so the layout is always explicit.
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label,
@@ -527,11 +448,7 @@ fn create_pipeline(
     (layout, pipeline)
 }
 
-fn layout_entry(
-    binding: u32,
-    kind: Option<BindingKind>,
-    kernel: &Kernel,
-) -> wgpu::BindGroupLayoutEntry {
+fn layout_entry(binding: u32, kind: Option<BindingKind>, kernel: &Kernel) -> wgpu::BindGroupLayoutEntry {
     let ty = match kind {
         Some(BindingKind::Params) => wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Uniform,
@@ -540,40 +457,22 @@ fn layout_entry(
         },
         // validate() allows only StorageRead / StorageReadWrite here.
         read => wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage {
-                read_only: read != Some(BindingKind::StorageReadWrite),
-            },
+            ty: wgpu::BufferBindingType::Storage { read_only: read != Some(BindingKind::StorageReadWrite) },
             has_dynamic_offset: false,
             min_binding_size: None,
         },
     };
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty,
-        count: None,
-    }
+    wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None }
 }
 
 /// The kernel's shader module for `path`, falling back to WGSL (then to
 /// SPIR-V through naga) when the bundle lacks the preferred form; returns
 /// the entry point name to use with it.
-fn create_module<'k>(
-    device: &wgpu::Device,
-    path: ShaderPath,
-    kernel: &'k Kernel,
-) -> (wgpu::ShaderModule, &'k str) {
+fn create_module<'k>(device: &wgpu::Device, path: ShaderPath, kernel: &'k Kernel) -> (wgpu::ShaderModule, &'k str) {
     let label = Some(kernel.name.as_str());
-    let [x, y, z] = [
-        kernel.workgroup_size[0],
-        kernel.workgroup_size[1],
-        kernel.workgroup_size[2],
-    ];
+    let [x, y, z] = [kernel.workgroup_size[0], kernel.workgroup_size[1], kernel.workgroup_size[2]];
     let passthrough = |name: &'k str, spirv, msl| {
-        let entry = wgpu::PassthroughShaderEntryPoint {
-            name: Cow::Borrowed(name),
-            workgroup_size: (x, y, z),
-        };
+        let entry = wgpu::PassthroughShaderEntryPoint { name: Cow::Borrowed(name), workgroup_size: (x, y, z) };
         let desc = wgpu::ShaderModuleDescriptorPassthrough {
             label,
             entry_points: Cow::Owned(vec![entry]),
@@ -583,23 +482,14 @@ fn create_module<'k>(
         };
         // SAFETY: the compiler validated these shaders with naga and baked in
         // bounds checks; wgpu cannot check passthrough code.
-        (
-            unsafe { device.create_shader_module_passthrough(desc) },
-            name,
-        )
+        (unsafe { device.create_shader_module_passthrough(desc) }, name)
     };
     match path {
-        ShaderPath::SpirvPassthrough if !kernel.spirv.is_empty() => passthrough(
-            &kernel.entry_point,
-            Some(Cow::Owned(spirv_words(kernel))),
-            None,
-        ),
+        ShaderPath::SpirvPassthrough if !kernel.spirv.is_empty() => {
+            passthrough(&kernel.entry_point, Some(Cow::Owned(spirv_words(kernel))), None)
+        }
         ShaderPath::MslPassthrough if !kernel.msl.is_empty() => {
-            let name = if kernel.msl_entry_point.is_empty() {
-                &kernel.entry_point
-            } else {
-                &kernel.msl_entry_point
-            };
+            let name = if kernel.msl_entry_point.is_empty() { &kernel.entry_point } else { &kernel.msl_entry_point };
             passthrough(name, None, Some(Cow::Borrowed(kernel.msl.as_str())))
         }
         _ => {
@@ -608,8 +498,7 @@ fn create_module<'k>(
             } else {
                 wgpu::ShaderSource::Wgsl(Cow::Borrowed(kernel.wgsl.as_str()))
             };
-            let module =
-                device.create_shader_module(wgpu::ShaderModuleDescriptor { label, source });
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label, source });
             (module, &kernel.entry_point)
         }
     }
@@ -617,11 +506,7 @@ fn create_module<'k>(
 
 /// SPIR-V bytes (little endian) as words; validate() checked the length.
 fn spirv_words(kernel: &Kernel) -> Vec<u32> {
-    kernel
-        .spirv
-        .chunks_exact(4)
-        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-        .collect()
+    kernel.spirv.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
 }
 
 /// Binding 0: the params window at offset 0 (moved by the dynamic offset);
@@ -635,20 +520,12 @@ fn create_bind_group(
     params: &wgpu::Buffer,
 ) -> wgpu::BindGroup {
     let kernel = &bundle.kernels[dispatch.kernel as usize];
-    let params_binding = wgpu::BufferBinding {
-        buffer: params,
-        offset: 0,
-        size: wgpu::BufferSize::new(params_binding_size(kernel)),
-    };
-    let mut entries = vec![wgpu::BindGroupEntry {
-        binding: 0,
-        resource: wgpu::BindingResource::Buffer(params_binding),
-    }];
+    let params_binding =
+        wgpu::BufferBinding { buffer: params, offset: 0, size: wgpu::BufferSize::new(params_binding_size(kernel)) };
+    let mut entries =
+        vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(params_binding) }];
     for (j, &b) in dispatch.buffers.iter().enumerate() {
-        entries.push(wgpu::BindGroupEntry {
-            binding: j as u32 + 1,
-            resource: buffers[b as usize].as_entire_binding(),
-        });
+        entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: buffers[b as usize].as_entire_binding() });
     }
     device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(&dispatch.label),

@@ -30,21 +30,13 @@ impl HostTensor {
     /// A float32 tensor. `values.len()` should equal the product of `shape`.
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> HostTensor {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        HostTensor {
-            dtype: DType::F32,
-            shape,
-            data,
-        }
+        HostTensor { dtype: DType::F32, shape, data }
     }
 
     /// An int64 tensor. `values.len()` should equal the product of `shape`.
     pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> HostTensor {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        HostTensor {
-            dtype: DType::I64,
-            shape,
-            data,
-        }
+        HostTensor { dtype: DType::I64, shape, data }
     }
 
     /// Number of elements: the product of the shape (1 for a scalar).
@@ -65,11 +57,7 @@ impl HostTensor {
         if self.data.len() == expected {
             Ok(())
         } else {
-            Err(Error::DataLength {
-                what: what.to_string(),
-                expected,
-                got: self.data.len(),
-            })
+            Err(Error::DataLength { what: what.to_string(), expected, got: self.data.len() })
         }
     }
 
@@ -131,9 +119,6 @@ mod tests {
     #[test]
     fn wrong_length_is_an_error() {
         let err = HostTensor::new(DType::F16, vec![3], vec![0; 4]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "tensor: data has 4 bytes, its dtype and shape need 6"
-        );
+        assert_eq!(err.to_string(), "tensor: data has 4 bytes, its dtype and shape need 6");
     }
 }

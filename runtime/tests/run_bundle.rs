@@ -74,10 +74,8 @@ fn spirv(wgsl: &str) -> Vec<u8> {
     let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), Default::default())
         .validate(&module)
         .expect("test kernel validates");
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: "main".into(),
-    };
+    let pipeline =
+        naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
     let words = naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&pipeline))
         .expect("test kernel writes as SPIR-V");
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
@@ -124,11 +122,7 @@ fn test_bundle() -> (Bundle, Vec<u8>) {
     use BindingKind::*;
     let kernels = vec![
         kernel("add_arena", ADD_ARENA, &[Params, StorageReadWrite]),
-        kernel(
-            "add_weights",
-            ADD_WEIGHTS,
-            &[Params, StorageReadWrite, StorageRead],
-        ),
+        kernel("add_weights", ADD_WEIGHTS, &[Params, StorageReadWrite, StorageRead]),
         kernel("double_i32", DOUBLE_I32, &[Params, StorageReadWrite]),
     ];
     let n = N as u32;
@@ -156,16 +150,8 @@ fn test_bundle() -> (Bundle, Vec<u8>) {
             io("idx2", DType::I64, &[3], IDX2),
         ],
         buffers: vec![
-            Buffer {
-                kind: BufferKind::Arena as i32,
-                size: u64::from(ARENA_WORDS) * 4,
-                weights_offset: 0,
-            },
-            Buffer {
-                kind: BufferKind::Weights as i32,
-                size: N as u64 * 4,
-                weights_offset: W_OFFSET,
-            },
+            Buffer { kind: BufferKind::Arena as i32, size: u64::from(ARENA_WORDS) * 4, weights_offset: 0 },
+            Buffer { kind: BufferKind::Weights as i32, size: N as u64 * 4, weights_offset: W_OFFSET },
         ],
         kernels,
         dispatches: vec![
@@ -190,10 +176,7 @@ fn gpu(force_wgsl: bool) -> &'static Gpu {
     static WGSL: OnceLock<Gpu> = OnceLock::new();
     let cell = if force_wgsl { &WGSL } else { &PASSTHROUGH };
     cell.get_or_init(|| {
-        let options = GpuOptions {
-            backend: None,
-            force_wgsl,
-        };
+        let options = GpuOptions { backend: None, force_wgsl };
         Gpu::with_options(&options).expect("a GPU (lavapipe in CI) is available")
     })
 }
@@ -203,26 +186,14 @@ fn run_and_check(session: &mut Session, seed: f32) {
     let a: Vec<f32> = (0..N).map(|i| seed * i as f32).collect();
     let b: Vec<f32> = (0..N).map(|i| 1.0 / (i as f32 + seed)).collect();
     let idx = [-5, 0, i64::from(i32::MAX / 2)];
-    let (a_t, b_t) = (
-        HostTensor::from_f32(vec![4, 25], &a),
-        HostTensor::from_f32(vec![4, 25], &b),
-    );
+    let (a_t, b_t) = (HostTensor::from_f32(vec![4, 25], &a), HostTensor::from_f32(vec![4, 25], &b));
     let idx_t = HostTensor::from_i64(vec![3], &idx);
-    let out = session
-        .run(&[("idx", &idx_t), ("b", &b_t), ("a", &a_t)])
-        .expect("run succeeds");
+    let out = session.run(&[("idx", &idx_t), ("b", &b_t), ("a", &a_t)]).expect("run succeeds");
 
     let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        ["sum", "tmp", "idx2"],
-        "outputs come in bundle order"
-    );
+    assert_eq!(names, ["sum", "tmp", "idx2"], "outputs come in bundle order");
     let (sum, tmp, idx2) = (&out[0].1, &out[1].1, &out[2].1);
-    assert_eq!(
-        (sum.dtype, sum.shape.as_slice()),
-        (DType::F32, &[4, 25][..])
-    );
+    assert_eq!((sum.dtype, sum.shape.as_slice()), (DType::F32, &[4, 25][..]));
     for i in 0..N {
         let t = a[i] + b[i];
         assert_eq!(tmp.to_f32_vec()[i], t, "tmp[{i}]");
@@ -241,8 +212,7 @@ fn runs_on_the_passthrough_path_from_a_mapped_file() {
     if info.backend == "vulkan" {
         assert_eq!(info.shader_path, ShaderPath::SpirvPassthrough, "{info}");
     }
-    let path =
-        std::env::temp_dir().join(format!("drift-runtime-test-{}.drift", std::process::id()));
+    let path = std::env::temp_dir().join(format!("drift-runtime-test-{}.drift", std::process::id()));
     std::fs::write(&path, test_bytes()).expect("temp file writes");
     let model = Model::load(&path);
     std::fs::remove_file(&path).expect("temp file removes");
@@ -284,23 +254,15 @@ fn rejects_bad_framing() {
     let mut bytes = test_bytes();
     bytes[0] = b'X';
     assert_eq!(load_error(bytes), "not a drift bundle (bad magic)");
-    assert_eq!(
-        load_error(b"GIF89a".to_vec()),
-        "not a drift bundle (bad magic)"
-    );
+    assert_eq!(load_error(b"GIF89a".to_vec()), "not a drift bundle (bad magic)");
 
     let mut bytes = test_bytes();
     bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
-    assert_eq!(
-        load_error(bytes),
-        "bundle format version 7 is not supported (this runtime reads 1)"
-    );
+    assert_eq!(load_error(bytes), "bundle format version 7 is not supported (this runtime reads 1)");
 
     let mut bytes = test_bytes();
     bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(
-        load_error(bytes).starts_with("truncated bundle: header says 18446744073709551615 bytes")
-    );
+    assert!(load_error(bytes).starts_with("truncated bundle: header says 18446744073709551615 bytes"));
 
     let mut bytes = test_bytes();
     bytes.push(0);
@@ -312,20 +274,13 @@ fn load_reports_file_problems() {
     let missing = std::env::temp_dir().join("drift-runtime-test-missing.drift");
     let err = Model::load(&missing).err().expect("missing file fails");
     assert!(err.to_string().starts_with("cannot read bundle '"), "{err}");
-    assert!(
-        err.to_string().contains("drift-runtime-test-missing.drift"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("drift-runtime-test-missing.drift"), "{err}");
 
-    let empty =
-        std::env::temp_dir().join(format!("drift-runtime-empty-{}.drift", std::process::id()));
+    let empty = std::env::temp_dir().join(format!("drift-runtime-empty-{}.drift", std::process::id()));
     std::fs::write(&empty, b"").expect("temp file writes");
     let err = Model::load(&empty).err().map(|e| e.to_string());
     std::fs::remove_file(&empty).expect("temp file removes");
-    assert_eq!(
-        err.as_deref(),
-        Some("truncated bundle: file has 0 bytes, shorter than the fixed file header")
-    );
+    assert_eq!(err.as_deref(), Some("truncated bundle: file has 0 bytes, shorter than the fixed file header"));
 }
 
 #[test]
@@ -334,15 +289,9 @@ fn rejects_every_truncation() {
     let full = bytes.len();
     for len in 0..full {
         let msg = load_error(bytes[..len].to_vec());
-        assert!(
-            msg.starts_with("truncated bundle: "),
-            "at {len} bytes: {msg}"
-        );
+        assert!(msg.starts_with("truncated bundle: "), "at {len} bytes: {msg}");
         if len >= 24 {
-            assert!(
-                msg.ends_with(&format!("file has {len}")),
-                "at {len} bytes: {msg}"
-            );
+            assert!(msg.ends_with(&format!("file has {len}")), "at {len} bytes: {msg}");
         }
     }
 }
@@ -351,14 +300,8 @@ fn rejects_every_truncation() {
 fn rejects_inconsistent_fields() {
     type Change = Box<dyn FnOnce(&mut Bundle)>;
     let cases: Vec<(&str, Change)> = vec![
-        (
-            "dispatches[1].kernel = 17 is out of range (3 kernels)",
-            Box::new(|b| b.dispatches[1].kernel = 17),
-        ),
-        (
-            "dispatches[0].buffers[0] = 5 is out of range (2 buffers)",
-            Box::new(|b| b.dispatches[0].buffers[0] = 5),
-        ),
+        ("dispatches[1].kernel = 17 is out of range (3 kernels)", Box::new(|b| b.dispatches[1].kernel = 17)),
+        ("dispatches[0].buffers[0] = 5 is out of range (2 buffers)", Box::new(|b| b.dispatches[0].buffers[0] = 5)),
         (
             "dispatches[0].buffers has 2 entries but kernels[0] 'add_arena' has 1 storage bindings",
             Box::new(|b| b.dispatches[0].buffers.push(1)),
@@ -379,18 +322,9 @@ fn rejects_inconsistent_fields() {
             "dispatches[2].params_offset = 768 plus params_size 16 runs past params (768 bytes)",
             Box::new(|b| b.dispatches[2].params_offset = 768),
         ),
-        (
-            "dispatches[0].workgroups = [2,0,1]",
-            Box::new(|b| b.dispatches[0].workgroups[1] = 0),
-        ),
-        (
-            "dispatches[0].workgroups = [70000,1,1]",
-            Box::new(|b| b.dispatches[0].workgroups[0] = 70000),
-        ),
-        (
-            "kernels[1].bindings[0] = 2 is not allowed",
-            Box::new(|b| b.kernels[1].bindings.swap(0, 1)),
-        ),
+        ("dispatches[0].workgroups = [2,0,1]", Box::new(|b| b.dispatches[0].workgroups[1] = 0)),
+        ("dispatches[0].workgroups = [70000,1,1]", Box::new(|b| b.dispatches[0].workgroups[0] = 70000)),
+        ("kernels[1].bindings[0] = 2 is not allowed", Box::new(|b| b.kernels[1].bindings.swap(0, 1))),
         (
             "kernels[0].workgroup_size = [64,1]",
             Box::new(|b| {
@@ -404,10 +338,7 @@ fn rejects_inconsistent_fields() {
                 b.kernels[2].wgsl.clear();
             }),
         ),
-        (
-            "buffers[0].size = 6 is not a positive multiple of 4",
-            Box::new(|b| b.buffers[0].size = 6),
-        ),
+        ("buffers[0].size = 6 is not a positive multiple of 4", Box::new(|b| b.buffers[0].size = 6)),
         (
             "buffers[1].weights_offset = 32 plus size 400 runs past the weights section (416 bytes)",
             Box::new(|b| b.buffers[1].weights_offset = 32),
@@ -420,18 +351,9 @@ fn rejects_inconsistent_fields() {
             "inputs[1].offset = 2000 with 400 bytes is unaligned or runs past buffers[0]",
             Box::new(|b| b.inputs[1].offset = 2000),
         ),
-        (
-            "inputs[2].buffer = 1 is not an Arena buffer",
-            Box::new(|b| b.inputs[2].buffer = 1),
-        ),
-        (
-            "outputs[1].name = 'sum' is empty or repeated",
-            Box::new(|b| b.outputs[1].name = "sum".into()),
-        ),
-        (
-            "outputs[0].dtype = 8 is not a supported ONNX type",
-            Box::new(|b| b.outputs[0].dtype = 8),
-        ),
+        ("inputs[2].buffer = 1 is not an Arena buffer", Box::new(|b| b.inputs[2].buffer = 1)),
+        ("outputs[1].name = 'sum' is empty or repeated", Box::new(|b| b.outputs[1].name = "sum".into())),
+        ("outputs[0].dtype = 8 is not a supported ONNX type", Box::new(|b| b.outputs[0].dtype = 8)),
         (
             "outputs[2].phys = 0 does not match dtype int64 (needs I32)",
             Box::new(|b| b.outputs[2].phys = PhysType::F32 as i32),
@@ -443,10 +365,7 @@ fn rejects_inconsistent_fields() {
     ];
     for (expected, change) in cases {
         let msg = invalid(change);
-        assert!(
-            msg.starts_with(&format!("bundle field {expected}")),
-            "expected '{expected}', got '{msg}'"
-        );
+        assert!(msg.starts_with(&format!("bundle field {expected}")), "expected '{expected}', got '{msg}'");
     }
 }
 
@@ -464,29 +383,14 @@ fn run_error(inputs: &[(&str, &HostTensor)]) -> String {
 fn rejects_bad_inputs() {
     let x = HostTensor::from_f32(vec![4, 25], &[1.0; N]);
     let idx = HostTensor::from_i64(vec![3], &[1, 2, 3]);
-    assert_eq!(
-        run_error(&[("a", &x), ("b", &x), ("foo", &x)]),
-        "unknown input 'foo' (inputs: a, b, idx)"
-    );
+    assert_eq!(run_error(&[("a", &x), ("b", &x), ("foo", &x)]), "unknown input 'foo' (inputs: a, b, idx)");
     assert_eq!(run_error(&[("a", &x), ("idx", &idx)]), "missing input 'b'");
-    assert_eq!(
-        run_error(&[("a", &x), ("a", &x)]),
-        "input 'a' is given more than once"
-    );
+    assert_eq!(run_error(&[("a", &x), ("a", &x)]), "input 'a' is given more than once");
     let small = HostTensor::from_f32(vec![2, 2], &[0.0; 4]);
-    assert_eq!(
-        run_error(&[("a", &x), ("b", &small), ("idx", &idx)]),
-        "input 'b': expected shape [4,25], got [2,2]"
-    );
+    assert_eq!(run_error(&[("a", &x), ("b", &small), ("idx", &idx)]), "input 'b': expected shape [4,25], got [2,2]");
     let ints = HostTensor::from_i64(vec![4, 25], &[0; N]);
-    assert_eq!(
-        run_error(&[("a", &ints), ("b", &x), ("idx", &idx)]),
-        "input 'a': expected dtype float32, got int64"
-    );
-    let ragged = HostTensor {
-        data: vec![0; 7],
-        ..x.clone()
-    };
+    assert_eq!(run_error(&[("a", &ints), ("b", &x), ("idx", &idx)]), "input 'a': expected dtype float32, got int64");
+    let ragged = HostTensor { data: vec![0; 7], ..x.clone() };
     assert_eq!(
         run_error(&[("a", &ragged), ("b", &x), ("idx", &idx)]),
         "input 'a': data has 7 bytes, its dtype and shape need 400"
@@ -503,17 +407,10 @@ fn bad_shader_names_the_kernel() {
     let (mut bundle, weights) = test_bundle();
     bundle.kernels[1].wgsl = "fn main( {".into();
     let model = Model::from_bytes(write_bundle(&bundle, &weights)).expect("framing is valid");
-    let err = Session::new(gpu(true), &model)
-        .err()
-        .expect("the shader does not compile");
-    assert!(
-        err.to_string()
-            .starts_with("kernels[1] 'add_weights' failed to build"),
-        "{err}"
-    );
+    let err = Session::new(gpu(true), &model).err().expect("the shader does not compile");
+    assert!(err.to_string().starts_with("kernels[1] 'add_weights' failed to build"), "{err}");
     // The device stays usable after the failure.
-    let mut session =
-        Session::new(gpu(true), &Model::from_bytes(test_bytes()).expect("loads")).expect("builds");
+    let mut session = Session::new(gpu(true), &Model::from_bytes(test_bytes()).expect("loads")).expect("builds");
     run_and_check(&mut session, 2.0);
 }
 
@@ -525,14 +422,9 @@ fn empty_outputs_need_no_readback() {
     let mut session = Session::new(gpu(false), &model).expect("session builds");
     let x = HostTensor::from_f32(vec![4, 25], &[1.0; N]);
     let idx = HostTensor::from_i64(vec![3], &[1, 2, 3]);
-    let out = session
-        .run(&[("a", &x), ("b", &x), ("idx", &idx)])
-        .expect("run succeeds");
+    let out = session.run(&[("a", &x), ("b", &x), ("idx", &idx)]).expect("run succeeds");
     assert_eq!(out.len(), 1);
-    assert_eq!(
-        (out[0].1.shape.as_slice(), out[0].1.data.len()),
-        (&[0, 5][..], 0)
-    );
+    assert_eq!((out[0].1.shape.as_slice(), out[0].1.data.len()), (&[0, 5][..], 0));
 }
 
 #[test]
@@ -540,14 +432,8 @@ fn oversized_buffers_are_refused_before_allocation() {
     let (mut bundle, weights) = test_bundle();
     bundle.buffers[0].size = 1 << 40;
     let model = Model::from_bytes(write_bundle(&bundle, &weights)).expect("bundle loads");
-    let err = Session::new(gpu(false), &model)
-        .err()
-        .expect("1 TiB does not fit");
-    assert!(
-        err.to_string()
-            .starts_with("this GPU cannot run the bundle: buffers[0] has 1099511627776 bytes"),
-        "{err}"
-    );
+    let err = Session::new(gpu(false), &model).err().expect("1 TiB does not fit");
+    assert!(err.to_string().starts_with("this GPU cannot run the bundle: buffers[0] has 1099511627776 bytes"), "{err}");
 }
 
 #[test]

@@ -86,7 +86,8 @@ fn read_pb_set(dir: &Path, prefix: &str) -> Result<Vec<(String, HostTensor)>, St
         if proto.data_type == 0 {
             return Err(format!("{}: not a tensor (sequence or optional data)", path.display()));
         }
-        let t = drift_compiler::import::tensor_from_proto(&proto, dir).map_err(|e| format!("{}: {e}", path.display()))?;
+        let t =
+            drift_compiler::import::tensor_from_proto(&proto, dir).map_err(|e| format!("{}: {e}", path.display()))?;
         out.push((proto.name.clone(), to_host(&t)?));
     }
     Ok(out)
@@ -148,7 +149,11 @@ pub fn compare(got: &[(String, HostTensor)], want: &[(String, HostTensor)], rtol
             return Outcome::Mismatch(format!("output {i} '{name}': shape {:?}, expected {:?}", g.shape, w.shape));
         }
         if g.dtype != w.dtype {
-            return Outcome::Mismatch(format!("output {i} '{name}': dtype {}, expected {}", g.dtype.name(), w.dtype.name()));
+            return Outcome::Mismatch(format!(
+                "output {i} '{name}': dtype {}, expected {}",
+                g.dtype.name(),
+                w.dtype.name()
+            ));
         }
         let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
         let mut bad = 0;

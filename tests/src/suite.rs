@@ -102,7 +102,9 @@ pub fn read_pass_list(suite: &str) -> Vec<String> {
 }
 
 pub fn write_pass_list(suite: &str, results: &[Result]) -> std::io::Result<()> {
-    let mut text = format!("# Cases of the '{suite}' suite that must pass. Regenerate: DRIFT_BLESS=1 cargo test -p drift-tests --release --test conformance\n");
+    let mut text = format!(
+        "# Cases of the '{suite}' suite that must pass. Regenerate: DRIFT_BLESS=1 cargo test -p drift-tests --release --test conformance\n"
+    );
     for r in results.iter().filter(|r| r.outcome.passed()) {
         text += &r.name;
         text.push('\n');
@@ -137,7 +139,9 @@ pub fn write_report(suites: &[(String, Vec<Result>)], gpu: &str) -> std::io::Res
     s += "range check: constants are checked at compile time and inputs at run time, and a value that does not fit ";
     s += "is an error, never a silent wrap.\n\n";
     for (name, rs) in suites {
-        s += &format!("## {name}: per op\n\n| op | tests | passing | failures (class: first message) |\n|---|---:|---:|---|\n");
+        s += &format!(
+            "## {name}: per op\n\n| op | tests | passing | failures (class: first message) |\n|---|---:|---:|---|\n"
+        );
         let mut per_op: BTreeMap<&str, Vec<&Result>> = BTreeMap::new();
         for r in rs {
             per_op.entry(r.op.as_str()).or_default().push(r);

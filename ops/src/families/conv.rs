@@ -533,7 +533,8 @@ mod tests {
     #[test]
     fn conv_basic_with_padding() {
         // ONNX test_basic_conv_with_padding: 5x5 iota, 3x3 ones, pads 1.
-        let y = run("Conv", &[("pads", ints(&[1, 1, 1, 1]))], &[Some(&iota(&[1, 1, 5, 5])), Some(&ones(&[1, 1, 3, 3]))]);
+        let y =
+            run("Conv", &[("pads", ints(&[1, 1, 1, 1]))], &[Some(&iota(&[1, 1, 5, 5])), Some(&ones(&[1, 1, 3, 3]))]);
         assert_eq!(y.shape, vec![1, 1, 5, 5]);
         let want = [
             12., 21., 27., 33., 24., 33., 54., 63., 72., 51., 63., 99., 108., 117., 81., 93., 144., 153., 162., 111.,

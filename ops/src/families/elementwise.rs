@@ -19,13 +19,21 @@ pub enum Func {
     Sigmoid,
     Tanh,
     Erf,
-    Gelu { tanh: bool },
+    Gelu {
+        tanh: bool,
+    },
     LeakyRelu(f32),
     Elu(f32),
-    Selu { alpha: f32, gamma: f32 },
+    Selu {
+        alpha: f32,
+        gamma: f32,
+    },
     Celu(f32),
     ThresholdedRelu(f32),
-    HardSigmoid { alpha: f32, beta: f32 },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     HardSwish,
     Softplus,
     Softsign,
@@ -53,16 +61,24 @@ pub enum Func {
     Atanh,
     Not,
     IsNaN,
-    IsInf { pos: bool, neg: bool },
+    IsInf {
+        pos: bool,
+        neg: bool,
+    },
     /// Clip with bounds known at compile time.
-    Clip { min: f64, max: f64 },
+    Clip {
+        min: f64,
+        max: f64,
+    },
     // binary
     Add,
     Sub,
     Mul,
     Div,
     Pow,
-    Mod { fmod: bool },
+    Mod {
+        fmod: bool,
+    },
     Max,
     Min,
     Equal,
@@ -74,7 +90,9 @@ pub enum Func {
     Or,
     Xor,
     PRelu,
-    BitShift { left: bool },
+    BitShift {
+        left: bool,
+    },
     BitwiseAnd,
     BitwiseOr,
     BitwiseXor,
@@ -87,8 +105,27 @@ impl Func {
     fn arity(&self) -> usize {
         use Func::*;
         match self {
-            Add | Sub | Mul | Div | Pow | Mod { .. } | Max | Min | Equal | Less | LessOrEqual | Greater
-            | GreaterOrEqual | And | Or | Xor | PRelu | BitShift { .. } | BitwiseAnd | BitwiseOr | BitwiseXor => 2,
+            Add
+            | Sub
+            | Mul
+            | Div
+            | Pow
+            | Mod { .. }
+            | Max
+            | Min
+            | Equal
+            | Less
+            | LessOrEqual
+            | Greater
+            | GreaterOrEqual
+            | And
+            | Or
+            | Xor
+            | PRelu
+            | BitShift { .. }
+            | BitwiseAnd
+            | BitwiseOr
+            | BitwiseXor => 2,
             Where => 3,
             _ => 1,
         }
@@ -114,12 +151,35 @@ impl Func {
             Tanh => x.tanh(),
             Erf => erf(x),
             Gelu { tanh: false } => 0.5 * x * (1.0 + erf(x / 2f64.sqrt())),
-            Gelu { tanh: true } => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
-            LeakyRelu(al) => if x >= 0.0 { x } else { *al as f64 * x },
-            Elu(al) => if x >= 0.0 { x } else { *al as f64 * (x.exp() - 1.0) },
+            Gelu { tanh: true } => {
+                0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+            }
+            LeakyRelu(al) => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    *al as f64 * x
+                }
+            }
+            Elu(al) => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    *al as f64 * (x.exp() - 1.0)
+                }
+            }
             Selu { alpha, gamma } => *gamma as f64 * if x > 0.0 { x } else { *alpha as f64 * (x.exp() - 1.0) },
-            Celu(al) => { let al = *al as f64; x.max(0.0) + (al * ((x / al).exp() - 1.0)).min(0.0) }
-            ThresholdedRelu(al) => if x > *al as f64 { x } else { 0.0 },
+            Celu(al) => {
+                let al = *al as f64;
+                x.max(0.0) + (al * ((x / al).exp() - 1.0)).min(0.0)
+            }
+            ThresholdedRelu(al) => {
+                if x > *al as f64 {
+                    x
+                } else {
+                    0.0
+                }
+            }
             HardSigmoid { alpha, beta } => (*alpha as f64 * x + *beta as f64).clamp(0.0, 1.0),
             HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
             Softplus => (x.exp()).ln_1p(),
@@ -134,7 +194,15 @@ impl Func {
             Floor => x.floor(),
             Ceil => x.ceil(),
             Round => x.round_ties_even(),
-            Sign => if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 },
+            Sign => {
+                if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }
             Sin => x.sin(),
             Cos => x.cos(),
             Tan => x.tan(),
@@ -166,8 +234,20 @@ impl Func {
             And => b(x != 0.0 && a[1] != 0.0),
             Or => b(x != 0.0 || a[1] != 0.0),
             Xor => b((x != 0.0) != (a[1] != 0.0)),
-            PRelu => if x >= 0.0 { x } else { x * a[1] },
-            Where => if x != 0.0 { a[1] } else { a[2] },
+            PRelu => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    x * a[1]
+                }
+            }
+            Where => {
+                if x != 0.0 {
+                    a[1]
+                } else {
+                    a[2]
+                }
+            }
             BitShift { .. } | BitwiseAnd | BitwiseOr | BitwiseXor | BitwiseNot => f64::NAN,
         }
     }
@@ -187,10 +267,28 @@ impl Func {
             Add => x.wrapping_add(a[1]),
             Sub => x.wrapping_sub(a[1]),
             Mul => x.wrapping_mul(a[1]),
-            Div => if a[1] == 0 { 0 } else { x.wrapping_div(a[1]) },
+            Div => {
+                if a[1] == 0 {
+                    0
+                } else {
+                    x.wrapping_div(a[1])
+                }
+            }
             Pow => (x as f64).powf(a[1] as f64) as i64,
-            Mod { fmod: true } => if a[1] == 0 { 0 } else { x % a[1] },
-            Mod { fmod: false } => if a[1] == 0 { 0 } else { ((x % a[1]) + a[1]) % a[1] },
+            Mod { fmod: true } => {
+                if a[1] == 0 {
+                    0
+                } else {
+                    x % a[1]
+                }
+            }
+            Mod { fmod: false } => {
+                if a[1] == 0 {
+                    0
+                } else {
+                    ((x % a[1]) + a[1]) % a[1]
+                }
+            }
             Max => x.max(a[1]),
             Min => x.min(a[1]),
             Equal => b(x == a[1]),
@@ -201,8 +299,20 @@ impl Func {
             And => b(x != 0 && a[1] != 0),
             Or => b(x != 0 || a[1] != 0),
             Xor => b((x != 0) != (a[1] != 0)),
-            PRelu => if x >= 0 { x } else { x * a[1] },
-            Where => if x != 0 { a[1] } else { a[2] },
+            PRelu => {
+                if x >= 0 {
+                    x
+                } else {
+                    x * a[1]
+                }
+            }
+            Where => {
+                if x != 0 {
+                    a[1]
+                } else {
+                    a[2]
+                }
+            }
             BitShift { left: true } => ((x as u64) << (a[1] as u64 & 63)) as i64,
             BitShift { left: false } => ((x as u64) >> (a[1] as u64 & 63)) as i64,
             BitwiseAnd => x & a[1],
@@ -242,10 +352,9 @@ impl Func {
                 f32_lit(*gamma),
                 f32_lit(*alpha)
             ))?,
-            Celu(al) => need_float(format!(
-                "(max({x}, 0.0) + min(0.0, {al} * (exp({x} / {al}) - 1.0)))",
-                al = f32_lit(*al)
-            ))?,
+            Celu(al) => {
+                need_float(format!("(max({x}, 0.0) + min(0.0, {al} * (exp({x} / {al}) - 1.0)))", al = f32_lit(*al)))?
+            }
             ThresholdedRelu(al) => need_float(format!("select(0.0, {x}, {x} > {})", f32_lit(*al)))?,
             HardSigmoid { alpha, beta } => {
                 need_float(format!("clamp({} * {x} + {}, 0.0, 1.0)", f32_lit(*alpha), f32_lit(*beta)))?
@@ -254,7 +363,13 @@ impl Func {
             Softplus => need_float(format!("softplus_f({x})"))?,
             Softsign => need_float(format!("({x} / (1.0 + abs({x})))"))?,
             Mish => need_float(format!("({x} * tanh(clamp(softplus_f({x}), -15.0, 15.0)))"))?,
-            Abs => if p == Phys::U32 { x.clone() } else { format!("abs({x})") },
+            Abs => {
+                if p == Phys::U32 {
+                    x.clone()
+                } else {
+                    format!("abs({x})")
+                }
+            }
             Neg => match p {
                 Phys::U32 => format!("(0u - {x})"),
                 _ => format!("(-{x})"),
@@ -367,13 +482,15 @@ fn erf(x: f64) -> f64 {
     // erf via the complementary series is overkill for folding; use the
     // standard high-precision rational approximation (W. J. Cody).
     let t = 1.0 / (1.0 + 0.5 * x.abs());
-    let y = t * (-x * x - 1.26551223
-        + t * (1.00002368
-            + t * (0.37409196
-                + t * (0.09678418
-                    + t * (-0.18628806
-                        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-        .exp();
+    let y = t
+        * (-x * x - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
     if x >= 0.0 { 1.0 - y } else { y - 1.0 }
 }
 
@@ -463,7 +580,8 @@ impl Op for Elementwise {
         let phys = cx.input(self.data_operand())?.dtype.phys();
         let mut body = unravel("c", "i", &out.shape);
         let mut operands = Vec::new();
-        let in_shapes: Vec<&[usize]> = (0..n_in).map(|k| cx.input(k).map(|t| t.shape.as_slice())).collect::<Result<_>>()?;
+        let in_shapes: Vec<&[usize]> =
+            (0..n_in).map(|k| cx.input(k).map(|t| t.shape.as_slice())).collect::<Result<_>>()?;
         let shapes = self.operand_shapes(in_shapes);
         for (k, name) in names.iter().enumerate() {
             let shape = &shapes[k];
@@ -602,7 +720,9 @@ pub fn cast_expr(x: &str, from: DType, to: DType) -> String {
 fn narrow(x: &str, to: DType) -> String {
     match to {
         DType::F16 => format!("unpack2x16float(pack2x16float(vec2<f32>({x}, 0.0))).x"),
-        DType::BF16 => format!("bitcast<f32>((bitcast<u32>({x}) + 0x7fffu + ((bitcast<u32>({x}) >> 16u) & 1u)) & 0xffff0000u)"),
+        DType::BF16 => {
+            format!("bitcast<f32>((bitcast<u32>({x}) + 0x7fffu + ((bitcast<u32>({x}) >> 16u) & 1u)) & 0xffff0000u)")
+        }
         DType::I8 => format!("((({x}) << 24u) >> 24u)"),
         DType::I16 => format!("((({x}) << 16u) >> 16u)"),
         DType::U8 => format!("(({x}) & 0xffu)"),
@@ -701,7 +821,8 @@ impl ClipOp {
     fn bounds(&self, min: Option<&Tensor>, max: Option<&Tensor>, dtype: DType) -> (f64, f64) {
         let lo = min.map(|t| t.to_f64()[0]).or(self.attr_min.map(|v| v as f64));
         let hi = max.map(|t| t.to_f64()[0]).or(self.attr_max.map(|v| v as f64));
-        let (dlo, dhi) = if dtype.is_float() { (f64::NEG_INFINITY, f64::INFINITY) } else { (i64::MIN as f64, i64::MAX as f64) };
+        let (dlo, dhi) =
+            if dtype.is_float() { (f64::NEG_INFINITY, f64::INFINITY) } else { (i64::MIN as f64, i64::MAX as f64) };
         (lo.unwrap_or(dlo), hi.unwrap_or(dhi))
     }
 

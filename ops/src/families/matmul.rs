@@ -58,9 +58,8 @@ impl BatchMap {
     fn new(out: &[usize], own: &[usize], mat: usize) -> BatchMap {
         let off = out.len() - own.len();
         let st = strides(own);
-        let strides = (0..out.len())
-            .map(|d| if d < off || own[d - off] == 1 { 0 } else { st[d - off] * mat })
-            .collect();
+        let strides =
+            (0..out.len()).map(|d| if d < off || own[d - off] == 1 { 0 } else { st[d - off] * mat }).collect();
         BatchMap { dims: out.to_vec(), strides }
     }
 
@@ -178,7 +177,8 @@ impl Problem {
                     let mut s: i64 = 0;
                     for k in 0..self.k {
                         s = s.wrapping_add(
-                            a[ab + m * self.a.s_r + k * self.a.s_k].wrapping_mul(b[bb + n * self.b.s_r + k * self.b.s_k]),
+                            a[ab + m * self.a.s_r + k * self.a.s_k]
+                                .wrapping_mul(b[bb + n * self.b.s_r + k * self.b.s_k]),
                         );
                     }
                     if let (Some(bias), Some(c)) = (&self.bias, c) {
@@ -233,7 +233,11 @@ impl Problem {
         }
         if let Some(c) = &self.bias {
             let term = format!("ld_c({m} * {}u + {n} * {}u)", c.s_m, c.s_n);
-            v = if c.beta == 1.0 { format!("{v} + {term}") } else { format!("{v} + {} * {term}", scalar(phys, c.beta)) };
+            v = if c.beta == 1.0 {
+                format!("{v} + {term}")
+            } else {
+                format!("{v} + {} * {term}", scalar(phys, c.beta))
+            };
         }
         format!("st_y(bi * {}u + {m} * {}u + {n} * {}u, {v});", self.o_b, self.o_m, self.o_n)
     }
@@ -295,7 +299,8 @@ fn tiled(p: &Problem, phys: Phys) -> Result<Kernel> {
     let t = phys.wgsl();
     let gx = check_groups("N", p.n.div_ceil(TILE))?;
     let gy = check_groups("M", p.m.div_ceil(TILE))?;
-    let mut s = format!("var<workgroup> ta: array<{t}, {}>;\nvar<workgroup> tb: array<{t}, {}>;\n", TILE * TK, TILE * TK);
+    let mut s =
+        format!("var<workgroup> ta: array<{t}, {}>;\nvar<workgroup> tb: array<{t}, {}>;\n", TILE * TK, TILE * TK);
     s += &p.a.batch.wgsl(&format!("batch_{}", p.a.arg));
     s += &p.b.batch.wgsl(&format!("batch_{}", p.b.arg));
     s += &format!(
@@ -671,7 +676,8 @@ mod tests {
     #[test]
     fn kernels_are_chosen_by_shape() {
         let names = |a: &[usize], b: &[usize]| {
-            let Lowering::Kernels { kernels, .. } = matmul_shape(a, b).unwrap().problem.lower(Phys::F32).unwrap() else {
+            let Lowering::Kernels { kernels, .. } = matmul_shape(a, b).unwrap().problem.lower(Phys::F32).unwrap()
+            else {
                 panic!()
             };
             kernels[0].name.clone()

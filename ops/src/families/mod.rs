@@ -1,11 +1,11 @@
 //! One module per op family.
 
+pub mod conv;
 pub mod elementwise;
 pub mod matmul;
-pub mod conv;
-pub mod pool;
-pub mod shape;
 pub mod movement;
 pub mod norm;
+pub mod pool;
 pub mod reduce;
 pub mod resize;
+pub mod shape;

@@ -51,7 +51,8 @@ pub struct PoolAttrs {
 
 impl PoolAttrs {
     fn parse(a: &Attrs) -> Result<PoolAttrs> {
-        let kernel_shape = usizes(a, "kernel_shape")?.ok_or_else(|| Error::msg("attribute 'kernel_shape' is required"))?;
+        let kernel_shape =
+            usizes(a, "kernel_shape")?.ok_or_else(|| Error::msg("attribute 'kernel_shape' is required"))?;
         Ok(PoolAttrs {
             auto_pad: AutoPad::parse(a)?,
             kernel_shape,
@@ -284,9 +285,8 @@ fn pool_kernel(g: &Geom, kind: Kind, phys: Phys, with_indices: bool) -> Result<L
     let (init, update) = match kind {
         Kind::Max { storage_order } => {
             let pos = if storage_order {
-                let terms: Vec<String> = (0..r)
-                    .map(|d| format!("u32(t{d}) * {}u", g.ins[..d].iter().product::<usize>()))
-                    .collect();
+                let terms: Vec<String> =
+                    (0..r).map(|d| format!("u32(t{d}) * {}u", g.ins[..d].iter().product::<usize>())).collect();
                 terms.join(" + ")
             } else {
                 format!("xs{}", r - 1)
@@ -325,9 +325,7 @@ fn pool_kernel(g: &Geom, kind: Kind, phys: Phys, with_indices: bool) -> Result<L
             st
         }
         Kind::Avg { count_include_pad } => count_stmt(count_include_pad) + "    st_y(i, acc / cnt);\n",
-        Kind::Lp { p } => {
-            count_stmt(true) + &format!("    st_y(i, pow({ksp}.0 * acc / cnt, {}));\n", f32_lit(1.0 / p))
-        }
+        Kind::Lp { p } => count_stmt(true) + &format!("    st_y(i, pow({ksp}.0 * acc / cnt, {}));\n", f32_lit(1.0 / p)),
     };
     let _ = t;
     let mut args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
@@ -462,8 +460,12 @@ mod tests {
         let a = [("kernel_shape", ints(&[2, 2])), ("dilations", ints(&[2, 2]))];
         assert_eq!(run("MaxPool", &a, &iota(&[1, 1, 4, 4]))[0].to_f64(), vec![11., 12., 15., 16.]);
         // SAME_UPPER, k3 s2 on 5x5: pads 1/1 -> 3x3 of maxima.
-        let a = [("kernel_shape", ints(&[3, 3])), ("strides", ints(&[2, 2])), ("auto_pad", Attr::Str("SAME_UPPER".into()))];
-        assert_eq!(run("MaxPool", &a, &iota(&[1, 1, 5, 5]))[0].to_f64(), vec![7., 9., 10., 17., 19., 20., 22., 24., 25.]);
+        let a =
+            [("kernel_shape", ints(&[3, 3])), ("strides", ints(&[2, 2])), ("auto_pad", Attr::Str("SAME_UPPER".into()))];
+        assert_eq!(
+            run("MaxPool", &a, &iota(&[1, 1, 5, 5]))[0].to_f64(),
+            vec![7., 9., 10., 17., 19., 20., 22., 24., 25.]
+        );
     }
 
     #[test]
@@ -498,7 +500,12 @@ mod tests {
     fn averagepool_ceil_counts_only_padded_extent() {
         // 1-D length 4, k3 s2 ceil, pads 0: windows [0,3) and [2,5); the
         // second sees x[2], x[3] only, even with count_include_pad.
-        let a = [("kernel_shape", ints(&[3])), ("strides", ints(&[2])), ("ceil_mode", Attr::Int(1)), ("count_include_pad", Attr::Int(1))];
+        let a = [
+            ("kernel_shape", ints(&[3])),
+            ("strides", ints(&[2])),
+            ("ceil_mode", Attr::Int(1)),
+            ("count_include_pad", Attr::Int(1)),
+        ];
         assert_eq!(run("AveragePool", &a, &iota(&[1, 1, 4]))[0].to_f64(), vec![2.0, 3.5]);
     }
 
