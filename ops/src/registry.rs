@@ -21,8 +21,8 @@ pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs, n_output
         "MaxPool" | "AveragePool" | "LpPool" | "GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" => {
             crate::families::pool::build(op_type, attrs, opset)
         }
-        "Conv" | "ConvTranspose" => crate::families::conv::build(op_type, attrs, opset),
-        "MatMul" | "Gemm" => crate::families::matmul::build(op_type, attrs, opset),
+        "Conv" | "ConvTranspose" | "ConvInteger" => crate::families::conv::build(op_type, attrs, opset),
+        "MatMul" | "Gemm" | "MatMulInteger" => crate::families::matmul::build(op_type, attrs, opset),
         "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" | "Dropout" | "Shape" | "Size" | "Constant"
         | "ConstantOfShape" | "Expand" | "Range" | "EyeLike" => crate::families::shape::build(op_type, attrs, opset),
         "Transpose" | "Concat" | "Split" | "Slice" | "Gather" | "GatherElements" | "GatherND" | "Tile" | "Pad"

@@ -1,31 +1,36 @@
 //! Convolutions: Conv and ConvTranspose over any number of spatial
 //! dimensions, with groups (depthwise included), pads, strides, dilations,
 //! auto_pad and an optional bias; ConvTranspose also takes output_padding
-//! and output_shape.
+//! and output_shape; ConvInteger is Conv over integers with zero points
+//! (the padding copy converts the input to int32 minus its zero point).
 //!
-//! Both lower to one direct (gather) kernel: a thread owns one output
-//! position and a block of up to 8 output channels of one group, so each
-//! input element it loads feeds 8 multiply-adds, and the weights it reads
-//! depend only on the workgroup (uniform loads). Loops run over the kernel
-//! window outside and input channels inside, so padding checks are paid once
-//! per window position, and vanish where a dimension has no padding.
-//! ConvTranspose is the same gather with the input coordinate solved from
-//! `o = i * stride - pad + k * dilation`.
+//! Conv lowers to an implicit product on the register-blocked kernel of
+//! `matmul` (rows: output channels of a group; columns: output positions of
+//! every image; reduction: kernel taps x input channels; groups: batches),
+//! so each thread reuses every loaded input for 8 output channels and every
+//! loaded weight for 8 positions. Padded convolutions first copy the input
+//! into a zero-padded scratch tensor so the product needs no bounds checks.
+//!
+//! ConvTranspose uses a direct gather kernel: a thread owns one output
+//! position and up to 8 output channels, solving the input coordinate from
+//! `o = i * stride - pad + k * dilation` per tap.
 //!
 //! Shape rules follow the ONNX reference implementation, including its
 //! ConvTranspose auto_pad split (SAME_UPPER puts the odd pad at the end).
 
 use crate::wgsl::strides;
 use crate::{
-    Attrs, Error, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Result, Tensor, TensorRef, TypeInfo, arg, bail, ty,
+    Attrs, DType, Error, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Result, Tensor, TensorRef, TypeInfo, arg,
+    bail, ty,
 };
 
 /// Builds Conv or ConvTranspose.
 pub fn build(op_type: &str, a: &Attrs, _opset: i64) -> Result<Box<dyn Op>> {
     let attrs = ConvAttrs::parse(a)?;
     match op_type {
-        "Conv" => Ok(Box::new(Conv { attrs, transpose: false })),
-        "ConvTranspose" => Ok(Box::new(Conv { attrs, transpose: true })),
+        "Conv" => Ok(Box::new(Conv { attrs, transpose: false, integer: false })),
+        "ConvInteger" => Ok(Box::new(Conv { attrs, transpose: false, integer: true })),
+        "ConvTranspose" => Ok(Box::new(Conv { attrs, transpose: true, integer: false })),
         _ => Err(Error::unsupported(op_type.to_string())),
     }
 }
@@ -265,16 +270,37 @@ fn transpose_sizes(
     Ok((outs, begin))
 }
 
-/// Conv (`transpose == false`) or ConvTranspose.
+/// Conv (`transpose == false`) or ConvTranspose; ConvInteger is Conv with
+/// `integer` set (inputs 2 and 3 are then zero points, the output int32).
 #[derive(Debug)]
 pub struct Conv {
     pub attrs: ConvAttrs,
     pub transpose: bool,
+    pub integer: bool,
+}
+
+/// ConvInteger's zero points: whether x has one, and whether w has one
+/// (`Some(true)` for one per output channel).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Quant {
+    x_zero: bool,
+    w_zero: Option<bool>,
 }
 
 impl Conv {
     fn geom(&self, x: &[usize], w: &[usize]) -> Result<Geom> {
         conv_geom(&self.attrs, x, w, self.transpose)
+    }
+
+    /// ConvInteger's zero points, checked against the output channels.
+    fn quant(&self, x_zero: bool, w_zero: Option<&TypeInfo>, g: &Geom) -> Result<Quant> {
+        let w_zero = match w_zero {
+            None => None,
+            Some(t) if t.numel() == 1 => Some(false),
+            Some(t) if t.numel() == g.m => Some(true),
+            Some(t) => bail!("w_zero_point of shape {:?} does not match {} output channels", t.shape, g.m),
+        };
+        Ok(Quant { x_zero, w_zero })
     }
 }
 
@@ -282,6 +308,13 @@ impl Op for Conv {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
         let x = ty(inputs, 0)?;
         let g = self.geom(&x.shape, &ty(inputs, 1)?.shape)?;
+        if self.integer {
+            if x.dtype.is_float() {
+                bail!("ConvInteger takes integers, got {}", x.dtype);
+            }
+            self.quant(inputs.get(2).is_some_and(|i| i.is_some()), inputs.get(3).copied().flatten().map(|i| i.ty), &g)?;
+            return Ok(vec![TypeInfo::new(DType::I32, g.out_shape())]);
+        }
         if !x.dtype.is_float() {
             return Err(Error::unsupported(format!("convolution on {}", x.dtype)));
         }
@@ -291,15 +324,187 @@ impl Op for Conv {
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let (x, w) = (arg(inputs, 0)?, arg(inputs, 1)?);
         let g = self.geom(&x.shape, &w.shape)?;
-        let bias = inputs.get(2).copied().flatten().map(|b| b.to_f64());
+        let get = |i: usize| inputs.get(i).copied().flatten();
+        if self.integer {
+            // Subtract the zero points, then convolve exactly (in f64).
+            let xz = get(2).map_or(0.0, |t| t.to_f64()[0]);
+            let xv: Vec<f64> = x.to_f64().iter().map(|v| v - xz).collect();
+            let per_oc = w.len() / g.m.max(1);
+            let wz = get(3).map(|t| t.to_f64());
+            let wv: Vec<f64> = w
+                .to_f64()
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v - wz.as_ref().map_or(0.0, |z| if z.len() == 1 { z[0] } else { z[i / per_oc] }))
+                .collect();
+            let y = eval_conv(&g, &xv, &wv, None);
+            return Ok(vec![Tensor::from_f64(DType::I32, g.out_shape(), y)]);
+        }
+        let bias = get(2).map(|b| b.to_f64());
         let y = eval_conv(&g, &x.to_f64(), &w.to_f64(), bias.as_deref());
         Ok(vec![Tensor::from_f64(x.dtype, g.out_shape(), y)])
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let g = self.geom(&cx.input(0)?.shape, &cx.input(1)?.shape)?;
-        Ok(Lowering::one(conv_kernel(&g, cx.has_input(2))?))
+        if g.transpose {
+            return Ok(Lowering::one(conv_kernel(&g, cx.has_input(2))?));
+        }
+        if self.integer {
+            let w_zero = if cx.has_input(3) { Some(cx.input(3)?) } else { None };
+            let q = self.quant(cx.has_input(2), w_zero, &g)?;
+            return conv_block(&g, false, Some(q));
+        }
+        conv_block(&g, cx.has_input(2), None)
     }
+}
+
+/// Extents of the zero-padded input a forward convolution reads: every
+/// window fits, so the kernel needs no bounds checks.
+fn padded_extents(g: &Geom) -> Vec<usize> {
+    (0..g.ins.len())
+        .map(|d| {
+            let need = (g.outs[d].max(1) - 1) * g.strides[d] + span(g.ks[d], g.dil[d]);
+            need.max(g.ins[d] + g.pad[d] as usize)
+        })
+        .collect()
+}
+
+/// A kernel copying `x` into its zero-padded form `xp` (extents `hp`, the
+/// input starting at the begin pads).
+fn pad_kernel(g: &Geom, hp: &[usize], q: Option<Quant>) -> Kernel {
+    let r = g.ins.len();
+    let (hpsp, insp): (usize, usize) = (hp.iter().product(), g.ins.iter().product());
+    let ist = strides(&g.ins);
+    let mut body = format!(
+        "    let nc = i / {hpsp}u;\n    let q = i % {hpsp}u;\n    var inside = true;\n    var src = nc * {insp}u;\n"
+    );
+    let hst = strides(hp);
+    for d in 0..r {
+        body += &format!(
+            "    let t{d} = i32((q / {}u) % {}u) - {};\n    inside = inside && t{d} >= 0 && t{d} < {};\n    src = src + u32(max(t{d}, 0)) * {}u;\n",
+            hst[d], hp[d], g.pad[d], g.ins[d], ist[d]
+        );
+    }
+    let mut args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("xp", TensorRef::Temp(0))];
+    body += &match q {
+        None => "    var v = 0.0;\n    if (inside) { v = ld_x(src); }\n".to_string(),
+        // Integer inputs leave here as int32 with the zero point removed, so
+        // padding contributes nothing.
+        Some(q) => {
+            let zero = if q.x_zero {
+                args.push(KernelArg::new("zx", TensorRef::Input(2)));
+                " - i32(ld_zx(0u))"
+            } else {
+                ""
+            };
+            format!("    var v = 0i;\n    if (inside) {{ v = i32(ld_x(src)){zero}; }}\n")
+        }
+    };
+    body += "    st_xp(i, v);\n";
+    crate::wgsl::kernel_1d("conv_pad", args, g.n * g.c * hpsp, "", &body)
+}
+
+/// A forward convolution as an implicit product (see `matmul::block_kernel`):
+/// rows are the output channels of a group, columns the output positions of
+/// every image, the reduction runs over kernel taps and input channels, and
+/// groups are batches.
+fn conv_block(g: &Geom, has_bias: bool, q: Option<Quant>) -> Result<Lowering> {
+    use super::matmul::{BlockSpec, block_kernel, block_shape};
+    let r = g.ins.len();
+    let (cg, mg) = (g.cg(), g.mg());
+    let hp = padded_extents(g);
+    // Integer inputs always go through the copy, which converts them.
+    let needs_pad = hp != g.ins || q.is_some();
+    let phys = if q.is_some() { crate::Phys::I32 } else { crate::Phys::F32 };
+    let t = phys.wgsl();
+    let (hpsp, ksp, outsp): (usize, usize, usize) =
+        (hp.iter().product(), g.ks.iter().product(), g.outs.iter().product());
+    let (hst, kst, ost) = (strides(&hp), strides(&g.ks), strides(&g.outs));
+    let outsp = outsp.max(1);
+    // Column base: image n, group g, the window's corner.
+    let mut col = format!(
+        "fn col_base(bi: u32, c: u32) -> u32 {{\n    let n = c / {outsp}u;\n    let o = c % {outsp}u;\n    return (n * {}u + bi * {cg}u) * {hpsp}u",
+        g.c
+    );
+    for d in 0..r {
+        col += &format!(" + ((o / {}u) % {}u) * {}u", ost[d], g.outs[d], g.strides[d] * hst[d]);
+    }
+    col += ";\n}\n";
+    let mut helpers = format!(
+        "fn row_base(bi: u32, r: u32) -> u32 {{ return (bi * {mg}u + r) * {}u; }}
+{col}fn row_out(bi: u32, r: u32) -> u32 {{ return (bi * {mg}u + r) * {outsp}u; }}
+fn col_out(bi: u32, c: u32) -> u32 {{ return (c / {outsp}u) * {}u + c % {outsp}u; }}
+fn epilogue(bi: u32, r: u32, c: u32, o: u32, v: {t}) {{ st_y(o, v); }}
+",
+        cg * ksp,
+        g.m * outsp
+    );
+    if has_bias {
+        helpers += &format!("fn row_add(bi: u32, r: u32) -> f32 {{ return ld_b(bi * {mg}u + r); }}\n");
+    }
+    let w_zero = q.and_then(|q| q.w_zero);
+    if let Some(per_channel) = w_zero {
+        let idx = if per_channel { format!("bi * {mg}u + r") } else { "0u".into() };
+        helpers += &format!("fn row_zero(bi: u32, r: u32) -> i32 {{ return i32(ld_zw({idx})); }}\n");
+    }
+    // Reduction: kernel taps outside, input channels inside.
+    let mut k_open = String::new();
+    let (mut tap, mut kf) = (vec!["0u".to_string()], vec!["0u".to_string()]);
+    for d in 0..r {
+        if g.ks[d] > 1 {
+            k_open += &format!("    for (var k{d} = 0u; k{d} < {}u; k{d} = k{d} + 1u) {{\n", g.ks[d]);
+            tap.push(format!("k{d} * {}u", g.dil[d] * hst[d]));
+            kf.push(format!("k{d} * {}u", kst[d]));
+        }
+    }
+    let loops = g.ks.iter().filter(|&&k| k > 1).count();
+    k_open += &format!(
+        "    let tap = {};\n    let kf = {};\n    for (var ic = 0u; ic < {cg}u; ic = ic + 1u) {{\n        let ro = ic * {ksp}u + kf;\n        let co = ic * {hpsp}u + tap;\n",
+        tap.join(" + "),
+        kf.join(" + ")
+    );
+    let k_close = "    }\n".repeat(loops + 1);
+    let (rb, cb) = block_shape(mg, g.n * outsp);
+    let mut args = vec![
+        KernelArg::new("w", TensorRef::Input(1)),
+        KernelArg::new("x", if needs_pad { TensorRef::Temp(0) } else { TensorRef::Input(0) }),
+    ];
+    if has_bias {
+        args.push(KernelArg::new("b", TensorRef::Input(2)));
+    }
+    if w_zero.is_some() {
+        args.push(KernelArg::new("zw", TensorRef::Input(3)));
+    }
+    args.push(KernelArg::new("y", TensorRef::Output(0)));
+    let main = block_kernel(&BlockSpec {
+        name: format!("conv{r}d"),
+        args,
+        phys,
+        rows: mg,
+        cols: g.n * outsp,
+        batch: g.group,
+        rb,
+        cb,
+        row_arg: "w".into(),
+        col_arg: "x".into(),
+        helpers,
+        k_open,
+        k_close,
+        scale: None,
+        row_add: has_bias,
+        col_add: false,
+        convert_loads: q.is_some(),
+        row_zero: w_zero.is_some(),
+        col_zero: false,
+    })?;
+    if !needs_pad {
+        return Ok(Lowering::one(main));
+    }
+    Ok(Lowering::Kernels {
+        temps: vec![crate::TempSpec { elems: g.n * g.c * hpsp, phys }],
+        kernels: vec![pad_kernel(g, &hp, q), main],
+    })
 }
 
 /// Input coordinate feeding output coordinate `o` through kernel tap `k`
@@ -354,7 +559,7 @@ fn eval_conv(g: &Geom, x: &[f64], w: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
     y
 }
 
-/// Threads per workgroup of the convolution kernel.
+/// Threads per workgroup of the gather kernel.
 const WG: usize = 64;
 /// Most output channels one thread accumulates.
 const OCB_MAX: usize = 8;
@@ -362,7 +567,7 @@ const OCB_MAX: usize = 8;
 /// Output channels per thread: the largest divisor of the group's channel
 /// count up to `OCB_MAX`, so no thread has idle accumulators.
 fn channel_block(mg: usize) -> usize {
-    (1..=OCB_MAX.min(mg.max(1))).rev().find(|b| mg % b == 0).unwrap_or(1)
+    (1..=OCB_MAX.min(mg.max(1))).rev().find(|&b| mg.is_multiple_of(b)).unwrap_or(1)
 }
 
 /// WGSL for the loops over kernel taps of dimension `d` and deeper, ending
@@ -377,13 +582,12 @@ fn tap_loops(g: &Geom, d: usize, inner: &str, indent: usize) -> String {
     let prev_xs = if d == 0 { "0u".to_string() } else { format!("xs{}", d - 1) };
     let prev_kf = if d == 0 { "0u".to_string() } else { format!("kf{}", d - 1) };
     let mut s = String::new();
-    let body_indent;
     if g.ks[d] == 1 {
         s += &format!("{pad}{{\n{pad}    let k{d} = 0u;\n");
     } else {
         s += &format!("{pad}for (var k{d} = 0u; k{d} < {}u; k{d} = k{d} + 1u) {{\n", g.ks[d]);
     }
-    body_indent = indent + 4;
+    let body_indent = indent + 4;
     let p2 = " ".repeat(body_indent);
     let (ind, dil, st, pb) = (g.ins[d], g.dil[d], g.strides[d], g.pad[d]);
     if g.transpose {
@@ -422,7 +626,7 @@ fn tap_loops(g: &Geom, d: usize, inner: &str, indent: usize) -> String {
     s
 }
 
-/// The direct convolution kernel (see the module header).
+/// The direct gather kernel, used for ConvTranspose (see the module header).
 fn conv_kernel(g: &Geom, has_bias: bool) -> Result<Kernel> {
     let r = g.ins.len();
     let (cg, mg) = (g.cg(), g.mg());
@@ -459,9 +663,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     } else {
         format!("    let wb = oc * {cg}u * {ksp}u;\n")
     };
-    let ost = strides(&g.outs);
-    for d in 0..r {
-        s += &format!("    let o{d} = (opos / {}u) % {}u;\n", ost[d], g.outs[d]);
+    for (d, st) in strides(&g.outs).iter().enumerate() {
+        s += &format!("    let o{d} = (opos / {st}u) % {}u;\n", g.outs[d]);
         // b{d}: the tap-independent part of the input coordinate.
         s += &if g.transpose {
             format!("    let b{d} = i32(o{d}) + {};\n", g.pad[d])
@@ -617,6 +820,20 @@ mod tests {
         let w = Tensor::from_f32(vec![2, 1, 1], vec![10., 100.]);
         let y = run("ConvTranspose", &[("group", Attr::Int(2))], &[Some(&x), Some(&w)]);
         assert_eq!(y.to_f64(), vec![10., 20., 300., 400.]);
+    }
+
+    #[test]
+    fn conv_integer() {
+        // ONNX test_convinteger_without_padding: x 2..10, x_zero_point 1, w ones.
+        let x = Tensor::from_i64(DType::U8, vec![1, 1, 3, 3], (2..11).collect());
+        let w = Tensor::from_i64(DType::U8, vec![1, 1, 2, 2], vec![1; 4]);
+        let xz = Tensor::from_i64(DType::U8, vec![], vec![1]);
+        let y = run("ConvInteger", &[], &[Some(&x), Some(&w), Some(&xz)]);
+        assert_eq!((y.dtype, y.to_i64()), (DType::I32, vec![12, 16, 24, 28]));
+        // A per-channel weight zero point of 1 zeroes the kernel.
+        let wz = Tensor::from_i64(DType::U8, vec![1], vec![1]);
+        let y = run("ConvInteger", &[], &[Some(&x), Some(&w), Some(&xz), Some(&wz)]);
+        assert_eq!(y.to_i64(), vec![0; 4]);
     }
 
     #[test]

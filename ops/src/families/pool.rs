@@ -264,10 +264,10 @@ fn pool_kernel(g: &Geom, kind: Kind, phys: Phys, with_indices: bool) -> Result<L
         return Err(Error::unsupported(format!("{kind:?} pooling on integers")));
     }
     let mut s = format!("    let nc = i / {outsp}u;\n    let opos = i % {outsp}u;\n    let xb = nc * {insp}u;\n");
-    for d in 0..r {
+    for (d, ost) in ost.iter().enumerate() {
         s += &format!(
-            "    let b{d} = i32(((opos / {}u) % {}u) * {}u) - {};\n",
-            ost[d], g.outs[d], g.strides[d], g.pad_begin[d]
+            "    let b{d} = i32(((opos / {ost}u) % {}u) * {}u) - {};\n",
+            g.outs[d], g.strides[d], g.pad_begin[d]
         );
     }
     let count_stmt = |include_pad: bool| -> String {
@@ -302,13 +302,13 @@ fn pool_kernel(g: &Geom, kind: Kind, phys: Phys, with_indices: bool) -> Result<L
     s += &init;
     // Nested loops over the window; coordinates in padding are skipped.
     let mut close = String::new();
-    for d in 0..r {
+    for (d, ist) in ist.iter().enumerate() {
         let ind = "    ".repeat(d + 1);
         let prev = if d == 0 { "0u".to_string() } else { format!("xs{}", d - 1) };
         s += &format!("{ind}for (var k{d} = 0u; k{d} < {}u; k{d} = k{d} + 1u) {{\n", g.ks[d]);
         s += &format!("{ind}    let t{d} = b{d} + i32(k{d} * {}u);\n", g.dil[d]);
         s += &format!("{ind}    if (t{d} < 0 || t{d} >= {}) {{ continue; }}\n", g.ins[d]);
-        s += &format!("{ind}    let xs{d} = {prev} + u32(t{d}) * {}u;\n", ist[d]);
+        s += &format!("{ind}    let xs{d} = {prev} + u32(t{d}) * {ist}u;\n");
         close = format!("{ind}}}\n") + &close;
     }
     let ind = "    ".repeat(r + 1);
