@@ -221,9 +221,40 @@ impl Problem {
     /// The kernel for this product. Rows go to the grid's y dimension; a
     /// product too tall for it runs transposed.
     fn lower(&self, phys: Phys) -> Result<Lowering> {
-        let (rb, _) = block_shape(self.m, self.n);
+        let (rb, cb) = block_shape(self.m, self.n);
         let p = if self.m.div_ceil(rb) > MAX_GROUPS { self.transposed() } else { self.clone() };
-        Ok(Lowering::one(p.block(phys)?))
+        let threads = self.m.div_ceil(rb) * self.n.div_ceil(cb) * self.batch;
+        let split = split_k(self.k, threads, self.batch);
+        if split == 1 {
+            return Ok(Lowering::one(p.block(phys, 1)?));
+        }
+        Ok(Lowering::Kernels {
+            temps: vec![crate::TempSpec { elems: split * self.batch * self.m * self.n, phys }],
+            kernels: vec![p.block(phys, split)?, p.reduce_splits(phys, split)],
+        })
+    }
+
+    /// Sums the `split` partial products (laid out `[batch][split][m][n]`)
+    /// and applies alpha and the bias.
+    fn reduce_splits(&self, phys: Phys, split: usize) -> Kernel {
+        let mn = self.m * self.n;
+        let mut body = format!(
+            "    let bi = i / {mn}u;\n    let e = i % {mn}u;\n    let m = e / {n}u;\n    let n = e % {n}u;\n    var v = {t}();\n    for (var s = 0u; s < {split}u; s = s + 1u) {{ v = v + ld_part((bi * {split}u + s) * {mn}u + e); }}\n",
+            n = self.n.max(1),
+            t = phys.wgsl()
+        );
+        if self.alpha != 1.0 {
+            body += &format!("    v = v * {};\n", scalar(phys, self.alpha));
+        }
+        let mut args = vec![KernelArg::new("part", TensorRef::Temp(0))];
+        if let Some(c) = &self.bias {
+            let beta = if c.beta == 1.0 { String::new() } else { format!("{} * ", scalar(phys, c.beta)) };
+            body += &format!("    v = v + {beta}ld_c(m * {}u + n * {}u);\n", c.s_m, c.s_n);
+            args.push(KernelArg::new("c", TensorRef::Input(2)));
+        }
+        body += &format!("    st_y(bi * {}u + m * {}u + n * {}u, v);\n", self.o_b, self.o_m, self.o_n);
+        args.push(KernelArg::new("y", TensorRef::Output(0)));
+        crate::wgsl::kernel_1d("matmul_splits", args, self.batch * mn, "", &body)
     }
 
     fn args(&self) -> Vec<KernelArg> {
@@ -450,8 +481,11 @@ pub(crate) fn block_shape(rows: usize, cols: usize) -> (usize, usize) {
 }
 
 impl Problem {
-    /// The product as a block kernel: rows are M, columns N.
-    fn block(&self, phys: Phys) -> Result<Kernel> {
+    /// The product as a block kernel: rows are M, columns N. When `split`
+    /// exceeds 1, batch `bi` of the kernel is part `bi % split` of the
+    /// reduction for batch `bi / split`, written unscaled to the partials
+    /// (Temp 0).
+    fn block(&self, phys: Phys, split: usize) -> Result<Kernel> {
         let t = phys.wgsl();
         let (rb, cb) = block_shape(self.m, self.n);
         let mut helpers = self.a.batch.wgsl("batch_a");
@@ -463,12 +497,57 @@ impl Problem {
             }
         }
         helpers += &format!(
-            "fn row_base(bi: u32, r: u32) -> u32 {{ return batch_a(bi) + r * {}u; }}
-fn col_base(bi: u32, c: u32) -> u32 {{ return batch_b(bi) + c * {}u; }}
-fn row_out(bi: u32, r: u32) -> u32 {{ return r * {}u; }}
+            "fn row_base(bi: u32, r: u32) -> u32 {{ return batch_a(bi / {split}u) + r * {}u; }}
+fn col_base(bi: u32, c: u32) -> u32 {{ return batch_b(bi / {split}u) + c * {}u; }}
+",
+            self.a.s_r, self.b.s_r
+        );
+        let k_loop = |k0: &str, k1: &str| {
+            format!(
+                "    for (var k = {k0}; k < {k1}; k = k + 1u) {{\n        let ro = k * {}u;\n        let co = k * {}u;\n",
+                self.a.s_k, self.b.s_k
+            )
+        };
+        if split > 1 {
+            let chunk = self.k.div_ceil(split);
+            helpers += &format!(
+                "fn row_out(bi: u32, r: u32) -> u32 {{ return r * {}u; }}
+fn col_out(bi: u32, c: u32) -> u32 {{ return bi * {}u + c; }}
+fn epilogue(bi: u32, r: u32, c: u32, o: u32, v: {t}) {{ st_part(o, v); }}
+",
+                self.n,
+                self.m * self.n
+            );
+            let mut args: Vec<KernelArg> = self.args().into_iter().filter(|a| a.name != "c" && a.name != "y").collect();
+            args.push(KernelArg::new("part", TensorRef::Temp(0)));
+            let k0 = format!("(bi % {split}u) * {chunk}u");
+            return block_kernel(&BlockSpec {
+                name: "matmul_split".into(),
+                args,
+                phys,
+                rows: self.m,
+                cols: self.n,
+                batch: self.batch * split,
+                rb,
+                cb,
+                row_arg: self.a.arg.into(),
+                col_arg: self.b.arg.into(),
+                helpers,
+                k_open: k_loop(&k0, &format!("min({k0} + {chunk}u, {}u)", self.k)),
+                k_close: "    }\n".into(),
+                scale: None,
+                row_add: false,
+                col_add: false,
+                convert_loads: self.integer,
+                row_zero: self.a.zero.is_some(),
+                col_zero: self.b.zero.is_some(),
+            });
+        }
+        helpers += &format!(
+            "fn row_out(bi: u32, r: u32) -> u32 {{ return r * {}u; }}
 fn col_out(bi: u32, c: u32) -> u32 {{ return bi * {}u + c * {}u; }}
 ",
-            self.a.s_r, self.b.s_r, self.o_m, self.o_b, self.o_n
+            self.o_m, self.o_b, self.o_n
         );
         // A bias varying along one side only is read once per row or column.
         let (mut row_add, mut col_add) = (false, false);
@@ -499,10 +578,7 @@ fn col_out(bi: u32, c: u32) -> u32 {{ return bi * {}u + c * {}u; }}
             row_arg: self.a.arg.into(),
             col_arg: self.b.arg.into(),
             helpers,
-            k_open: format!(
-                "    for (var k = 0u; k < {}u; k = k + 1u) {{\n        let ro = k * {}u;\n        let co = k * {}u;\n",
-                self.k, self.a.s_k, self.b.s_k
-            ),
+            k_open: k_loop("0u", &format!("{}u", self.k)),
             k_close: "    }\n".into(),
             scale,
             row_add,
@@ -512,6 +588,20 @@ fn col_out(bi: u32, c: u32) -> u32 {{ return bi * {}u + c * {}u; }}
             col_zero: self.b.zero.is_some(),
         })
     }
+}
+
+/// How many parts to split a long reduction into when the product alone
+/// has too few threads to fill a GPU (a GEMV: fully connected layers at
+/// batch 1). Parts keep at least 256 steps; the partial sums cost one extra
+/// small kernel.
+fn split_k(k: usize, threads: usize, batch: usize) -> usize {
+    const TARGET_THREADS: usize = 4096;
+    if k < 1024 || threads >= TARGET_THREADS {
+        return 1;
+    }
+    let s = TARGET_THREADS.div_ceil(threads.max(1)).min(k / 256);
+    // The kernel's batches carry the parts.
+    if s < 2 || batch * s > MAX_GROUPS { 1 } else { s }
 }
 
 /// MatMul's shapes: operands promoted to matrices, batch dims broadcast.
@@ -851,6 +941,21 @@ mod tests {
         // Per-row (A) and per-column (B) zero points.
         let y = run(&MatMulInteger, &[Some(&a), Some(&b), Some(&u8s(&[4], &[1, 2, 3, 4])), Some(&u8s(&[2], &[1, 2]))]);
         assert_eq!(y.to_i64(), vec![10, 46, 4, 28, -2, 10, -8, -8]);
+    }
+
+    #[test]
+    fn gemv_splits_the_reduction() {
+        // 1 x 25088 x 1024 (VGG's first FC, one weight block): 64 threads.
+        assert_eq!(split_k(25088, 64, 1), 64);
+        assert_eq!(split_k(512, 64, 1), 1);
+        assert_eq!(split_k(4096, 8192, 1), 1);
+        let Lowering::Kernels { temps, kernels } =
+            matmul_shape(&[1, 4096], &[4096, 1000]).unwrap().problem.lower(Phys::F32).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(kernels.len(), 2);
+        assert_eq!(temps[0].elems, 16 * 1000);
     }
 
     #[test]
