@@ -143,15 +143,7 @@ impl Op for SoftmaxOp {
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let x = arg(inputs, 0)?;
-        let rows = self.rows(&x.shape)?;
-        let v = x.to_f64();
-        let mut out = vec![0.0; v.len()];
-        for r in 0..rows.rows {
-            let idx: Vec<usize> = (0..rows.len).map(|j| rows.index(r, j)).collect();
-            let y = self.row(&idx.iter().map(|&i| v[i]).collect::<Vec<_>>());
-            idx.iter().zip(y).for_each(|(&i, y)| out[i] = y);
-        }
-        Ok(vec![Tensor::from_f64(x.dtype, x.shape.clone(), out)])
+        Ok(vec![map_rows(x, &self.rows(&x.shape)?, |row| self.row(row))])
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
@@ -559,15 +551,7 @@ impl Op for AxisNorm {
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let x = arg(inputs, 0)?;
-        let rows = self.rows(&x.shape)?;
-        let v = x.to_f64();
-        let mut out = vec![0.0; v.len()];
-        for r in 0..rows.rows {
-            let idx: Vec<usize> = (0..rows.len).map(|j| rows.index(r, j)).collect();
-            let y = self.row(&idx.iter().map(|&i| v[i]).collect::<Vec<_>>());
-            idx.iter().zip(y).for_each(|(&i, y)| out[i] = y);
-        }
-        Ok(vec![Tensor::from_f64(x.dtype, x.shape.clone(), out)])
+        Ok(vec![map_rows(x, &self.rows(&x.shape)?, |row| self.row(row))])
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
@@ -850,4 +834,17 @@ mod tests {
         );
         close(&y[0].to_f64(), &[1.0 / 6.0, 2.0 / 6.0]);
     }
+}
+
+/// CPU reference helper: applies `f` to every row of `x` (a row being the
+/// elements `rows` groups together) and scatters the results back.
+fn map_rows(x: &Tensor, rows: &Rows, f: impl Fn(&[f64]) -> Vec<f64>) -> Tensor {
+    let v = x.to_f64();
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows.rows {
+        let idx: Vec<usize> = (0..rows.len).map(|j| rows.index(r, j)).collect();
+        let y = f(&idx.iter().map(|&i| v[i]).collect::<Vec<_>>());
+        idx.iter().zip(y).for_each(|(&i, y)| out[i] = y);
+    }
+    Tensor::from_f64(x.dtype, x.shape.clone(), out)
 }
