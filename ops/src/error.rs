@@ -11,6 +11,12 @@ pub enum Error {
     /// The model is wrong: bad attribute, rank, shape or type.
     #[error("{0}")]
     Invalid(String),
+    /// Input `input` decides a shape (or the kernel's form) and must be known
+    /// at compile time, but its value is only known at run time. The compiler
+    /// turns this into an error naming the graph inputs it comes from, which a
+    /// caller may then fix at compile time (value-specialized inputs).
+    #[error("{what} (input {input}) must be a constant known at compile time")]
+    NeedsValue { input: usize, what: String },
 }
 
 impl Error {
@@ -19,6 +25,9 @@ impl Error {
     }
     pub fn unsupported(m: impl Into<String>) -> Error {
         Error::Unsupported(m.into())
+    }
+    pub fn needs_value(input: usize, what: impl Into<String>) -> Error {
+        Error::NeedsValue { input, what: what.into() }
     }
 }
 

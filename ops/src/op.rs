@@ -77,9 +77,7 @@ impl<'a> LowerCtx<'a> {
     pub fn const_input(&self, i: usize, what: &str) -> Result<&'a Tensor> {
         match self.value(i) {
             Some(t) => Ok(t),
-            None if self.has_input(i) => {
-                Err(crate::Error::unsupported(format!("input {i} ({what}) must be a constant known at compile time")))
-            }
+            None if self.has_input(i) => Err(crate::Error::needs_value(i, what)),
             None => bail!("input {i} ({what}) is required"),
         }
     }
@@ -160,6 +158,16 @@ pub fn ty<'a>(inputs: &[Option<Input<'a>>], i: usize) -> Result<&'a TypeInfo> {
 /// Reads input `i`'s compile-time value in a shape rule, if known.
 pub fn value<'a>(inputs: &[Option<Input<'a>>], i: usize) -> Option<&'a Tensor> {
     inputs.get(i).copied().flatten().and_then(|inp| inp.value)
+}
+
+/// Reads input `i`'s value in a shape rule where the shape depends on it:
+/// `NeedsValue` when the input is present but only known at run time.
+pub fn need_value<'a>(inputs: &[Option<Input<'a>>], i: usize, what: &str) -> Result<&'a Tensor> {
+    match inputs.get(i).copied().flatten() {
+        Some(Input { value: Some(v), .. }) => Ok(v),
+        Some(_) => Err(crate::Error::needs_value(i, what)),
+        None => bail!("input {i} ({what}) is required"),
+    }
 }
 
 /// Reads input `i` in a CPU reference.

@@ -45,6 +45,23 @@ pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs, n_output
         | "MeanVarianceNormalization"
         | "LRN" => crate::families::norm::build(op_type, attrs, opset),
         "Resize" | "Upsample" => crate::families::resize::build(op_type, attrs, opset),
+        "Attention" | "RotaryEmbedding" | "LinearAttention" | "CausalConvWithState" | "TensorScatter" | "SwiGLU" => {
+            crate::families::attention::build(op_type, attrs, opset)
+        }
+        "SoftmaxCrossEntropyLoss" | "NegativeLogLikelihoodLoss" => crate::families::loss::build(op_type, attrs, opset),
+        "Scatter" | "ScatterElements" | "ScatterND" => crate::families::scatter::build(op_type, attrs, opset),
+        "TopK" => crate::families::sort::build(op_type, attrs, opset),
+        "Einsum" => crate::families::einsum::build(op_type, attrs, opset),
+        "GridSample" | "AffineGrid" | "RoiAlign" | "Col2Im" | "MaxUnpool" | "DeformConv" => {
+            crate::families::sample::build(op_type, attrs, opset)
+        }
+        "RNN" | "LSTM" | "GRU" => crate::families::rnn::build(op_type, attrs, opset),
+        "DFT" | "STFT" | "HannWindow" | "HammingWindow" | "BlackmanWindow" | "MelWeightMatrix" => {
+            crate::families::signal::build(op_type, attrs, opset)
+        }
+        "QuantizeLinear" | "DequantizeLinear" | "DynamicQuantizeLinear" | "QLinearMatMul" | "QLinearConv" => {
+            crate::families::quant::build(op_type, attrs, opset)
+        }
         _ => elementwise::build(op_type, attrs),
     }
 }

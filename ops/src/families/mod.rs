@@ -1,11 +1,20 @@
 //! One module per op family.
 
+pub mod attention;
 pub mod conv;
+pub mod einsum;
 pub mod elementwise;
+pub mod loss;
 pub mod matmul;
 pub mod movement;
 pub mod norm;
 pub mod pool;
+pub mod quant;
 pub mod reduce;
 pub mod resize;
+pub mod rnn;
+pub mod sample;
+pub mod scatter;
 pub mod shape;
+pub mod signal;
+pub mod sort;

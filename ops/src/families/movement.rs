@@ -201,7 +201,7 @@ fn const_opt<'a>(inputs: &[Option<Input<'a>>], i: usize, what: &str) -> Result<O
     match inputs.get(i).copied().flatten() {
         None => Ok(None),
         Some(Input { value: Some(v), .. }) => Ok(Some(v)),
-        Some(_) => unsupported!("{what} (input {i}) must be a constant known at compile time"),
+        Some(_) => Err(Error::needs_value(i, what)),
     }
 }
 
@@ -1118,7 +1118,7 @@ pub struct OneHot {
 
 impl OneHot {
     fn plan(&self, ind: &[usize], depth: Option<&Tensor>) -> Result<(usize, usize, Vec<usize>)> {
-        let Some(depth) = depth else { unsupported!("OneHot's depth must be a constant known at compile time") };
+        let Some(depth) = depth else { return Err(Error::needs_value(1, "depth")) };
         let d = depth.to_f64().first().copied().unwrap_or(0.0);
         if d < 1.0 {
             bail!("OneHot depth {d} must be positive");
@@ -1188,7 +1188,7 @@ pub struct CumSum {
 }
 
 fn cumsum_axis(axis: Option<&Tensor>, rank: usize) -> Result<usize> {
-    let Some(a) = axis else { unsupported!("CumSum's axis must be a constant known at compile time") };
+    let Some(a) = axis else { return Err(Error::needs_value(1, "axis")) };
     norm_axis(scalar_k(Some(a)), rank)
 }
 

@@ -294,7 +294,7 @@ impl Reduce {
         match axes_in {
             None => Ok(None),
             Some(Some(t)) => Ok(Some(t.to_i64())),
-            Some(None) => Err(Error::unsupported("the axes input must be a constant known at compile time")),
+            Some(None) => Err(Error::needs_value(1, "axes")),
         }
     }
 

@@ -353,9 +353,7 @@ impl Resize {
             match get(i) {
                 None => Ok(None),
                 Some(Some(t)) => Ok(if t.is_empty() { None } else { Some(t) }),
-                Some(None) => {
-                    Err(Error::unsupported(format!("the {what} input must be a constant known at compile time")))
-                }
+                Some(None) => Err(Error::needs_value(i, what)),
             }
         };
         let f32s = |t: &Tensor| t.to_f64().iter().map(|&v| v as f32).collect::<Vec<f32>>();

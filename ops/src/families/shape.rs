@@ -71,7 +71,7 @@ fn const_ints(inputs: &[Option<Input>], attr: &Option<Vec<i64>>, i: usize, what:
     }
     match value(inputs, i) {
         Some(t) => Ok(Some(t.to_i64())),
-        None => unsupported!("{what} (input {i}) must be a constant known at compile time"),
+        None => Err(Error::needs_value(i, what)),
     }
 }
 
@@ -672,7 +672,7 @@ impl Op for Range {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
         let dtype = ty(inputs, 0)?.dtype;
         let vals: Vec<&Tensor> = (0..3)
-            .map(|i| value(inputs, i).ok_or_else(|| Error::unsupported("Range's operands must be constants")))
+            .map(|i| value(inputs, i).ok_or_else(|| Error::needs_value(i, ["start", "limit", "delta"][i])))
             .collect::<Result<_>>()?;
         let (n, _, _) = range_params(vals[0], vals[1], vals[2])?;
         Ok(vec![TypeInfo::new(dtype, vec![n])])
