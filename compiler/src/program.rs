@@ -67,7 +67,7 @@ struct Builder<'g> {
 /// Lowers the live nodes of `g` (in `order`) into a program.
 pub fn build(g: &Graph, order: &[NodeId], limits: &Limits) -> Result<Program> {
     let mut bld = Builder { g, slots: vec![], value_slot: HashMap::new(), steps: vec![] };
-    for &v in &g.inputs {
+    for &v in g.inputs.iter().filter(|&&v| g.values[v].constant.is_none()) {
         bld.slot_of(v);
     }
     // Keep lowering past unsupported nodes so the user sees all of them.
@@ -126,7 +126,7 @@ impl<'g> Builder<'g> {
                 opset: node.opset,
                 reason,
             }]),
-            e => Error::Node { node: node.name.clone(), op_type: node.op_type.clone(), msg: e.to_string() },
+            e => crate::passes::op_error(g, id, e),
         })?;
         match lowering {
             Lowering::Alias => {
@@ -231,7 +231,14 @@ impl<'g> Builder<'g> {
         let bundle = b::Bundle {
             compiler_version: env!("CARGO_PKG_VERSION").to_string(),
             model_name: self.g.name.clone(),
-            inputs: self.g.inputs.iter().map(io).collect(),
+            inputs: self.g.inputs.iter().filter(|&&v| !is_fixed(self.g, v)).map(io).collect(),
+            fixed_inputs: self
+                .g
+                .inputs
+                .iter()
+                .filter(|&&v| is_fixed(self.g, v))
+                .map(|&v| fixed_input(self.g, v))
+                .collect(),
             outputs: self.g.outputs.iter().map(io).collect(),
             buffers: layout.buffers.clone(),
             kernels,
@@ -382,6 +389,22 @@ impl Layout {
                 Phys::U32 => b::PhysType::U32,
             } as i32,
         }
+    }
+}
+
+/// Whether graph input `v` had its value fixed at compile time.
+fn is_fixed(g: &Graph, v: ValueId) -> bool {
+    g.values[v].constant.is_some()
+}
+
+/// The bundle's record of a fixed input: what callers must pass.
+fn fixed_input(g: &Graph, v: ValueId) -> b::FixedInput {
+    let t = g.values[v].constant.as_ref().expect("fixed inputs are constant");
+    b::FixedInput {
+        name: g.values[v].name.clone(),
+        dtype: t.dtype.onnx(),
+        shape: t.shape.iter().map(|&d| d as u64).collect(),
+        value: t.to_raw(),
     }
 }
 

@@ -50,6 +50,26 @@ pub struct Bundle {
     /// Length of the weights section that follows the header.
     #[prost(uint64, tag = "9")]
     pub weights_size: u64,
+    /// Graph inputs whose values were fixed at compile time. They have no
+    /// place on the GPU; a caller may pass them, and must pass these values.
+    #[prost(message, repeated, tag = "20")]
+    pub fixed_inputs: Vec<FixedInput>,
+}
+
+/// A graph input fixed at compile time (`drift compile --const-input`),
+/// because it decides shapes (Reshape's shape, Reduce's axes, ...).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FixedInput {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Logical element type, as ONNX's `TensorProto.DataType` numbers it.
+    #[prost(int32, tag = "2")]
+    pub dtype: i32,
+    #[prost(uint64, repeated, tag = "3")]
+    pub shape: Vec<u64>,
+    /// The value, as logical little-endian bytes (`HostTensor::data`).
+    #[prost(bytes = "vec", tag = "4")]
+    pub value: Vec<u8>,
 }
 
 /// A graph input or output: its logical type (what the user passes) and the

@@ -130,7 +130,30 @@ pub fn validate(bundle: &Bundle) -> Result<()> {
         validate_dispatch(bundle, i, dispatch)?;
     }
     validate_io(bundle, "inputs", &bundle.inputs)?;
-    validate_io(bundle, "outputs", &bundle.outputs)
+    validate_io(bundle, "outputs", &bundle.outputs)?;
+    validate_fixed_inputs(bundle)
+}
+
+/// Fixed inputs: unique names, known dtypes, values of the declared size.
+fn validate_fixed_inputs(bundle: &Bundle) -> Result<()> {
+    for (i, t) in bundle.fixed_inputs.iter().enumerate() {
+        let field = |f: &str| format!("fixed_inputs[{i}].{f}");
+        let clash = bundle.inputs.iter().any(|o| o.name == t.name);
+        if t.name.is_empty() || clash || bundle.fixed_inputs[..i].iter().any(|o| o.name == t.name) {
+            return Err(bundle_err(field("name"), format!("= '{}' is empty or repeated", t.name)));
+        }
+        let Some(dtype) = DType::from_onnx(t.dtype) else {
+            return Err(bundle_err(field("dtype"), format!("= {} is not a supported ONNX type", t.dtype)));
+        };
+        let Some(shape) = t.shape.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<Vec<usize>>>() else {
+            return Err(bundle_err(field("shape"), format!("= {} does not fit this machine", fmt_shape(&t.shape))));
+        };
+        // The same length rule as inputs given at run time.
+        if let Err(e) = crate::tensor::HostTensor::new(dtype, shape, t.value.clone()) {
+            return Err(bundle_err(field("value"), e.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// The kind of `buffers[i]`, which must exist.

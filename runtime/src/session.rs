@@ -26,6 +26,8 @@ pub struct Session {
     steps: Vec<Step>,
     inputs: Vec<Slot>,
     outputs: Vec<Slot>,
+    /// Inputs fixed at compile time: checked, never uploaded.
+    fixed_inputs: Vec<(String, HostTensor)>,
     /// All outputs side by side, each at `Slot::staging_offset`; `None` when
     /// no output has elements.
     staging: Option<wgpu::Buffer>,
@@ -98,6 +100,7 @@ impl Session {
             pipelines,
             steps,
             inputs,
+            fixed_inputs: model.fixed_inputs().to_vec(),
             outputs,
             staging,
             scratch: Vec::new(),
@@ -135,6 +138,10 @@ impl Session {
     fn match_inputs<'a>(&self, given: &[(&str, &'a HostTensor)]) -> Result<Vec<&'a HostTensor>> {
         let mut order: Vec<Option<&HostTensor>> = vec![None; self.inputs.len()];
         for &(name, tensor) in given {
+            if let Some((_, fixed)) = self.fixed_inputs.iter().find(|(n, _)| n == name) {
+                check_fixed_input(name, fixed, tensor)?;
+                continue;
+            }
             let Some(i) = self.inputs.iter().position(|s| s.info.name == name) else {
                 let names: Vec<&str> = self.inputs.iter().map(|s| s.info.name.as_str()).collect();
                 return Err(Error::UnknownInput { name: name.to_string(), expected: names.join(", ") });
@@ -233,6 +240,24 @@ impl Session {
             Err(_) => Err(Error::Gpu("reading outputs: the map did not complete".to_string())),
         }
     }
+}
+
+/// A fixed input is part of the program: a different value would need a
+/// different program, so it is an error, never silently ignored.
+fn check_fixed_input(name: &str, fixed: &HostTensor, given: &HostTensor) -> Result<()> {
+    if given == fixed {
+        return Ok(());
+    }
+    Err(Error::FixedInputMismatch {
+        name: name.to_string(),
+        expected: format!("{} {} {:?}", fixed.dtype.name(), fmt_shape(&fixed.shape), preview(fixed)),
+        got: format!("{} {} {:?}", given.dtype.name(), fmt_shape(&given.shape), preview(given)),
+    })
+}
+
+/// The first few values of a tensor, for messages.
+fn preview(t: &HostTensor) -> Vec<f64> {
+    t.to_f64_vec().into_iter().take(8).collect()
 }
 
 /// Checks a given tensor against the bundle's description of that input.
