@@ -92,6 +92,26 @@ pub struct IoTensor {
     /// Element type as stored on the GPU.
     #[prost(enumeration = "PhysType", tag = "6")]
     pub phys: i32,
+    /// Outputs only: set when the extent along one axis depends on the data
+    /// (NonZero, Unique, NonMaxSuppression, Compress). `shape` is then an
+    /// upper bound, and the kernels leave the actual extent as a u32 at the
+    /// place this names; the elements are laid out for the actual shape.
+    #[prost(message, optional, tag = "20")]
+    pub extent: Option<Extent>,
+}
+
+/// Where a data-dependent output extent is left by the kernels.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Extent {
+    /// The axis of the output whose length the count gives.
+    #[prost(uint32, tag = "1")]
+    pub axis: u32,
+    /// Index into `Bundle::buffers` (an Arena buffer).
+    #[prost(uint32, tag = "2")]
+    pub buffer: u32,
+    /// Byte offset of the u32 count in that buffer.
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
 }
 
 /// How elements are stored on the GPU. Every physical element is 32 bits.

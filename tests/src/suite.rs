@@ -132,7 +132,11 @@ pub fn write_report(suites: &[(String, Vec<Result>)], gpu: &str) -> std::io::Res
     s += "shape (Reshape's shape, Reduce's axes, Resize's scales, Pad's pads, TopK's k, ...). drift plans every ";
     s += "shape ahead of time, so the harness does what a user does with `drift compile --const-input NAME=FILE.npy`: ";
     s += "it fixes those inputs to the test's values at compile time. The bundle records the values; the test still ";
-    s += "passes the input at run time, and the runtime rejects any other value with an error naming the input.\n";
+    s += "passes the input at run time, and the runtime rejects any other value with an error naming the input.\n\n";
+    s += "Outputs whose length depends on the data (NonZero, Compress, Unique, NonMaxSuppression) are planned at ";
+    s += "their upper bound; the kernels leave the actual length in a u32 that the runtime reads back with the output ";
+    s += "(the bundle's `IoTensor.extent`), so no host step interrupts the dispatch list. Such values can only be ";
+    s += "graph outputs: a node reading one is a compile error naming it.\n";
     s += "\n## Why cases fail\n\n| reason | cases |\n|---|---:|\n";
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     for r in suites.iter().flat_map(|(_, rs)| rs).filter(|r| !r.outcome.passed()) {
