@@ -38,7 +38,8 @@ pub fn import_bytes(bytes: &[u8], path: &Path, dir: &Path) -> Result<Graph> {
         // IR version 2 models predate opset_import; they are opset 1.
         opsets.insert(String::new(), 1);
     }
-    let mut b = Builder { g: Graph { opsets, ..Graph::default() }, by_name: HashMap::new(), dir: dir.to_path_buf() };
+    let g = Graph { opsets, dir: dir.to_path_buf(), ..Graph::default() };
+    let mut b = Builder { g, by_name: HashMap::new(), dir: dir.to_path_buf() };
     b.g.name = if graph.name.is_empty() { file_stem(path) } else { graph.name.clone() };
     b.graph(graph)?;
     Ok(b.g)
@@ -112,8 +113,110 @@ impl Builder {
         }
         let inputs = n.input.iter().map(|s| (!s.is_empty()).then(|| self.value(s))).collect();
         let outputs = n.output.iter().map(|s| (!s.is_empty()).then(|| self.value(s))).collect();
-        Ok(Node { name, op_type: n.op_type.clone(), domain, opset, attrs, inputs, outputs, op: None, dead: false })
+        let subgraphs =
+            n.attribute.iter().filter_map(|a| Some((a.name.clone(), Arc::new(a.g.as_ref()?.clone())))).collect();
+        Ok(Node {
+            name,
+            op_type: n.op_type.clone(),
+            domain,
+            opset,
+            attrs,
+            inputs,
+            outputs,
+            subgraphs,
+            ..Node::default()
+        })
     }
+}
+
+/// Imports a control-flow body into `g` for one use (a branch taken, one
+/// iteration): its inputs bound to `inputs`, every value and node it defines
+/// renamed with `prefix`, other names looked up in `outer` (the enclosing
+/// body's renamed values) and then among the model's values. Returns the
+/// ids of the body's outputs and of the nodes it added.
+pub fn inline_body(
+    g: &mut Graph,
+    body: &GraphProto,
+    prefix: &str,
+    inputs: &[ValueId],
+    outer: &HashMap<String, ValueId>,
+) -> std::result::Result<(Vec<ValueId>, Vec<usize>), String> {
+    if body.input.len() != inputs.len() {
+        return Err(format!("the body takes {} inputs, {} are given", body.input.len(), inputs.len()));
+    }
+    let globals: HashMap<String, ValueId> =
+        g.values.iter().enumerate().map(|(id, v)| (v.name.clone(), id)).filter(|(n, _)| !n.is_empty()).collect();
+    let mut local: HashMap<String, ValueId> =
+        body.input.iter().zip(inputs).map(|(vi, &id)| (vi.name.clone(), id)).collect();
+    let dir = g.dir.clone();
+    for init in &body.initializer {
+        let t = tensor_from_proto(init, &dir).map_err(|e| format!("initializer '{}': {e}", init.name))?;
+        let id = g.add_value(Value {
+            name: format!("{prefix}{}", init.name),
+            ty: Some(drift_ops::TypeInfo::new(t.dtype, t.shape.clone())),
+            constant: Some(Arc::new(t)),
+            ..Value::default()
+        });
+        local.insert(init.name.clone(), id);
+    }
+    let resolve = |local: &HashMap<String, ValueId>, name: &str| -> std::result::Result<ValueId, String> {
+        local
+            .get(name)
+            .or_else(|| outer.get(name))
+            .or_else(|| globals.get(name))
+            .copied()
+            .ok_or_else(|| format!("the body reads '{name}', which is neither defined in it nor visible around it"))
+    };
+    let first_node = g.nodes.len();
+    for (i, n) in body.node.iter().enumerate() {
+        let name = format!("{prefix}{}", if n.name.is_empty() { format!("{}_{i}", n.op_type) } else { n.name.clone() });
+        let domain = if n.domain == "ai.onnx" { String::new() } else { n.domain.clone() };
+        let opset = g.opsets.get(&domain).copied().unwrap_or(1);
+        let mut attrs = Attrs::default();
+        for a in &n.attribute {
+            let v = attr_from_proto(a, &dir).map_err(|m| format!("node '{name}': attribute '{}': {m}", a.name))?;
+            attrs.0.insert(a.name.clone(), v);
+        }
+        let node_inputs = n
+            .input
+            .iter()
+            .map(|s| if s.is_empty() { Ok(None) } else { resolve(&local, s).map(Some) })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        let mut node_outputs = vec![];
+        for s in &n.output {
+            if s.is_empty() {
+                node_outputs.push(None);
+                continue;
+            }
+            let id = g.add_value(Value { name: format!("{prefix}{s}"), ..Value::default() });
+            local.insert(s.clone(), id);
+            node_outputs.push(Some(id));
+        }
+        let subgraphs =
+            n.attribute.iter().filter_map(|a| Some((a.name.clone(), Arc::new(a.g.as_ref()?.clone())))).collect();
+        g.nodes.push(Node {
+            name,
+            op_type: n.op_type.clone(),
+            domain,
+            opset,
+            attrs,
+            inputs: node_inputs,
+            outputs: node_outputs,
+            subgraphs,
+            ..Node::default()
+        });
+    }
+    // Nested control flow sees this body's names, then the enclosing ones.
+    let mut scope = outer.clone();
+    scope.extend(local.iter().map(|(k, &v)| (k.clone(), v)));
+    let scope = Arc::new(scope);
+    for node in &mut g.nodes[first_node..] {
+        if !node.subgraphs.is_empty() {
+            node.scope = Arc::clone(&scope);
+        }
+    }
+    let outputs = body.output.iter().map(|vi| resolve(&local, &vi.name)).collect::<std::result::Result<_, _>>()?;
+    Ok((outputs, (first_node..g.nodes.len()).collect()))
 }
 
 fn declared_type(tp: Option<&onnx_protobuf::TypeProto>) -> Option<(i32, Vec<Dim>)> {

@@ -3,7 +3,7 @@
 //! never serialized — only the bundle is.
 
 use drift_ops::{Attrs, Op, Tensor, TypeInfo};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub type ValueId = usize;
@@ -32,7 +32,7 @@ pub struct Value {
 }
 
 /// One operator application.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Node {
     pub name: String,
     pub op_type: String,
@@ -46,6 +46,17 @@ pub struct Node {
     pub op: Option<Box<dyn Op>>,
     /// Removed by a pass; kept in the arena so ids stay stable.
     pub dead: bool,
+    /// Graph attributes (If's branches, Loop's and Scan's bodies), kept as
+    /// protobufs until the control-flow pass inlines them.
+    pub subgraphs: BTreeMap<String, Arc<onnx_protobuf::GraphProto>>,
+    /// Names the subgraphs may reference besides the model's own values:
+    /// the renamed values of the body this node was inlined from.
+    pub scope: Arc<HashMap<String, ValueId>>,
+}
+
+/// Control-flow operators, which the compiler inlines rather than lowers.
+pub fn is_control_flow(node: &Node) -> bool {
+    node.domain.is_empty() && matches!(node.op_type.as_str(), "If" | "Loop" | "Scan")
 }
 
 /// A whole model.
@@ -58,6 +69,8 @@ pub struct Graph {
     pub outputs: Vec<ValueId>,
     /// Opset version per domain ("" is ai.onnx).
     pub opsets: BTreeMap<String, i64>,
+    /// The model's folder, where external data of inlined subgraphs lives.
+    pub dir: std::path::PathBuf,
 }
 
 impl Graph {

@@ -6,6 +6,7 @@
 //! assemble the bundle.
 
 pub mod codegen;
+pub mod control;
 pub mod error;
 pub mod import;
 pub mod inspect;
@@ -63,8 +64,7 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     passes::bind_inputs(&mut g, &opts.dims, &opts.input_shapes)?;
     passes::fix_input_values(&mut g, &opts.const_inputs)?;
     passes::build_ops(&mut g)?;
-    let order = passes::toposort(&g)?;
-    passes::infer_and_fold(&mut g, &order)?;
+    let order = control::infer_with_control_flow(&mut g)?;
     let order = passes::split_oversized_weights(&mut g, &order, opts.limits.max_binding_bytes)?;
     passes::eliminate_dead_nodes(&mut g, &order);
     let program = program::build(&g, &order, &opts.limits)?;

@@ -85,7 +85,7 @@ fn check_elements(shape: &[usize]) -> std::result::Result<(), String> {
 /// Builds every node's op, reporting all unsupported nodes together.
 pub fn build_ops(g: &mut Graph) -> Result<()> {
     let mut unsupported = Vec::new();
-    for node in g.nodes.iter_mut().filter(|n| !n.dead) {
+    for node in g.nodes.iter_mut().filter(|n| !n.dead && n.op.is_none() && !crate::ir::is_control_flow(n)) {
         match drift_ops::build_op(&node.op_type, &node.domain, node.opset, &node.attrs, node.outputs.len()) {
             Ok(op) => node.op = Some(op),
             Err(drift_ops::Error::Unsupported(reason)) => unsupported.push(UnsupportedNode {
@@ -225,10 +225,23 @@ pub fn toposort(g: &Graph) -> Result<Vec<NodeId>> {
 }
 
 /// Infers every value's type in `order` and folds nodes whose inputs are all
-/// known (through the ops' CPU references).
-pub fn infer_and_fold(g: &mut Graph, order: &[NodeId]) -> Result<()> {
+/// known (through the ops' CPU references). Nodes already typed are skipped;
+/// control-flow nodes and what depends on them wait: the returned list holds
+/// the control-flow nodes whose inputs are typed, for `control` to inline.
+pub fn infer_and_fold(g: &mut Graph, order: &[NodeId]) -> Result<Vec<NodeId>> {
+    let mut pending = vec![];
     for &id in order {
         let node = &g.nodes[id];
+        let typed = |v: &Option<ValueId>| v.is_none_or(|v| g.values[v].ty.is_some());
+        if !node.inputs.iter().all(typed)
+            || (!node.outputs.is_empty() && node.outputs.iter().flatten().all(|&v| g.values[v].ty.is_some()))
+        {
+            continue;
+        }
+        if crate::ir::is_control_flow(node) {
+            pending.push(id);
+            continue;
+        }
         let op = node.op.as_ref().expect("build_ops ran");
         let ins: Vec<Option<Input>> = node
             .inputs
@@ -295,6 +308,22 @@ pub fn infer_and_fold(g: &mut Graph, order: &[NodeId]) -> Result<()> {
                 op_type: node.op_type.clone(),
                 msg: format!("output '{}': {msg}", g.values[v].name),
             })?;
+        }
+    }
+    Ok(pending)
+}
+
+/// After inference: every live node's outputs have types. A node left
+/// untyped reads a value nothing computes (a bug in an inlining pass).
+pub fn check_all_typed(g: &Graph, order: &[NodeId]) -> Result<()> {
+    for &id in order {
+        let node = &g.nodes[id];
+        if let Some(&v) = node.outputs.iter().flatten().find(|&&v| g.values[v].ty.is_none()) {
+            return Err(node_error(
+                node.name.clone(),
+                &node.op_type,
+                format!("output '{}' has no type", g.values[v].name),
+            ));
         }
     }
     Ok(())
@@ -447,7 +476,7 @@ fn add_typed_node(
         inputs,
         outputs: vec![Some(out)],
         op: Some(op),
-        dead: false,
+        ..Default::default()
     });
     Ok(g.nodes.len() - 1)
 }
