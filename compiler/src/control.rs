@@ -168,11 +168,10 @@ fn expand_loop(g: &mut Graph, id: NodeId, loops: &mut HashMap<NodeId, LoopState>
     if node.inputs.len() < 2 {
         return Err(node_err(node, "needs the M and cond inputs (possibly empty)"));
     }
-    if !loops.contains_key(&id) {
+    if let std::collections::hash_map::Entry::Vacant(slot) = loops.entry(id) {
         let carried = node.inputs[2..].iter().map(|v| v.ok_or_else(|| node_err(node, "a loop-carried input is empty")));
-        let state =
-            LoopState { iterations: 0, cond: node.inputs[1], carried: carried.collect::<Result<_>>()?, scans: vec![] };
-        loops.insert(id, state);
+        let carried = carried.collect::<Result<_>>()?;
+        slot.insert(LoopState { iterations: 0, cond: node.inputs[1], carried, scans: vec![] });
     }
     let trip_count = match node.inputs[0] {
         Some(_) => Some(known_input(g, id, 0, "M")?.to_i64().first().copied().unwrap_or(0)),
