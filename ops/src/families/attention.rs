@@ -18,13 +18,20 @@
 //! Present key/value (past concatenated with new) get copy kernels of their
 //! own; the score and value kernels read past and new entries directly, so
 //! they never depend on those optional outputs.
+//!
+//! Precision: everything is computed in f32, except that bfloat16 attention
+//! rounds to bfloat16 after every step where the ONNX reference does (its
+//! bf16 arithmetic runs op by op in bf16); with bf16's 8-bit mantissa, plain
+//! f32 results land a rounding step away from the expected values. float16
+//! results of the f32 computation are within tolerance, so they are not
+//! emulated.
 
 use crate::families::reduce::{NEG_INF, Rows, row_kernel};
 use crate::families::sequence;
 use crate::wgsl::{f32_lit, kernel_1d};
 use crate::{
-    Attrs, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, TempSpec, Tensor, TensorRef,
-    TypeInfo, arg, bail, ty, unsupported,
+    Attrs, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, TempSpec, Tensor, TensorRef, TypeInfo,
+    arg, bail, ty, unsupported,
 };
 
 /// Builds an op of this family.
@@ -62,6 +69,34 @@ const TANH_WGSL: &str = "fn safe_tanh(x: f32) -> f32 {
     return sign(x) * (1.0 - t) / (1.0 + t);
 }
 ";
+
+/// Rounding of intermediate results to a narrow float type, where it is
+/// emulated (bfloat16; see the module header); identity otherwise.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Round {
+    bf16: bool,
+}
+
+impl Round {
+    fn of(dt: DType) -> Round {
+        Round { bf16: dt == DType::BF16 }
+    }
+
+    fn host(self, x: f64) -> f64 {
+        if self.bf16 { half::bf16::from_f64(x).to_f64() } else { x }
+    }
+
+    /// WGSL function `name(x: f32) -> f32` doing the rounding (to nearest
+    /// even, on the bits).
+    fn wgsl(self, name: &str) -> String {
+        let body = if self.bf16 {
+            "bitcast<f32>((bitcast<u32>(x) + 0x7fffu + ((bitcast<u32>(x) >> 16u) & 1u)) & 0xffff0000u)"
+        } else {
+            "x"
+        };
+        format!("fn {name}(x: f32) -> f32 {{ return {body}; }}\n")
+    }
+}
 
 // ---------------------------------------------------------------- layout
 
@@ -198,6 +233,8 @@ pub struct Attention {
     /// Sliding window bounds (opset 25); -1 is unbounded.
     left_window: i64,
     right_window: i64,
+    /// Type the softmax runs in (default: Q's).
+    softmax_dtype: Option<DType>,
 }
 
 impl Attention {
@@ -217,7 +254,13 @@ impl Attention {
         if left_window < -1 || right_window < -1 {
             bail!("window sizes must be -1 or nonnegative, got left {left_window}, right {right_window}");
         }
+        let softmax_dtype = match a.int_opt("softmax_precision")? {
+            None => None,
+            Some(c @ (1 | 10 | 11 | 16)) => Some(DType::from_onnx(c as i32)?),
+            Some(c) => bail!("attribute 'softmax_precision' must be 1, 10, 11 or 16, got {c}"),
+        };
         Ok(Attention {
+            softmax_dtype,
             q_num_heads: heads("q_num_heads")?,
             kv_num_heads: heads("kv_num_heads")?,
             scale: a.float_opt("scale")?,
@@ -323,8 +366,11 @@ impl Attention {
         Ok(Geom { batch, q_heads, kv_heads, q_len, kv_len, past, dk, dv, packed, mask, nonpad })
     }
 
-    fn scale(&self, g: &Geom) -> f32 {
-        self.scale.unwrap_or(1.0 / (g.dk as f32).sqrt())
+    /// The square root of the scale, applied to Q and K each (to keep the
+    /// product in range), rounded to Q's type as the reference does.
+    fn sqrt_scale(&self, g: &Geom, qt: DType) -> f64 {
+        let scale = self.scale.map_or(1.0 / (g.dk as f64).sqrt(), |s| s as f64);
+        Tensor::scalar_f64(qt, scale.sqrt()).to_f64()[0]
     }
 
     fn windowed(&self) -> bool {
@@ -391,13 +437,18 @@ impl Attention {
         bias
     }
 
-    fn softcap(&self, s: f64) -> f64 {
+    fn softcap(&self, s: f64, r: Round) -> f64 {
         if self.softcap > 0.0 {
             let c = self.softcap as f64;
-            c * (s / c).tanh()
+            r.host(r.host(r.host(s / c).tanh()) * c)
         } else {
             s
         }
+    }
+
+    /// Rounding of the softmax steps and of Q's type.
+    fn roundings(&self, qt: DType) -> (Round, Round) {
+        (Round::of(self.softmax_dtype.unwrap_or(qt)), Round::of(qt))
     }
 }
 
@@ -428,7 +479,9 @@ impl Op for Attention {
             past_v: opt(PAST_V).map(|t| t.to_f64()),
             nonpad: opt(NONPAD).map(|t| t.to_i64()),
         };
-        let (l, scale) = (g.total(), self.scale(&g) as f64);
+        let qt = arg(inputs, Q)?.dtype;
+        let (l, ss) = (g.total(), self.sqrt_scale(&g, qt));
+        let (sm, qr) = self.roundings(qt);
         let (ql, kl, vl, yl) = (g.q_layout(), g.k_layout(), g.v_layout(), g.y_layout());
         let mut y = vec![0.0; g.batch * g.q_heads * g.q_len * g.dv];
         let mut qk = vec![0.0; g.batch * g.q_heads * g.q_len * l];
@@ -440,26 +493,29 @@ impl Op for Attention {
                     let mut s = vec![f64::NEG_INFINITY; l];
                     for (j, sj) in s.iter_mut().enumerate() {
                         let dot: f64 = (0..g.dk)
-                            .map(|d| x.q[ql.at(b, h, i, d)] * Self::kv_at(&g, &x.past_k, &x.k, kl, g.dk, [b, hk, j, d]))
+                            .map(|d| {
+                                let k = Self::kv_at(&g, &x.past_k, &x.k, kl, g.dk, [b, hk, j, d]);
+                                qr.host(x.q[ql.at(b, h, i, d)] * ss) * qr.host(k * ss)
+                            })
                             .sum();
-                        let raw = dot * scale;
-                        let capped = self.softcap(raw);
+                        let raw = qr.host(dot);
+                        let capped = self.softcap(raw, qr);
                         let bias = self.bias(&g, &x, b, h, i, j);
-                        *sj = if bias == f64::NEG_INFINITY { bias } else { capped + bias };
+                        *sj = if bias == f64::NEG_INFINITY { bias } else { qr.host(capped + bias) };
                         qk[row + j] = match self.qk_mode {
                             0 => raw,
                             1 => capped,
                             _ => *sj,
                         };
                     }
-                    let p = masked_softmax(&s);
+                    let p: Vec<f64> = masked_softmax(&s, sm).into_iter().map(|p| qr.host(p)).collect();
                     if self.qk_mode == 3 {
                         qk[row..row + l].copy_from_slice(&p);
                     }
                     for dv in 0..g.dv {
-                        y[yl.at(b, h, i, dv)] = (0..l)
-                            .map(|j| p[j] * Self::kv_at(&g, &x.past_v, &x.v, vl, g.dv, [b, hk, j, dv]))
-                            .sum();
+                        y[yl.at(b, h, i, dv)] = qr.host(
+                            (0..l).map(|j| p[j] * Self::kv_at(&g, &x.past_v, &x.v, vl, g.dv, [b, hk, j, dv])).sum(),
+                        );
                     }
                 }
             }
@@ -475,7 +531,6 @@ impl Op for Attention {
             }
             Tensor::from_f64(dt, g.present_shape(dim), out)
         };
-        let qt = arg(inputs, Q)?.dtype;
         Ok(vec![
             Tensor::from_f64(qt, g.y_shape(), y),
             present(&x.past_k, &x.k, kl, g.dk, arg(inputs, K)?.dtype),
@@ -489,7 +544,8 @@ impl Op for Attention {
         let g = self.geom(&types)?;
         let l = g.total();
         let rows = g.batch * g.q_heads * g.q_len;
-        let helpers = kv_helpers(&g);
+        let (sm, qr) = self.roundings(cx.input(Q)?.dtype);
+        let helpers = format!("{}{}{}", kv_helpers(&g), qr.wgsl("rnd"), sm.wgsl("rnd_sm"));
         let mut kernels = vec![];
         for (out, name, d) in [(1, "k", g.dk), (2, "v", g.dv)] {
             if has_output(cx, out) {
@@ -497,45 +553,58 @@ impl Op for Attention {
             }
         }
         let want_qk = has_output(cx, 3);
-        kernels.push(self.scores_kernel(&g, want_qk, &helpers));
+        kernels.push(self.scores_kernel(&g, cx.input(Q)?.dtype, want_qk, &helpers));
         let mut args = vec![KernelArg::new("s", TensorRef::Temp(0))];
         let mut store_p = "st_s(i, p);".to_string();
+        // In a narrow softmax type the reference sums in order, rounding
+        // every partial sum: lane 0 does that alone, the others add zeros.
+        let sum = if sm.bf16 {
+            "    if (lane == 0u) {
+        for (var j = 0u; j < n_el; j = j + 1u) { sum = rnd_sm(sum + rnd_sm(exp(rnd_sm(x_at(base + elem_off(j)) - m)))); }
+    }
+"
+        } else {
+            "    for (var j = lane; j < n_el; j = j + LANES) { sum = sum + exp(x_at(base + elem_off(j)) - m); }\n"
+        };
         if want_qk && self.qk_mode == 3 {
             args.push(KernelArg::new("qk", TensorRef::Output(3)));
             store_p += " st_qk(i, p);";
         }
         let body = format!(
             "    var m = {NEG_INF};
-    for (var j = lane; j < n_el; j = j + LANES) {{ m = max(m, ld_s(base + elem_off(j))); }}
+    for (var j = lane; j < n_el; j = j + LANES) {{ m = max(m, x_at(base + elem_off(j))); }}
     m = seg_max_f32(m, lid);
     var sum = 0.0;
-    for (var j = lane; j < n_el; j = j + LANES) {{ sum = sum + exp(ld_s(base + elem_off(j)) - m); }}
-    sum = seg_sum_f32(sum, lid);
+{sum}    sum = seg_sum_f32(sum, lid);
     // A row with every key masked has no distribution: it becomes zeros.
     let dead = m == {NEG_INF};
     for (var j = lane; j < n_el; j = j + LANES) {{
         let i = base + elem_off(j);
-        let p = select(exp(ld_s(i) - m) / sum, 0.0, dead);
+        let p = rnd(select(rnd_sm(rnd_sm(exp(rnd_sm(x_at(i) - m))) / sum), 0.0, dead));
         {store_p}
     }}
 "
         );
-        kernels.push(row_kernel("attn_softmax", args, &Rows::contiguous(rows, l), "", &body));
+        let sm_helpers =
+            format!("{}{}fn x_at(i: u32) -> f32 {{ return rnd_sm(ld_s(i)); }}\n", qr.wgsl("rnd"), sm.wgsl("rnd_sm"));
+        kernels.push(row_kernel("attn_softmax", args, &Rows::contiguous(rows, l), &sm_helpers, &body));
         kernels.push(self.values_kernel(&g, &helpers));
         Ok(Lowering::Kernels { temps: vec![TempSpec { elems: rows * l, phys: Phys::F32 }], kernels })
     }
 }
 
-/// The softmax of one row of biased scores; a row without any finite score
-/// (all keys masked) gives zeros.
-fn masked_softmax(s: &[f64]) -> Vec<f64> {
-    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+/// The softmax of one row of biased scores, rounding each step with `r`
+/// (and summing in order, as the reference does in a narrow type); a row
+/// without any finite score (all keys masked) gives zeros.
+fn masked_softmax(s: &[f64], r: Round) -> Vec<f64> {
+    let x: Vec<f64> = s.iter().map(|&v| r.host(v)).collect();
+    let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if m == f64::NEG_INFINITY {
         return vec![0.0; s.len()];
     }
-    let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|x| x / sum).collect()
+    let e: Vec<f64> = x.iter().map(|v| r.host(r.host(v - m).exp())).collect();
+    let sum = e.iter().fold(0.0, |acc, v| r.host(acc + v));
+    e.iter().map(|v| r.host(v / sum)).collect()
 }
 
 /// WGSL `k_at(b, h, j, d)` / `v_at(..)`: key or value `d` of kv head `h` at
@@ -554,7 +623,9 @@ fn kv_helpers(g: &Geom) -> String {
         } else {
             String::new()
         };
-        out += &format!("fn {name}_at(b: u32, h: u32, j: u32, d: u32) -> f32 {{\n{past}    return ld_{name}({new});\n}}\n");
+        out += &format!(
+            "fn {name}_at(b: u32, h: u32, j: u32, d: u32) -> f32 {{\n{past}    return ld_{name}({new});\n}}\n"
+        );
     }
     out
 }
@@ -590,7 +661,7 @@ impl Attention {
     }
 
     /// One thread per (b, h, i, j): the biased score, or -inf where masked.
-    fn scores_kernel(&self, g: &Geom, want_qk: bool, helpers: &str) -> crate::Kernel {
+    fn scores_kernel(&self, g: &Geom, qt: DType, want_qk: bool, helpers: &str) -> crate::Kernel {
         let l = g.total();
         let mut args = Self::kv_args(g);
         args.push(KernelArg::new("q", TensorRef::Input(Q)));
@@ -603,8 +674,8 @@ impl Attention {
     let hk = h / {group}u;
     let q0 = {qidx};
     var dot = 0.0;
-    for (var d = 0u; d < {dk}u; d = d + 1u) {{ dot = dot + ld_q(q0 + d) * k_at(b, hk, j, d); }}
-    let raw = dot * {scale};
+    for (var d = 0u; d < {dk}u; d = d + 1u) {{ dot = dot + rnd(ld_q(q0 + d) * {ss}) * rnd(k_at(b, hk, j, d) * {ss}); }}
+    let raw = rnd(dot);
     let capped = {capped};
     var bias = 0.0;
     var masked = false;
@@ -616,10 +687,10 @@ impl Attention {
             group = g.group(),
             qidx = g.q_layout().wgsl("b", "h", "qi", "0u"),
             dk = g.dk,
-            scale = f32_lit(self.scale(g)),
+            ss = f32_lit(self.sqrt_scale(g, qt) as f32),
             capped = if self.softcap > 0.0 {
                 let c = f32_lit(self.softcap);
-                format!("{c} * safe_tanh(raw / {c})")
+                format!("rnd(rnd(safe_tanh(rnd(raw / {c}))) * {c})")
             } else {
                 "raw".to_string()
             },
@@ -649,7 +720,7 @@ impl Attention {
         if self.right_window >= 0 {
             code += &format!("    if (-diff > {}) {{ masked = true; }}\n", self.right_window);
         }
-        code += &format!("    let sv = select(capped + bias, {NEG_INF}, masked);\n    st_s(i, sv);\n");
+        code += &format!("    let sv = select(rnd(capped + bias), {NEG_INF}, masked);\n    st_s(i, sv);\n");
         if want_qk && self.qk_mode < 3 {
             args.push(KernelArg::new("qk", TensorRef::Output(3)));
             code += &format!("    st_qk(i, {});\n", ["raw", "capped", "sv"][self.qk_mode as usize]);
@@ -673,7 +744,7 @@ impl Attention {
     let hk = h / {group}u;
     var acc = 0.0;
     for (var j = 0u; j < {l}u; j = j + 1u) {{ acc = acc + ld_s(row * {l}u + j) * v_at(b, hk, j, dv); }}
-    st_y({yidx}, acc);",
+    st_y({yidx}, rnd(acc));",
             dv = g.dv,
             sq = g.q_len,
             hq = g.q_heads,

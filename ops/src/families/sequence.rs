@@ -227,7 +227,12 @@ impl Op for Rotary {
         let (k, i1, i2, second) = if self.interleaved {
             ("d / 2u", "d & ~1u", "d | 1u", "(d & 1u) == 1u")
         } else {
-            (&*format!("d % {half}u"), &*format!("d % {half}u"), &*format!("d % {half}u + {half}u"), &*format!("d >= {half}u"))
+            (
+                &*format!("d % {half}u"),
+                &*format!("d % {half}u"),
+                &*format!("d % {half}u + {half}u"),
+                &*format!("d >= {half}u"),
+            )
         };
         let body = format!(
             "{coords}    if (d >= {rot}u) {{ st_y(i, ld_x(i)); return; }}
@@ -320,7 +325,12 @@ impl TensorScatter {
             bail!("axis must not be the batch axis 0");
         }
         let fits = past.rank() == update.rank()
-            && past.shape.iter().zip(&update.shape).enumerate().all(|(d, (&p, &u))| if d == axis { u <= p } else { u == p });
+            && past
+                .shape
+                .iter()
+                .zip(&update.shape)
+                .enumerate()
+                .all(|(d, (&p, &u))| if d == axis { u <= p } else { u == p });
         if !fits || past.dtype != update.dtype {
             bail!("update {:?} does not fit past_cache {:?} along axis {axis}", update.shape, past.shape);
         }
@@ -373,11 +383,7 @@ impl Op for TensorScatter {
         let (m, len, inner) = (g.max_len, g.len, g.inner);
         let w = if idx.is_some() { format!("ld_w(i / {}u)", g.per_batch) } else { "0".to_string() };
         // Each cache slot finds which update step (if any) lands on it.
-        let step = if self.circular {
-            format!("((c - {w}) % {m} + {m}) % {m}")
-        } else {
-            format!("c - {w}")
-        };
+        let step = if self.circular { format!("((c - {w}) % {m} + {m}) % {m}") } else { format!("c - {w}") };
         let body = format!(
             "    let inner = i % {inner}u;
     let c = i32((i / {inner}u) % {m}u);
@@ -465,10 +471,7 @@ impl Op for CausalConv {
             }
             state.extend_from_slice(&padded[l..]);
         }
-        Ok(vec![
-            Tensor::from_f64(x.dtype, x.shape.clone(), y),
-            Tensor::from_f64(x.dtype, vec![b, c, k - 1], state),
-        ])
+        Ok(vec![Tensor::from_f64(x.dtype, x.shape.clone(), y), Tensor::from_f64(x.dtype, vec![b, c, k - 1], state)])
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
@@ -510,7 +513,8 @@ impl Op for CausalConv {
         if has_output(cx, 1) {
             args.retain(|a| a.name != "w" && a.name != "bias");
             args.push(KernelArg::new("state", TensorRef::Output(1)));
-            let body = format!("    let row = i / {km1}u;\n    st_state(i, padded(row, {l}u + i % {km1}u));", km1 = k - 1);
+            let body =
+                format!("    let row = i / {km1}u;\n    st_state(i, padded(row, {l}u + i % {km1}u));", km1 = k - 1);
             kernels.push(kernel_1d("causal_conv_state", args, b * c * (k - 1), &helpers, &body));
         }
         Ok(Lowering::Kernels { temps: vec![], kernels })
@@ -617,7 +621,9 @@ impl LinearAttention {
         let decay_per_dim = match (self.rule.gated(), get(LDECAY)) {
             (true, Some(d)) if d.shape == [b, t, self.kv_heads] => false,
             (true, Some(d)) if d.shape == [b, t, self.kv_heads * dk] => true,
-            (true, Some(d)) => bail!("decay must be [{b}, {t}, {}] or [.., {}], got {:?}", self.kv_heads, self.kv_heads * dk, d.shape),
+            (true, Some(d)) => {
+                bail!("decay must be [{b}, {t}, {}] or [.., {}], got {:?}", self.kv_heads, self.kv_heads * dk, d.shape)
+            }
             (true, None) => bail!("update rule {:?} needs the decay input", self.rule),
             (false, Some(_)) => bail!("update rule {:?} takes no decay input", self.rule),
             (false, None) => false,
@@ -719,8 +725,11 @@ impl Op for LinearAttention {
         let mut step = String::new();
         if self.rule.gated() {
             args.push(KernelArg::new("decay", TensorRef::Input(LDECAY)));
-            let at = if g.decay_per_dim { format!("(bt * {hkv}u + h) * {dk}u + d") } else { format!("bt * {hkv}u + h") };
-            step += &format!("        for (var d = 0u; d < {dk}u; d = d + 1u) {{ st[d] = st[d] * exp(ld_decay({at})); }}\n");
+            let at =
+                if g.decay_per_dim { format!("(bt * {hkv}u + h) * {dk}u + d") } else { format!("bt * {hkv}u + h") };
+            step += &format!(
+                "        for (var d = 0u; d < {dk}u; d = d + 1u) {{ st[d] = st[d] * exp(ld_decay({at})); }}\n"
+            );
         }
         if self.rule.delta() {
             args.push(KernelArg::new("beta", TensorRef::Input(LBETA)));
@@ -767,4 +776,3 @@ impl Op for LinearAttention {
         Ok(Lowering::one(kernel_1d("linear_attention", args, g.batch * hkv * dv, "", &body)))
     }
 }
-
