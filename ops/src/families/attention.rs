@@ -15,6 +15,7 @@
 //!    spec asks (and mode 3 of the QK output is written here);
 //! 3. `attn_values`: one thread per output element sums probabilities times
 //!    values.
+//!
 //! Present key/value (past concatenated with new) get copy kernels of their
 //! own; the score and value kernels read past and new entries directly, so
 //! they never depend on those optional outputs.
@@ -290,7 +291,7 @@ impl Attention {
                     bail!("3-D inputs need attributes q_num_heads and kv_num_heads");
                 };
                 let split = |x: &TypeInfo, h: usize, what: &str| -> Result<usize> {
-                    if x.shape[2] % h != 0 {
+                    if !x.shape[2].is_multiple_of(h) {
                         bail!("{what} hidden size {} is not divisible by {h} heads", x.shape[2]);
                     }
                     Ok(x.shape[2] / h)
@@ -542,10 +543,8 @@ impl Op for Attention {
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let types: Vec<Option<&TypeInfo>> = cx.inputs.iter().map(|i| i.map(|i| i.ty)).collect();
         let g = self.geom(&types)?;
-        let l = g.total();
-        let rows = g.batch * g.q_heads * g.q_len;
         let (sm, qr) = self.roundings(cx.input(Q)?.dtype);
-        let helpers = format!("{}{}{}", kv_helpers(&g), qr.wgsl("rnd"), sm.wgsl("rnd_sm"));
+        let helpers = format!("{}{}", kv_helpers(&g), qr.wgsl("rnd"));
         let mut kernels = vec![];
         for (out, name, d) in [(1, "k", g.dk), (2, "v", g.dv)] {
             if has_output(cx, out) {
@@ -554,42 +553,10 @@ impl Op for Attention {
         }
         let want_qk = has_output(cx, 3);
         kernels.push(self.scores_kernel(&g, cx.input(Q)?.dtype, want_qk, &helpers));
-        let mut args = vec![KernelArg::new("s", TensorRef::Temp(0))];
-        let mut store_p = "st_s(i, p);".to_string();
-        // In a narrow softmax type the reference sums in order, rounding
-        // every partial sum: lane 0 does that alone, the others add zeros.
-        let sum = if sm.bf16 {
-            "    if (lane == 0u) {
-        for (var j = 0u; j < n_el; j = j + 1u) { sum = rnd_sm(sum + rnd_sm(exp(rnd_sm(x_at(base + elem_off(j)) - m)))); }
-    }
-"
-        } else {
-            "    for (var j = lane; j < n_el; j = j + LANES) { sum = sum + exp(x_at(base + elem_off(j)) - m); }\n"
-        };
-        if want_qk && self.qk_mode == 3 {
-            args.push(KernelArg::new("qk", TensorRef::Output(3)));
-            store_p += " st_qk(i, p);";
-        }
-        let body = format!(
-            "    var m = {NEG_INF};
-    for (var j = lane; j < n_el; j = j + LANES) {{ m = max(m, x_at(base + elem_off(j))); }}
-    m = seg_max_f32(m, lid);
-    var sum = 0.0;
-{sum}    sum = seg_sum_f32(sum, lid);
-    // A row with every key masked has no distribution: it becomes zeros.
-    let dead = m == {NEG_INF};
-    for (var j = lane; j < n_el; j = j + LANES) {{
-        let i = base + elem_off(j);
-        let p = rnd(select(rnd_sm(rnd_sm(exp(rnd_sm(x_at(i) - m))) / sum), 0.0, dead));
-        {store_p}
-    }}
-"
-        );
-        let sm_helpers =
-            format!("{}{}fn x_at(i: u32) -> f32 {{ return rnd_sm(ld_s(i)); }}\n", qr.wgsl("rnd"), sm.wgsl("rnd_sm"));
-        kernels.push(row_kernel("attn_softmax", args, &Rows::contiguous(rows, l), &sm_helpers, &body));
+        kernels.push(self.softmax_kernel(&g, sm, qr, want_qk));
         kernels.push(self.values_kernel(&g, &helpers));
-        Ok(Lowering::Kernels { temps: vec![TempSpec { elems: rows * l, phys: Phys::F32 }], kernels })
+        let scores = g.batch * g.q_heads * g.q_len * g.total();
+        Ok(Lowering::Kernels { temps: vec![TempSpec { elems: scores, phys: Phys::F32 }], kernels })
     }
 }
 
@@ -613,7 +580,7 @@ fn masked_softmax(s: &[f64], r: Round) -> Vec<f64> {
 fn kv_helpers(g: &Geom) -> String {
     let mut out = String::new();
     for (name, lay, dim) in [("k", g.k_layout(), g.dk), ("v", g.v_layout(), g.dv)] {
-        let new = lay.wgsl("b", "h", "(j - {P}u)", "d").replace("{P}", &g.past.to_string());
+        let new = lay.wgsl("b", "h", &format!("(j - {}u)", g.past), "d");
         let past = if g.past > 0 {
             format!(
                 "    if (j < {p}u) {{ return ld_p{name}(((b * {hkv}u + h) * {p}u + j) * {dim}u + d); }}\n",
@@ -721,12 +688,55 @@ impl Attention {
             code += &format!("    if (-diff > {}) {{ masked = true; }}\n", self.right_window);
         }
         code += &format!("    let sv = select(rnd(capped + bias), {NEG_INF}, masked);\n    st_s(i, sv);\n");
+        // Mode 0 is the scaled product before the soft cap, as the spec says
+        // (the reference implementation caps it too).
         if want_qk && self.qk_mode < 3 {
             args.push(KernelArg::new("qk", TensorRef::Output(3)));
             code += &format!("    st_qk(i, {});\n", ["raw", "capped", "sv"][self.qk_mode as usize]);
         }
         let helpers = if self.softcap > 0.0 { format!("{helpers}{TANH_WGSL}") } else { helpers.to_string() };
         kernel_1d("attn_scores", args, g.batch * g.q_heads * g.q_len * l, &helpers, &code)
+    }
+
+    /// The scores rows become probabilities in place (`sm` rounding the
+    /// softmax steps, `qr` the result); mode 3 of the QK output is written
+    /// here too.
+    fn softmax_kernel(&self, g: &Geom, sm: Round, qr: Round, want_qk: bool) -> crate::Kernel {
+        let mut args = vec![KernelArg::new("s", TensorRef::Temp(0))];
+        let mut store_p = "st_s(i, p);".to_string();
+        // In a narrow softmax type the reference sums in order, rounding
+        // every partial sum: lane 0 does that alone, the others add zeros.
+        let sum = if sm.bf16 {
+            "    if (lane == 0u) {
+        for (var j = 0u; j < n_el; j = j + 1u) { sum = rnd_sm(sum + rnd_sm(exp(rnd_sm(x_at(base + elem_off(j)) - m)))); }
+    }
+"
+        } else {
+            "    for (var j = lane; j < n_el; j = j + LANES) { sum = sum + exp(x_at(base + elem_off(j)) - m); }\n"
+        };
+        if want_qk && self.qk_mode == 3 {
+            args.push(KernelArg::new("qk", TensorRef::Output(3)));
+            store_p += " st_qk(i, p);";
+        }
+        let body = format!(
+            "    var m = {NEG_INF};
+    for (var j = lane; j < n_el; j = j + LANES) {{ m = max(m, x_at(base + elem_off(j))); }}
+    m = seg_max_f32(m, lid);
+    var sum = 0.0;
+{sum}    sum = seg_sum_f32(sum, lid);
+    // A row with every key masked has no distribution: it becomes zeros.
+    let dead = m == {NEG_INF};
+    for (var j = lane; j < n_el; j = j + LANES) {{
+        let i = base + elem_off(j);
+        let p = rnd(select(rnd_sm(rnd_sm(exp(rnd_sm(x_at(i) - m))) / sum), 0.0, dead));
+        {store_p}
+    }}
+"
+        );
+        let sm_helpers =
+            format!("{}{}fn x_at(i: u32) -> f32 {{ return rnd_sm(ld_s(i)); }}\n", qr.wgsl("rnd"), sm.wgsl("rnd_sm"));
+        let rows = Rows::contiguous(g.batch * g.q_heads * g.q_len, g.total());
+        row_kernel("attn_softmax", args, &rows, &sm_helpers, &body)
     }
 
     /// One thread per output element: probabilities times values.
@@ -753,5 +763,154 @@ impl Attention {
             yidx = g.y_layout().wgsl("b", "h", "qi", "dv"),
         );
         kernel_1d("attn_values", args, g.batch * g.q_heads * g.q_len * g.dv, helpers, &body)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::Attr;
+
+    /// The test inputs the reference values were computed from (numpy):
+    /// `((i * 7 + seed) % 11) / 10 - 0.5` over the flattened tensor.
+    pub(crate) fn seq(shape: &[usize], seed: usize) -> Tensor {
+        let n: usize = shape.iter().product();
+        Tensor::from_f32(shape.to_vec(), (0..n).map(|i| ((i * 7 + seed) % 11) as f32 / 10.0 - 0.5).collect())
+    }
+
+    pub(crate) fn attrs(v: &[(&str, Attr)]) -> Attrs {
+        Attrs(v.iter().map(|(k, a)| (k.to_string(), a.clone())).collect())
+    }
+
+    pub(crate) fn close(got: &Tensor, want: &[f64]) {
+        let got = got.to_f64();
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (a, b) in got.iter().zip(want) {
+            let ok = a == b || (a - b).abs() <= 1e-5 + 1e-5 * b.abs();
+            assert!(ok, "{got:?} vs {want:?}");
+        }
+    }
+
+    fn eval(a: &[(&str, Attr)], ins: &[Option<Tensor>]) -> Vec<Tensor> {
+        let op = build("Attention", &attrs(a), 24).unwrap();
+        op.eval(&ins.iter().map(|t| t.as_ref()).collect::<Vec<_>>()).unwrap()
+    }
+
+    const NEG: f64 = f64::NEG_INFINITY;
+
+    // Expected values below come from onnx.reference.ReferenceEvaluator
+    // (onnx 1.23.2) on the same inputs.
+
+    #[test]
+    fn packed_gqa_short_float_mask_softcap_mode2() {
+        let mask = Tensor::from_f32(vec![2, 2], vec![0.0, -1.0, 0.5, f32::NEG_INFINITY]);
+        let a = [
+            ("q_num_heads", Attr::Int(2)),
+            ("kv_num_heads", Attr::Int(1)),
+            ("softcap", Attr::Float(0.5)),
+            ("qk_matmul_output_mode", Attr::Int(2)),
+        ];
+        let out = eval(&a, &[Some(seq(&[1, 2, 4], 1)), Some(seq(&[1, 3, 2], 2)), Some(seq(&[1, 3, 4], 3)), Some(mask)]);
+        assert_eq!(out[0].shape, vec![1, 2, 8]);
+        close(
+            &out[0],
+            &[
+                -0.06612251,
+                0.38843542,
+                -0.011564572,
+                -0.16612253,
+                -0.0067597427,
+                0.33896646,
+                -0.06103355,
+                -0.10675975,
+                -0.2,
+                0.5,
+                0.1,
+                -0.3,
+                -0.2,
+                0.5,
+                0.1,
+                -0.3,
+            ],
+        );
+        assert_eq!(out[3].shape, vec![1, 2, 2, 3]);
+        close(
+            &out[3],
+            &[0.16347586, -1.0840476, NEG, 0.4022786, NEG, NEG, -0.117944464, -0.862233, NEG, 0.42283967, NEG, NEG],
+        );
+    }
+
+    #[test]
+    fn past_causal_bool_mask_fully_masked_row_mode3() {
+        let mask = Tensor::from_i64(DType::Bool, vec![2, 3], vec![0, 0, 0, 1, 1, 0]);
+        let a = [("is_causal", Attr::Int(1)), ("qk_matmul_output_mode", Attr::Int(3)), ("scale", Attr::Float(2.0))];
+        let ins = [
+            Some(seq(&[1, 2, 2, 2], 4)),
+            Some(seq(&[1, 1, 2, 2], 5)),
+            Some(seq(&[1, 1, 2, 3], 6)),
+            Some(mask),
+            Some(seq(&[1, 1, 1, 2], 7)),
+            Some(seq(&[1, 1, 1, 3], 8)),
+        ];
+        let out = eval(&a, &ins);
+        close(&out[0], &[0.0, 0.0, 0.0, 0.2, -0.2, -0.05, 0.0, 0.0, 0.0, 0.20199974, -0.19800028, -0.0589988]);
+        close(&out[1], &[0.2, -0.2, 0.0, -0.4, 0.3, -0.1]);
+        close(&out[2], &[0.3, -0.1, -0.5, 0.1, -0.3, 0.4, 0.0, -0.4, 0.3]);
+        close(&out[3], &[0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.5099987, 0.49000135, 0.0]);
+    }
+
+    #[test]
+    fn external_cache_negative_causal_offset() {
+        let nonpad = Tensor::i64_vec(vec![1, 3]);
+        let ins =
+            [Some(seq(&[2, 1, 2, 2], 9)), Some(seq(&[2, 1, 3, 2], 10)), Some(seq(&[2, 1, 3, 2], 11)), None, None, None];
+        let mut ins = ins.to_vec();
+        ins.push(Some(nonpad));
+        let out = eval(&[("is_causal", Attr::Int(1))], &ins);
+        // Batch 0: one valid key, two queries: offset -1 leaves query 0 no key.
+        close(&out[0], &[0.0, 0.0, -0.5, 0.2, 0.009897483, 0.14628844, -0.01031259, -0.063125007]);
+    }
+
+    #[test]
+    fn bidirectional_window() {
+        let a = [("left_window_size", Attr::Int(1)), ("right_window_size", Attr::Int(1))];
+        let out = eval(&a, &[Some(seq(&[1, 1, 4, 2], 12)), Some(seq(&[1, 1, 4, 2], 13)), Some(seq(&[1, 1, 4, 1], 14))]);
+        close(&out[0], &[0.10569127, 0.16378982, 0.12017797, -0.07398528]);
+    }
+
+    #[test]
+    fn bfloat16_rounds_like_the_reference() {
+        let bf = |t: Tensor| t.cast(DType::BF16);
+        let out = eval(
+            &[],
+            &[Some(bf(seq(&[1, 1, 2, 4], 15))), Some(bf(seq(&[1, 1, 3, 4], 16))), Some(bf(seq(&[1, 1, 3, 2], 17)))],
+        );
+        assert_eq!(out[0].dtype, DType::BF16);
+        close(&out[0], &[0.010559082, -0.0035247803, 0.040527344, 0.0035247803]);
+    }
+
+    #[test]
+    fn shapes_and_kernels() {
+        let op =
+            build("Attention", &attrs(&[("q_num_heads", Attr::Int(4)), ("kv_num_heads", Attr::Int(2))]), 23).unwrap();
+        let t = |s: &[usize]| TypeInfo::new(DType::F32, s.to_vec());
+        let (q, k, v, pk, pv) = (t(&[2, 3, 32]), t(&[2, 5, 16]), t(&[2, 5, 12]), t(&[2, 2, 4, 8]), t(&[2, 2, 4, 6]));
+        let inp = |x| Some(Input { ty: x, value: None });
+        let ins = vec![inp(&q), inp(&k), inp(&v), None, inp(&pk), inp(&pv)];
+        let outs = op.infer(&ins).unwrap();
+        let shapes: Vec<_> = outs.iter().map(|o| o.shape.clone()).collect();
+        assert_eq!(shapes, vec![vec![2, 3, 24], vec![2, 2, 9, 8], vec![2, 2, 9, 6], vec![2, 4, 3, 9]]);
+        // Only Y requested: no present copies, no QK output.
+        let cx = LowerCtx { inputs: ins.clone(), outputs: vec![outs[0].clone()] };
+        let Lowering::Kernels { temps, kernels } = op.lower(&cx).unwrap() else { panic!("expected kernels") };
+        let names: Vec<_> = kernels.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["attn_scores", "attn_softmax", "attn_values"]);
+        assert_eq!(temps[0].elems, 2 * 4 * 3 * 9);
+        let cx = LowerCtx { inputs: ins, outputs: outs };
+        let Lowering::Kernels { kernels, .. } = op.lower(&cx).unwrap() else { panic!("expected kernels") };
+        assert_eq!(kernels.len(), 5);
+        // Mismatched heads are a model error.
+        let bad = t(&[2, 3, 30]);
+        assert!(op.infer(&[inp(&bad), inp(&k), inp(&v)]).is_err());
     }
 }

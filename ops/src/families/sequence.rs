@@ -334,10 +334,10 @@ impl TensorScatter {
         if !fits || past.dtype != update.dtype {
             bail!("update {:?} does not fit past_cache {:?} along axis {axis}", update.shape, past.shape);
         }
-        if let Some(w) = idx {
-            if w.shape != [past.shape[0]] {
-                bail!("write_indices must have shape [{}], got {:?}", past.shape[0], w.shape);
-            }
+        if let Some(w) = idx
+            && w.shape != [past.shape[0]]
+        {
+            bail!("write_indices must have shape [{}], got {:?}", past.shape[0], w.shape);
         }
         Ok(ScatterGeom {
             max_len: past.shape[axis],
@@ -430,15 +430,15 @@ fn conv_geom(inputs: &[Option<&TypeInfo>]) -> Result<(usize, usize, usize, usize
         [wc, 1, k] if wc == c && k > 0 => k,
         _ => bail!("weight must be [{c}, 1, k], got {:?}", w.shape),
     };
-    if let Some(bias) = inputs.get(2).copied().flatten() {
-        if bias.shape != [c] {
-            bail!("bias must be [{c}], got {:?}", bias.shape);
-        }
+    if let Some(bias) = inputs.get(2).copied().flatten()
+        && bias.shape != [c]
+    {
+        bail!("bias must be [{c}], got {:?}", bias.shape);
     }
-    if let Some(p) = inputs.get(3).copied().flatten() {
-        if p.shape != [b, c, k - 1] {
-            bail!("past_state must be [{b}, {c}, {}], got {:?}", k - 1, p.shape);
-        }
+    if let Some(p) = inputs.get(3).copied().flatten()
+        && p.shape != [b, c, k - 1]
+    {
+        bail!("past_state must be [{b}, {c}, {}], got {:?}", k - 1, p.shape);
     }
     Ok((b, c, l, k))
 }
@@ -774,5 +774,144 @@ impl Op for LinearAttention {
             scale = f32_lit(self.scale(&g)),
         );
         Ok(Lowering::one(kernel_1d("linear_attention", args, g.batch * hkv * dv, "", &body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Attr;
+    use crate::families::attention::tests::{attrs, close, seq};
+
+    fn eval(op: &str, opset: i64, a: &[(&str, Attr)], ins: &[Option<Tensor>]) -> Vec<Tensor> {
+        let op = build(op, &attrs(a), opset).unwrap();
+        op.eval(&ins.iter().map(|t| t.as_ref()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn plus(t: Tensor, c: f32) -> Tensor {
+        Tensor::from_f64(t.dtype, t.shape.clone(), t.to_f64().iter().map(|v| v + c as f64).collect())
+    }
+
+    // Expected values below come from onnx.reference.ReferenceEvaluator
+    // (onnx 1.23.2) on the same inputs.
+
+    #[test]
+    fn rotary_interleaved_partial_with_position_ids() {
+        let a = [("interleaved", Attr::Int(1)), ("rotary_embedding_dim", Attr::Int(2))];
+        let ids = Tensor::from_i64(DType::I64, vec![1, 3], vec![4, 0, 2]);
+        let y = eval(
+            "RotaryEmbedding",
+            23,
+            &a,
+            &[Some(seq(&[1, 2, 3, 4], 1)), Some(seq(&[5, 1], 2)), Some(seq(&[5, 1], 3)), Some(ids)],
+        );
+        close(
+            &y[0],
+            &[
+                -0.24, -0.07, -0.1, -0.5, -0.1, 0.02, 0.5, 0.1, -0.04, -0.03, 0.0, -0.4, 0.13, 0.09, -0.5, 0.2, 0.16,
+                -0.11, 0.1, -0.3, 0.0, 0.04, -0.4, 0.3,
+            ],
+        );
+    }
+
+    #[test]
+    fn rotary_packed_halves_without_position_ids() {
+        let y = eval(
+            "RotaryEmbedding",
+            23,
+            &[("num_heads", Attr::Int(1))],
+            &[Some(seq(&[2, 2, 4], 4)), Some(seq(&[2, 2, 2], 5)), Some(seq(&[2, 2, 2], 6))],
+        );
+        close(
+            &y[0],
+            &[-0.02, 0.14, -0.01, 0.23, 0.27, -0.01, 0.11, -0.04, 0.12, -0.05, -0.15, -0.14, 0.08, 0.35, 0.09, 0.15],
+        );
+    }
+
+    #[test]
+    fn swiglu_with_alpha() {
+        let y = eval("SwiGLU", 28, &[("alpha", Attr::Float(1.5))], &[Some(seq(&[2, 3], 7)), Some(seq(&[2, 3], 8))]);
+        close(&y[0], &[0.034466553, 0.00851115, -0.16979468, 0.010748598, 0.023361646, 0.12913126]);
+    }
+
+    #[test]
+    fn tensor_scatter_circular_and_linear() {
+        let a = [("mode", Attr::Str("circular".into())), ("axis", Attr::Int(1))];
+        let ins = [Some(seq(&[2, 3, 2], 9)), Some(plus(seq(&[2, 2, 2], 10), 3.0)), Some(Tensor::i64_vec(vec![2, 0]))];
+        let y = eval("TensorScatter", 24, &a, &ins);
+        close(&y[0], &[2.7, 3.4, -0.4, 0.3, 3.5, 3.1, 3.0, 2.6, 3.3, 2.9, -0.3, 0.4]);
+        let ins = [Some(seq(&[2, 4], 11)), Some(plus(seq(&[2, 1], 12), 3.0)), Some(Tensor::i64_vec(vec![3, 1]))];
+        let y = eval("TensorScatter", 24, &[("axis", Attr::Int(-1))], &ins);
+        close(&y[0], &[-0.5, 0.2, -0.2, 2.6, 0.1, 3.3, 0.4, 0.0]);
+        // Linear writes past the end are a model error.
+        let ins = [Some(seq(&[1, 2], 0)), Some(seq(&[1, 1], 0)), Some(Tensor::i64_vec(vec![2]))];
+        let op = build("TensorScatter", &attrs(&[("axis", Attr::Int(1))]), 24).unwrap();
+        assert!(op.eval(&ins.iter().map(|t| t.as_ref()).collect::<Vec<_>>()).is_err());
+    }
+
+    #[test]
+    fn causal_conv_with_state() {
+        let (x, w) = (seq(&[1, 2, 3], 13), seq(&[2, 1, 3], 14));
+        let ins = [Some(x.clone()), Some(w.clone()), Some(seq(&[2], 15)), Some(seq(&[1, 2, 2], 16))];
+        let y = eval("CausalConvWithState", 27, &[("activation", Attr::Str("silu".into()))], &ins);
+        close(&y[0], &[-0.13801941, -0.06078094, 0.08638638, -0.21893163, -0.21893163, -0.11319456]);
+        close(&y[1], &[0.4, 0.0, 0.3, -0.1]);
+        let y = eval("CausalConvWithState", 27, &[], &[Some(x), Some(w)]);
+        close(&y[0], &[-0.03, -0.11, 0.26, 0.0, -0.16, 0.24]);
+        close(&y[1], &[0.4, 0.0, 0.3, -0.1]);
+    }
+
+    #[test]
+    fn linear_attention_gated_delta_gqa() {
+        let a = [("q_num_heads", Attr::Int(2)), ("kv_num_heads", Attr::Int(1))];
+        let ins = [
+            Some(seq(&[1, 2, 4], 17)),
+            Some(seq(&[1, 2, 2], 18)),
+            Some(seq(&[1, 2, 2], 19)),
+            None,
+            Some(seq(&[1, 2, 2], 20)),
+            Some(plus(seq(&[1, 2, 1], 21), 0.5)),
+        ];
+        let y = eval("LinearAttention", 27, &a, &ins);
+        close(
+            &y[0],
+            &[
+                0.016970564,
+                -0.0056568547,
+                0.016970564,
+                -0.0056568547,
+                0.00837209,
+                -0.005194861,
+                0.047513664,
+                -0.017252104,
+            ],
+        );
+        close(&y[1], &[-0.11338393, 0.047794648, -0.11171216, 0.039237387]);
+    }
+
+    #[test]
+    fn linear_attention_gated_per_head_with_past() {
+        let a = [
+            ("q_num_heads", Attr::Int(1)),
+            ("kv_num_heads", Attr::Int(1)),
+            ("update_rule", Attr::Str("gated".into())),
+            ("scale", Attr::Float(0.5)),
+        ];
+        let k = seq(&[1, 2, 2], 18);
+        let ins = [
+            Some(k.clone()),
+            Some(k),
+            Some(seq(&[1, 2, 2], 19)),
+            Some(seq(&[1, 1, 2, 2], 22)),
+            Some(seq(&[1, 2, 1], 23)),
+        ];
+        let y = eval("LinearAttention", 27, &a, &ins);
+        close(&y[0], &[-0.008109601, -0.024109606, -0.17095475, 0.088463366]);
+        close(&y[1], &[-0.6214272, 0.2539703, -0.311959, 0.49941587]);
+        // The gated rule needs its decay input.
+        let op = build("LinearAttention", &attrs(&a), 27).unwrap();
+        let t = TypeInfo::new(DType::F32, vec![1, 2, 2]);
+        let inp = Some(Input { ty: &t, value: None });
+        assert!(op.infer(&[inp, inp, inp]).is_err());
     }
 }
