@@ -224,15 +224,11 @@ impl Op for Rotary {
         } else {
             format!("b * {sq}u + s")
         };
-        let (k, i1, i2, second) = if self.interleaved {
-            ("d / 2u", "d & ~1u", "d | 1u", "(d & 1u) == 1u")
+        // WGSL twins of `pair`: cache column, x1 and x2 offsets, second half.
+        let [k, i1, i2, second] = if self.interleaved {
+            ["d / 2u", "d & ~1u", "d | 1u", "(d & 1u) == 1u"].map(String::from)
         } else {
-            (
-                &*format!("d % {half}u"),
-                &*format!("d % {half}u"),
-                &*format!("d % {half}u + {half}u"),
-                &*format!("d >= {half}u"),
-            )
+            [format!("d % {half}u"), format!("d % {half}u"), format!("d % {half}u + {half}u"), format!("d >= {half}u")]
         };
         let body = format!(
             "{coords}    if (d >= {rot}u) {{ st_y(i, ld_x(i)); return; }}
@@ -602,7 +598,7 @@ impl LinearAttention {
         let req = |i: usize, what: &str| get(i).ok_or_else(|| Error::msg(format!("input {i} ({what}) is required")));
         let (q, k, v) = (req(LQ, "query")?, req(LK, "key")?, req(LV, "value")?);
         need_float(q, "query")?;
-        let (&[b, t, hq], &[_, _, hk], &[_, _, hv]) = (&q.shape[..], &k.shape[..], &v.shape[..]) else {
+        let (&[b, t, hq], &[_, _, _], &[_, _, hv]) = (&q.shape[..], &k.shape[..], &v.shape[..]) else {
             bail!("query, key and value must be (B, T, H * D), got {:?}, {:?}, {:?}", q.shape, k.shape, v.shape);
         };
         if hq % self.q_heads != 0 || hv % self.kv_heads != 0 {
@@ -612,7 +608,6 @@ impl LinearAttention {
         if k.shape != [b, t, self.kv_heads * dk] || v.shape[..2] != [b, t] {
             bail!("key {:?} / value {:?} do not match query {:?}", k.shape, v.shape, q.shape);
         }
-        let _ = hk;
         let state_dtype = match get(LPAST) {
             Some(p) if p.shape == [b, self.kv_heads, dk, dv] => p.dtype,
             Some(p) => bail!("past_state must be [{b}, {}, {dk}, {dv}], got {:?}", self.kv_heads, p.shape),
