@@ -651,3 +651,106 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {{
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Attr;
+
+    /// Deterministic inputs, mirrored in the script that produced the
+    /// expected values: ((7k + seed) mod 13) / 6.5 - 1.
+    fn pat(shape: Vec<usize>, seed: usize) -> Tensor {
+        let n: usize = shape.iter().product();
+        Tensor::from_f32(shape, (0..n).map(|k| ((k * 7 + seed) % 13) as f32 / 6.5 - 1.0).collect())
+    }
+
+    fn attrs(v: Vec<(&str, Attr)>) -> Attrs {
+        Attrs(v.into_iter().map(|(k, a)| (k.to_string(), a)).collect())
+    }
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "got {got:?}, want {want:?}");
+        }
+    }
+
+    // Expected outputs: onnxruntime (CPU) on the same inputs (T=3, B=2, I=2,
+    // H=2; sequence_lens [3, 2]).
+    const GRU_LBR_Y: [f64; 24] = [-0.3383581042289734, 0.45380908250808716, -0.2423790693283081, 0.4669538736343384, -0.12279152125120163, -0.7211800217628479, 0.00029331445693969727, -0.7119516730308533, -0.16127686202526093, 0.2031961977481842, -0.05477023869752884, 0.13706034421920776, -0.08412505686283112, -0.648986279964447, 0.04850649833679199, -0.6866620779037476, 0.12891395390033722, -0.04924575984477997, 0.0, 0.0, -0.06505615264177322, -0.65798020362854, 0.0, 0.0];
+    const GRU_LBR_YH: [f64; 8] = [0.12891395390033722, -0.04924575984477997, -0.05477023869752884, 0.13706034421920776, -0.12279152125120163, -0.7211800217628479, 0.00029331445693969727, -0.7119516730308533];
+    const GRU_Y: [f64; 12] = [0.12598666548728943, 0.06644219160079956, 0.17163705825805664, -0.00528908334672451, 0.26992881298065186, -0.059245765209198, 0.35917964577674866, -0.1615476906299591, 0.464707612991333, -0.25805145502090454, 0.5679110884666443, -0.36598697304725647];
+    const LSTM_Y: [f64; 12] = [0.037316881120204926, -0.44604218006134033, -0.014779851771891117, -0.5471974611282349, -0.18679127097129822, -0.29154279828071594, -0.2722421884536743, -0.4944726526737213, -0.3281271159648895, -0.0432831346988678, 0.0, 0.0];
+    const LSTM_YC: [f64; 4] = [0.06502458453178406, -0.7691963911056519, -0.027053654193878174, -1.0796496868133545];
+    const RNN_Y: [f64; 12] = [0.6591716408729553, 0.6165680885314941, 0.6307692527770996, 0.6023669242858887, 0.5366045236587524, 0.5812835693359375, 0.5124624967575073, 0.5693764686584473, 0.5011847019195557, 0.5669807195663452, 0.4764225482940674, 0.5547559261322021];
+
+    fn run(op: &str, a: Attrs, inputs: &[Option<&Tensor>]) -> Vec<Tensor> {
+        build(op, &a, 22).unwrap().eval(inputs).unwrap()
+    }
+
+    #[test]
+    fn gru_bidirectional_linear_before_reset_with_lengths() {
+        let (x, w, r, b) = (pat(vec![3, 2, 2], 0), pat(vec![2, 6, 2], 1), pat(vec![2, 6, 2], 2), pat(vec![2, 12], 3));
+        let sl = Tensor::from_i64(DType::I32, vec![2], vec![3, 2]);
+        let h0 = pat(vec![2, 2, 2], 4);
+        let a = attrs(vec![
+            ("hidden_size", Attr::Int(2)),
+            ("direction", Attr::Str("bidirectional".into())),
+            ("linear_before_reset", Attr::Int(1)),
+        ]);
+        let out = run("GRU", a, &[Some(&x), Some(&w), Some(&r), Some(&b), Some(&sl), Some(&h0)]);
+        assert_eq!(out[0].shape, vec![3, 2, 2, 2]);
+        assert_close(&out[0].to_f64(), &GRU_LBR_Y);
+        assert_close(&out[1].to_f64(), &GRU_LBR_YH);
+    }
+
+    #[test]
+    fn gru_default_reset() {
+        let (x, w, r, b) = (pat(vec![3, 2, 2], 0), pat(vec![1, 6, 2], 1), pat(vec![1, 6, 2], 2), pat(vec![1, 12], 3));
+        let out = run("GRU", attrs(vec![("hidden_size", Attr::Int(2))]), &[Some(&x), Some(&w), Some(&r), Some(&b)]);
+        assert_close(&out[0].to_f64(), &GRU_Y);
+    }
+
+    #[test]
+    fn lstm_reverse_clip_peepholes_lengths() {
+        let (x, w, r, b) = (pat(vec![3, 2, 2], 0), pat(vec![1, 8, 2], 1), pat(vec![1, 8, 2], 2), pat(vec![1, 16], 3));
+        let sl = Tensor::from_i64(DType::I32, vec![2], vec![3, 2]);
+        let (h0, c0, p) = (pat(vec![1, 2, 2], 4), pat(vec![1, 2, 2], 5), pat(vec![1, 6], 6));
+        let a = attrs(vec![
+            ("hidden_size", Attr::Int(2)),
+            ("direction", Attr::Str("reverse".into())),
+            ("clip", Attr::Float(0.8)),
+        ]);
+        let inputs = [Some(&x), Some(&w), Some(&r), Some(&b), Some(&sl), Some(&h0), Some(&c0), Some(&p)];
+        let out = run("LSTM", a, &inputs);
+        assert_close(&out[0].to_f64(), &LSTM_Y);
+        assert_close(&out[2].to_f64(), &LSTM_YC);
+    }
+
+    #[test]
+    fn rnn_hard_sigmoid_with_alpha_beta() {
+        let (x, w, r) = (pat(vec![3, 2, 2], 0), pat(vec![1, 2, 2], 1), pat(vec![1, 2, 2], 2));
+        let a = attrs(vec![
+            ("hidden_size", Attr::Int(2)),
+            ("activations", Attr::Strs(vec!["HardSigmoid".into()])),
+            ("activation_alpha", Attr::Floats(vec![0.3])),
+            ("activation_beta", Attr::Floats(vec![0.4])),
+        ]);
+        let out = run("RNN", a, &[Some(&x), Some(&w), Some(&r)]);
+        assert_close(&out[0].to_f64(), &RNN_Y);
+    }
+
+    #[test]
+    fn layout_one_transposes_batch_and_time() {
+        // The same GRU in batch-major layout gives Y transposed (T,D,B,H) -> (B,T,D,H).
+        let x = pat(vec![3, 2, 2], 0);
+        let xb: Vec<f64> = (0..12).map(|k| x.to_f64()[((k / 2) % 3 * 2 + k / 6) * 2 + k % 2]).collect();
+        let xb = Tensor::from_f64(DType::F32, vec![2, 3, 2], xb);
+        let (w, r, b) = (pat(vec![1, 6, 2], 1), pat(vec![1, 6, 2], 2), pat(vec![1, 12], 3));
+        let a = attrs(vec![("hidden_size", Attr::Int(2)), ("layout", Attr::Int(1))]);
+        let out = run("GRU", a, &[Some(&xb), Some(&w), Some(&r), Some(&b)]);
+        assert_eq!(out[0].shape, vec![2, 3, 1, 2]);
+        let want: Vec<f64> = (0..12).map(|k| GRU_Y[((k / 2) % 3 * 2 + k / 6) * 2 + k % 2]).collect();
+        assert_close(&out[0].to_f64(), &want);
+    }
+}
