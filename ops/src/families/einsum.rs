@@ -223,8 +223,10 @@ fn common_dtype(types: &[&TypeInfo]) -> Result<DType> {
 
 impl Op for Einsum {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
-        let types: Vec<&TypeInfo> =
-            inputs.iter().map(|i| i.map(|i| i.ty).ok_or_else(|| Error::msg("inputs are required"))).collect::<Result<_>>()?;
+        let types: Vec<&TypeInfo> = inputs
+            .iter()
+            .map(|i| i.map(|i| i.ty).ok_or_else(|| Error::msg("inputs are required")))
+            .collect::<Result<_>>()?;
         let dt = common_dtype(&types)?;
         let shapes: Vec<&[usize]> = types.iter().map(|t| t.shape.as_slice()).collect();
         Ok(vec![TypeInfo::new(dt, self.plan(&shapes)?.out_shape)])

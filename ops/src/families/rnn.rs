@@ -20,7 +20,7 @@
 
 use crate::wgsl::f32_lit;
 use crate::{
-    Attrs, DType, Error, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Result, Tensor, TempSpec, TensorRef,
+    Attrs, DType, Error, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Result, TempSpec, Tensor, TensorRef,
     TypeInfo, arg, bail, ty, unsupported,
 };
 
@@ -45,9 +45,18 @@ pub fn build(op_type: &str, a: &Attrs, _opset: i64) -> Result<Box<dyn Op>> {
         None => cell.default_acts().iter().map(|s| s.to_string()).cycle().take(per_dir * dirs.len()).collect(),
     };
     if names.len() != per_dir * dirs.len() {
-        bail!("activations has {} entries, expected {} for {} direction(s)", names.len(), per_dir * dirs.len(), dirs.len());
+        bail!(
+            "activations has {} entries, expected {} for {} direction(s)",
+            names.len(),
+            per_dir * dirs.len(),
+            dirs.len()
+        );
     }
-    let acts = Act::parse_list(&names, a.floats_opt("activation_alpha")?.unwrap_or(&[]), a.floats_opt("activation_beta")?.unwrap_or(&[]))?;
+    let acts = Act::parse_list(
+        &names,
+        a.floats_opt("activation_alpha")?.unwrap_or(&[]),
+        a.floats_opt("activation_beta")?.unwrap_or(&[]),
+    )?;
     Ok(Box::new(Recurrent {
         cell,
         reverse: dirs,
@@ -356,7 +365,8 @@ impl Op for Recurrent {
                             })
                             .collect(),
                         Cell::Gru { linear_before_reset } => {
-                            let rg: Vec<f64> = (0..hs).map(|k| acts[0].apply(self.clip(pre(hs + k, &h, true)))).collect();
+                            let rg: Vec<f64> =
+                                (0..hs).map(|k| acts[0].apply(self.clip(pre(hs + k, &h, true)))).collect();
                             let rh: Vec<f64> = (0..hs).map(|k| rg[k] * h[k]).collect();
                             (0..hs)
                                 .map(|j| {
@@ -460,7 +470,8 @@ impl Recurrent {
             }
         }
         let bias = |k: &str| if has(B) { format!("ld_b({}u + {k})", dir * 2 * g * hs) } else { "0.0".into() };
-        let peep = |k: usize| if lstm && has(P) { format!("ld_p({}u + j)", dir * 3 * hs + k * hs) } else { "0.0".into() };
+        let peep =
+            |k: usize| if lstm && has(P) { format!("ld_p({}u + j)", dir * 3 * hs + k * hs) } else { "0.0".into() };
         // Row-major element offsets of this direction's weights.
         let (w0, r0) = (dir * g * hs * d.input, dir * g * hs * hs);
         let x_row = if self.batch_major {
@@ -502,19 +513,24 @@ impl Recurrent {
         // Pre-activation of weight row `row` against the hidden vector at
         // `hsrc`, read by `func` (`gate` from the state, `gate_aux` from aux).
         let gate_from = |func: &str, row: &str, hsrc: &str| -> String {
-            format!("{func}({row}, xr, {hsrc}, {w0}u, {r0}u) + {} + {}", bias(row), bias(&format!("{}u + {row}", g * hs)))
+            format!(
+                "{func}({row}, xr, {hsrc}, {w0}u, {r0}u) + {} + {}",
+                bias(row),
+                bias(&format!("{}u + {row}", g * hs))
+            )
         };
         let gate = |row: &str, hsrc: &str| gate_from("gate", row, hsrc);
         let step = match self.cell {
-            Cell::Rnn => format!(
-                "let hn = {};",
-                acts[0].wgsl(&self.clip_wgsl(&gate("j", "hcur")))
-            ),
+            Cell::Rnn => format!("let hn = {};", acts[0].wgsl(&self.clip_wgsl(&gate("j", "hcur")))),
             Cell::Lstm { input_forget } => {
                 let f = if input_forget {
                     "1.0 - ig".to_string()
                 } else {
-                    acts[0].wgsl(&self.clip_wgsl(&format!("{} + {} * c", gate(&format!("{}u + j", 2 * hs), "hcur"), peep(2))))
+                    acts[0].wgsl(&self.clip_wgsl(&format!(
+                        "{} + {} * c",
+                        gate(&format!("{}u + j", 2 * hs), "hcur"),
+                        peep(2)
+                    )))
                 };
                 format!(
                     "let c = ld_aux({aux}u + e);
@@ -527,7 +543,11 @@ impl Recurrent {
             let hn = og * {};",
                     acts[0].wgsl(&self.clip_wgsl(&format!("{} + {} * c", gate("j", "hcur"), peep(0)))),
                     acts[1].wgsl(&self.clip_wgsl(&gate(&format!("{}u + j", 3 * hs), "hcur"))),
-                    acts[0].wgsl(&self.clip_wgsl(&format!("{} + {} * cn", gate(&format!("{hs}u + j"), "hcur"), peep(1)))),
+                    acts[0].wgsl(&self.clip_wgsl(&format!(
+                        "{} + {} * cn",
+                        gate(&format!("{hs}u + j"), "hcur"),
+                        peep(1)
+                    ))),
                     acts[2].wgsl("cn"),
                 )
             }
@@ -640,7 +660,13 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {{
             inp = d.input,
             seq = d.seq,
         );
-        Kernel { name: format!("{}_dir{dir}", self.kernel_name()), args, body, workgroup_size: [wg, 1, 1], workgroups: [1, 1, 1] }
+        Kernel {
+            name: format!("{}_dir{dir}", self.kernel_name()),
+            args,
+            body,
+            workgroup_size: [wg, 1, 1],
+            workgroups: [1, 1, 1],
+        }
     }
 
     fn kernel_name(&self) -> &'static str {
@@ -677,12 +703,85 @@ mod tests {
 
     // Expected outputs: onnxruntime (CPU) on the same inputs (T=3, B=2, I=2,
     // H=2; sequence_lens [3, 2]).
-    const GRU_LBR_Y: [f64; 24] = [-0.3383581042289734, 0.45380908250808716, -0.2423790693283081, 0.4669538736343384, -0.12279152125120163, -0.7211800217628479, 0.00029331445693969727, -0.7119516730308533, -0.16127686202526093, 0.2031961977481842, -0.05477023869752884, 0.13706034421920776, -0.08412505686283112, -0.648986279964447, 0.04850649833679199, -0.6866620779037476, 0.12891395390033722, -0.04924575984477997, 0.0, 0.0, -0.06505615264177322, -0.65798020362854, 0.0, 0.0];
-    const GRU_LBR_YH: [f64; 8] = [0.12891395390033722, -0.04924575984477997, -0.05477023869752884, 0.13706034421920776, -0.12279152125120163, -0.7211800217628479, 0.00029331445693969727, -0.7119516730308533];
-    const GRU_Y: [f64; 12] = [0.12598666548728943, 0.06644219160079956, 0.17163705825805664, -0.00528908334672451, 0.26992881298065186, -0.059245765209198, 0.35917964577674866, -0.1615476906299591, 0.464707612991333, -0.25805145502090454, 0.5679110884666443, -0.36598697304725647];
-    const LSTM_Y: [f64; 12] = [0.037316881120204926, -0.44604218006134033, -0.014779851771891117, -0.5471974611282349, -0.18679127097129822, -0.29154279828071594, -0.2722421884536743, -0.4944726526737213, -0.3281271159648895, -0.0432831346988678, 0.0, 0.0];
+    const GRU_LBR_Y: [f64; 24] = [
+        -0.3383581042289734,
+        0.45380908250808716,
+        -0.2423790693283081,
+        0.4669538736343384,
+        -0.12279152125120163,
+        -0.7211800217628479,
+        0.00029331445693969727,
+        -0.7119516730308533,
+        -0.16127686202526093,
+        0.2031961977481842,
+        -0.05477023869752884,
+        0.13706034421920776,
+        -0.08412505686283112,
+        -0.648986279964447,
+        0.04850649833679199,
+        -0.6866620779037476,
+        0.12891395390033722,
+        -0.04924575984477997,
+        0.0,
+        0.0,
+        -0.06505615264177322,
+        -0.65798020362854,
+        0.0,
+        0.0,
+    ];
+    const GRU_LBR_YH: [f64; 8] = [
+        0.12891395390033722,
+        -0.04924575984477997,
+        -0.05477023869752884,
+        0.13706034421920776,
+        -0.12279152125120163,
+        -0.7211800217628479,
+        0.00029331445693969727,
+        -0.7119516730308533,
+    ];
+    const GRU_Y: [f64; 12] = [
+        0.12598666548728943,
+        0.06644219160079956,
+        0.17163705825805664,
+        -0.00528908334672451,
+        0.26992881298065186,
+        -0.059245765209198,
+        0.35917964577674866,
+        -0.1615476906299591,
+        0.464707612991333,
+        -0.25805145502090454,
+        0.5679110884666443,
+        -0.36598697304725647,
+    ];
+    const LSTM_Y: [f64; 12] = [
+        0.037316881120204926,
+        -0.44604218006134033,
+        -0.014779851771891117,
+        -0.5471974611282349,
+        -0.18679127097129822,
+        -0.29154279828071594,
+        -0.2722421884536743,
+        -0.4944726526737213,
+        -0.3281271159648895,
+        -0.0432831346988678,
+        0.0,
+        0.0,
+    ];
     const LSTM_YC: [f64; 4] = [0.06502458453178406, -0.7691963911056519, -0.027053654193878174, -1.0796496868133545];
-    const RNN_Y: [f64; 12] = [0.6591716408729553, 0.6165680885314941, 0.6307692527770996, 0.6023669242858887, 0.5366045236587524, 0.5812835693359375, 0.5124624967575073, 0.5693764686584473, 0.5011847019195557, 0.5669807195663452, 0.4764225482940674, 0.5547559261322021];
+    const RNN_Y: [f64; 12] = [
+        0.6591716408729553,
+        0.6165680885314941,
+        0.6307692527770996,
+        0.6023669242858887,
+        0.5366045236587524,
+        0.5812835693359375,
+        0.5124624967575073,
+        0.5693764686584473,
+        0.5011847019195557,
+        0.5669807195663452,
+        0.4764225482940674,
+        0.5547559261322021,
+    ];
 
     fn run(op: &str, a: Attrs, inputs: &[Option<&Tensor>]) -> Vec<Tensor> {
         build(op, &a, 22).unwrap().eval(inputs).unwrap()

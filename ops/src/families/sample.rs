@@ -20,8 +20,8 @@ use crate::families::conv::{per_dim, usizes};
 use crate::families::movement::{kernel, map_coords};
 use crate::wgsl::{f32_lit, strides, unravel};
 use crate::{
-    Attrs, Error, Input, KernelArg, LowerCtx, Lowering, Op, Result, Tensor, TempSpec, TensorRef, TypeInfo,
-    arg, bail, need_value, numel, ty, unsupported,
+    Attrs, Error, Input, KernelArg, LowerCtx, Lowering, Op, Result, TempSpec, Tensor, TensorRef, TypeInfo, arg, bail,
+    need_value, numel, ty, unsupported,
 };
 
 /// Builds an op of this family.
@@ -63,7 +63,8 @@ pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {
             strides: usizes(a, "strides")?,
         }),
         "MaxUnpool" => Box::new(MaxUnpool {
-            kernel_shape: usizes(a, "kernel_shape")?.ok_or_else(|| Error::msg("attribute 'kernel_shape' is required"))?,
+            kernel_shape: usizes(a, "kernel_shape")?
+                .ok_or_else(|| Error::msg("attribute 'kernel_shape' is required"))?,
             pads: usizes(a, "pads")?,
             strides: usizes(a, "strides")?,
         }),
@@ -320,7 +321,9 @@ impl GridSample {
                 "    let f{d} = floor(x{d});\n    let i{d} = i32(f{d});\n    let w{d} = array<f32, 2>(1.0 - (x{d} - f{d}), x{d} - f{d});\n"
             ),
             Interp::Cubic => {
-                format!("    let f{d} = floor(x{d});\n    let i{d} = i32(f{d}) - 1;\n    let w{d} = gs_cubic(x{d} - f{d});\n")
+                format!(
+                    "    let f{d} = floor(x{d});\n    let i{d} = i32(f{d}) - 1;\n    let w{d} = gs_cubic(x{d} - f{d});\n"
+                )
             }
         };
         s
@@ -351,7 +354,9 @@ impl Op for GridSample {
         let (xv, gv) = (x.to_f64(), g.to_f64());
         let xs = strides(&x.shape);
         let y = map_coords(&out, |o| {
-            let gbase = (o[0] * numel(&out[2..]) + o[2..].iter().zip(strides(&out[2..])).map(|(c, s)| c * s).sum::<usize>()) * r;
+            let gbase = (o[0] * numel(&out[2..])
+                + o[2..].iter().zip(strides(&out[2..])).map(|(c, s)| c * s).sum::<usize>())
+                * r;
             let taps: Vec<(i64, Vec<f64>)> =
                 (0..r).map(|d| self.taps(self.source_coord(gv[gbase + r - 1 - d], dims[d]))).collect();
             let corners = map_coords(&vec![self.n_taps(); r], |k| k.to_vec());
@@ -484,8 +489,9 @@ impl Op for AffineGrid {
         let out = [&[theta.shape[0]][..], &sp, &[r]].concat();
         let mut body = unravel("c", "i", &out);
         body += &format!("    let tb = (c0 * {r}u + c{}) * {}u;\n", r + 1, r + 1);
-        let mut terms: Vec<String> =
-            (0..r).map(|j| format!("ld_theta(tb + {j}u) * {}", self.base_wgsl(&format!("c{}", r - j), sp[r - 1 - j]))).collect();
+        let mut terms: Vec<String> = (0..r)
+            .map(|j| format!("ld_theta(tb + {j}u) * {}", self.base_wgsl(&format!("c{}", r - j), sp[r - 1 - j])))
+            .collect();
         terms.push(format!("ld_theta(tb + {r}u)"));
         body += &format!("    st_y(i, {});", terms.join(" + "));
         let args = vec![KernelArg::new("theta", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
@@ -733,7 +739,7 @@ impl Col2Im {
         let stride = per_dim(&self.strides, r, 1, "strides")?;
         let pads = per_dim(&self.pads, 2 * r, 0, "pads")?;
         let k: usize = block.iter().product();
-        if x.len() != 3 || k == 0 || x[1] % k != 0 {
+        if x.len() != 3 || k == 0 || !x[1].is_multiple_of(k) {
             bail!("input of shape {x:?} is not N x C*{k} x L for block_shape {block:?}");
         }
         let mut n_blocks = vec![];
@@ -774,7 +780,7 @@ impl Op for Col2Im {
                 let mut pos = 0;
                 for d in 0..r {
                     let p = (c[d + 2] + g.pad_begin[d]) as i64 - (b[d] * g.dil[d]) as i64;
-                    if p < 0 || p as usize % g.stride[d] != 0 || p as usize / g.stride[d] >= g.n_blocks[d] {
+                    if p < 0 || !(p as usize).is_multiple_of(g.stride[d]) || p as usize / g.stride[d] >= g.n_blocks[d] {
                         pos = usize::MAX;
                         break;
                     }
@@ -793,14 +799,13 @@ impl Op for Col2Im {
         let x = cx.input(0)?;
         let g = self.geom(&x.shape, cx.const_input(1, "image_shape")?, cx.const_input(2, "block_shape")?)?;
         let (k, l) = (x.shape[1] / g.out[1], x.shape[2]);
-        let r = g.block.len();
         let bst = strides(&g.n_blocks);
         let mut body = unravel("c", "i", &g.out);
         body += &format!("    var acc = {}(0);\n", x.dtype.phys().wgsl());
         body += &format!("    for (var kb = 0u; kb < {k}u; kb = kb + 1u) {{\n");
         body += &unravel("b", "kb", &g.block).replace("    let", "        let");
         body += "        var ok = true;\n        var pos = 0u;\n";
-        for d in 0..r {
+        for (d, st) in bst.iter().enumerate() {
             body += &format!(
                 "        let p{d} = i32(c{}) + {} - i32(b{d}) * {};
         ok = ok && p{d} >= 0 && p{d} % {s} == 0 && p{d} / {s} < {nb};
@@ -810,7 +815,6 @@ impl Op for Col2Im {
                 g.dil[d],
                 s = g.stride[d],
                 nb = g.n_blocks[d],
-                st = bst[d],
             );
         }
         body += &format!(
@@ -870,7 +874,11 @@ impl Op for MaxUnpool {
         if ty(inputs, 1)?.shape != x.shape {
             bail!("indices must have X's shape {:?}", x.shape);
         }
-        let os = if inputs.get(2).copied().flatten().is_some() { Some(need_value(inputs, 2, "output_shape")?) } else { None };
+        let os = if inputs.get(2).copied().flatten().is_some() {
+            Some(need_value(inputs, 2, "output_shape")?)
+        } else {
+            None
+        };
         Ok(vec![TypeInfo::new(x.dtype, self.out_shape(&x.shape, os)?)])
     }
 
@@ -898,7 +906,13 @@ impl Op for MaxUnpool {
         let out = self.out_shape(&x.shape, os)?;
         let inferred = self.inferred(&x.shape)?;
         let t = x.dtype.phys().wgsl();
-        let fill = kernel("max_unpool_fill", vec![KernelArg::new("y", TensorRef::Output(0))], numel(&out), "", &format!("    st_y(i, {t}(0));"));
+        let fill = kernel(
+            "max_unpool_fill",
+            vec![KernelArg::new("y", TensorRef::Output(0))],
+            numel(&out),
+            "",
+            &format!("    st_y(i, {t}(0));"),
+        );
         let idx = if cx.input(1)?.dtype.is_signed_int() { "ld_ind(i)" } else { "i32(ld_ind(i))" };
         let mut body = format!("    let k = {idx};\n    if (k < 0 || k >= {}) {{ return; }}\n", numel(&inferred));
         body += &unravel("c", "u32(k)", &inferred);
@@ -975,7 +989,11 @@ impl DeformConv {
         if x.len() != 4 {
             unsupported!("DeformConv over {} spatial dims (only 2-D)", x.len().saturating_sub(2));
         }
-        if w.len() != 4 || x[1] != w[1] * self.group || w[0] % self.group != 0 || x[1] % self.offset_group != 0 {
+        if w.len() != 4
+            || x[1] != w[1] * self.group
+            || !w[0].is_multiple_of(self.group)
+            || !x[1].is_multiple_of(self.offset_group)
+        {
             bail!("X {x:?}, W {w:?}, group {} and offset_group {} do not match", self.group, self.offset_group);
         }
         let ks = match &self.kernel_shape {
@@ -1039,7 +1057,9 @@ impl Op for DeformConv {
                     let dx = ov[at(og * kk * 2 + k * 2 + 1)];
                     let yy = (i * g.stride[0] + kh * g.dil[0]) as f64 - g.pad[0] as f64 + dy;
                     let xx = (j * g.stride[1] + kw * g.dil[1]) as f64 - g.pad[1] as f64 + dx;
-                    let m = mask.as_ref().map_or(1.0, |m| m[((n * self.offset_group + og) * kk + k) * ohw + i * g.out[3] + j]);
+                    let m = mask
+                        .as_ref()
+                        .map_or(1.0, |m| m[((n * self.offset_group + og) * kk + k) * ohw + i * g.out[3] + j]);
                     acc += wv[((oc * icg + ci) * g.k[0] + kh) * g.k[1] + kw] * bilinear_zero(plane, h, wd, yy, xx) * m;
                 }
             }
@@ -1137,9 +1157,24 @@ mod tests {
     // inputs built in each test.
     const GS_LINEAR_ZEROS: [f64; 4] = [0.0, 0.44999998807907104, 2.879999876022339, 0.0];
     const GS_NEAREST_BORDER: [f64; 4] = [0.0, 0.0, 3.0, 1.0];
-    const GS_CUBIC_REFLECTION: [f64; 4] = [-0.42749935388565063, 0.3153127133846283, 3.898498058319092, 1.270499587059021];
-    const GS_LINEAR_REFLECTION_AC: [f64; 4] = [0.3999999761581421, 1.2000000476837158, 3.250000238418579, 1.6500000953674316];
-    const AFFINE_2D: [f64; 12] = [-0.8166666626930237, -0.5999999642372131, -0.15000000596046448, -0.800000011920929, 0.5166666507720947, -1.0, -0.3166666626930237, 1.399999976158142, 0.3499999940395355, 1.2000000476837158, 1.0166666507720947, 1.0];
+    const GS_CUBIC_REFLECTION: [f64; 4] =
+        [-0.42749935388565063, 0.3153127133846283, 3.898498058319092, 1.270499587059021];
+    const GS_LINEAR_REFLECTION_AC: [f64; 4] =
+        [0.3999999761581421, 1.2000000476837158, 3.250000238418579, 1.6500000953674316];
+    const AFFINE_2D: [f64; 12] = [
+        -0.8166666626930237,
+        -0.5999999642372131,
+        -0.15000000596046448,
+        -0.800000011920929,
+        0.5166666507720947,
+        -1.0,
+        -0.3166666626930237,
+        1.399999976158142,
+        0.3499999940395355,
+        1.2000000476837158,
+        1.0166666507720947,
+        1.0,
+    ];
     const ROI_AVG: [f64; 8] = [3.0, 5.0, 13.0, 15.0, 3.5, 4.5, 8.5, 9.5];
     const ROI_MAX: [f64; 8] = [6.0, 8.0, 16.0, 18.0, 3.375, 3.9375, 6.1875, 6.75];
     const COL2IM: [f64; 12] = [0.0, 4.0, 1.0, 5.0, 10.0, 18.0, 12.0, 20.0, 10.0, 14.0, 11.0, 15.0];
