@@ -3,7 +3,7 @@
 //! causal and sliding-window masking, soft capping, an internal KV cache
 //! (past / present key and value) and an external one (`nonpad_kv_seqlen`).
 //! The family's other ops (RotaryEmbedding, SwiGLU, TensorScatter,
-//! CausalConvWithState, LinearAttention) live in `sequence.rs`; `build`
+//! CausalConvWithState, LinearAttention) live in `transformer.rs`; `build`
 //! here is the family's single entry point.
 //!
 //! GPU plan, for a query row (batch b, query head h, query position i):
@@ -28,7 +28,7 @@
 //! emulated.
 
 use crate::families::reduce::{NEG_INF, Rows, row_kernel};
-use crate::families::sequence;
+use crate::families::transformer;
 use crate::wgsl::{f32_lit, kernel_1d};
 use crate::{
     Attrs, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, TempSpec, Tensor, TensorRef, TypeInfo,
@@ -39,7 +39,7 @@ use crate::{
 pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {
     match op_type {
         "Attention" => Ok(Box::new(Attention::from_attrs(a)?)),
-        _ => sequence::build(op_type, a, opset),
+        _ => transformer::build(op_type, a, opset),
     }
 }
 

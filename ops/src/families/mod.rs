@@ -16,7 +16,7 @@ pub mod rnn;
 pub mod sample;
 pub mod scatter;
 pub mod select;
-pub mod sequence;
 pub mod shape;
 pub mod signal;
 pub mod sort;
+pub mod transformer;
