@@ -225,7 +225,7 @@ impl Op for ScatterElements {
         let axis = self.check(data, indices, cx.input(2)?)?;
         let (is, ds) = (strides(&indices.shape), strides(&data.shape));
         let len = indices.shape[axis];
-        let lines = if len == 0 { 0 } else { indices.numel() / len };
+        let lines = indices.numel().checked_div(len).unwrap_or(0);
         // Line coordinates: every axis but `axis`, row-major.
         let mut line_off = String::new();
         let (mut u_base, mut y_base) = (vec!["0u".to_string()], vec!["0u".to_string()]);
@@ -320,9 +320,9 @@ impl Op for ScatterNd {
         let NdDims { q, tuples, slice } = self.check(data, indices, cx.input(2)?)?;
         let ds = strides(&data.shape);
         let mut base = vec!["0u".to_string()];
-        for j in 0..q {
+        for (j, (&n, &st)) in data.shape.iter().zip(&ds).take(q).enumerate() {
             let k = ld_index(&format!("t * {q}u + {j}u"), indices.dtype);
-            base.push(format!("wrap_idx({k}, {}) * {}u", data.shape[j], ds[j]));
+            base.push(format!("wrap_idx({k}, {n}) * {st}u"));
         }
         let base = base.join(" + ");
         let apply = format!(
