@@ -27,7 +27,7 @@ pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs, n_output
         | "ConstantOfShape" | "Expand" | "Range" | "EyeLike" => crate::families::shape::build(op_type, attrs, opset),
         "Transpose" | "Concat" | "Split" | "Slice" | "Gather" | "GatherElements" | "GatherND" | "Tile" | "Pad"
         | "DepthToSpace" | "SpaceToDepth" | "Trilu" | "OneHot" | "CumSum" | "CumProd" | "ReverseSequence"
-        | "CenterCropPad" | "Compress" => crate::families::movement::build(op_type, attrs, opset),
+        | "CenterCropPad" => crate::families::movement::build(op_type, attrs, opset),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
         | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax" | "ArgMin" => {
             crate::families::reduce::build(op_type, attrs, opset)

@@ -1,6 +1,6 @@
 //! Data-movement ops: every output element is a copy of one input element
 //! (or a fill value). Transpose, Concat, Split, Slice, Gather,
-//! GatherElements, GatherND, Compress, Tile, Pad, CenterCropPad, DepthToSpace,
+//! GatherElements, GatherND, Tile, Pad, CenterCropPad, DepthToSpace,
 //! SpaceToDepth, Trilu, OneHot, plus the line-wise movers CumSum, CumProd and
 //! ReverseSequence.
 //!
@@ -14,8 +14,8 @@
 //! negative: kernels wrap them by the axis size and clamp them to stay in
 //! bounds. Operands that do not change the output shape (Trilu's k,
 //! CumSum's axis, Pad's constant_value) may also be run-time values; the
-//! others (starts, pads, repeats, split, depth, CenterCropPad's shape,
-//! Compress's condition) must be constants. CPU
+//! others (starts, pads, repeats, split, depth, CenterCropPad's shape) must
+//! be constants. CPU
 //! references mirror the same index maps.
 
 use crate::wgsl::{kernel_1d, lit, strides, unravel};
@@ -87,7 +87,6 @@ pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {
         "Trilu" => Box::new(Trilu { upper: a.int("upper", 1)? != 0 }),
         "OneHot" => Box::new(OneHot { axis: a.int("axis", -1)? }),
         "CenterCropPad" => Box::new(CenterCropPad { axes: ints("axes")? }),
-        "Compress" => Box::new(Compress { axis: a.int_opt("axis")? }),
         "CumSum" | "CumProd" => Box::new(Cumulative {
             product: op_type == "CumProd",
             exclusive: a.int("exclusive", 0)? != 0,
@@ -960,91 +959,6 @@ impl Op for Pad {
 }
 
 // ---------------------------------------------------------------------------
-// Compress
-
-/// Compress: the slices along `axis` (of the flattened input without one)
-/// whose condition entry is true. The condition decides the output shape,
-/// so it must be a constant; its selected indices are baked into the kernel.
-#[derive(Debug)]
-pub struct Compress {
-    pub axis: Option<i64>,
-}
-
-/// Compress's `(outer, len, inner)` view, selected indices and output shape.
-struct CompressPlan {
-    outer: usize,
-    len: usize,
-    inner: usize,
-    selected: Vec<usize>,
-    shape: Vec<usize>,
-}
-
-impl Compress {
-    fn plan(&self, x: &[usize], cond: &Tensor) -> Result<CompressPlan> {
-        if cond.rank() != 1 {
-            bail!("condition must be 1-D, got shape {:?}", cond.shape);
-        }
-        let (outer, len, inner, axis) = match self.axis {
-            None => (1, numel(x), 1, None),
-            Some(a) => {
-                let a = norm_axis(a, x.len())?;
-                let (o, l, i) = around(x, a);
-                (o, l, i, Some(a))
-            }
-        };
-        if cond.len() > len {
-            bail!("condition has {} entries for an axis of size {len}", cond.len());
-        }
-        // Entries past the condition's end count as false (numpy.compress).
-        let selected: Vec<usize> = cond.to_i64().iter().enumerate().filter(|(_, c)| **c != 0).map(|(j, _)| j).collect();
-        let shape = match axis {
-            None => vec![selected.len()],
-            Some(a) => {
-                let mut s = x.to_vec();
-                s[a] = selected.len();
-                s
-            }
-        };
-        Ok(CompressPlan { outer, len, inner, selected, shape })
-    }
-}
-
-impl Op for Compress {
-    fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
-        let x = ty(inputs, 0)?;
-        let p = self.plan(&x.shape, crate::need_value(inputs, 1, "condition")?)?;
-        Ok(vec![TypeInfo::new(x.dtype, p.shape)])
-    }
-
-    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
-        let x = arg(inputs, 0)?;
-        let p = self.plan(&x.shape, arg(inputs, 1)?)?;
-        let mut src = Vec::with_capacity(numel(&p.shape));
-        for o in 0..p.outer {
-            for &j in &p.selected {
-                src.extend((0..p.inner).map(|r| (o * p.len + j) * p.inner + r));
-            }
-        }
-        Ok(vec![take(x, p.shape, &src)])
-    }
-
-    fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
-        let x = cx.input(0)?;
-        let p = self.plan(&x.shape, cx.const_input(1, "condition")?)?;
-        let (m, inner, len) = (p.selected.len(), p.inner, p.len);
-        let n = p.outer * m * inner;
-        let list: Vec<String> = p.selected.iter().map(|j| format!("{j}u")).collect();
-        let body = format!(
-            "    var sel = array<u32, {}>({});\n    let o = i / {}u;\n    let j = sel[(i / {inner}u) % {m}u];\n    st_y(i, ld_x((o * {len}u + j) * {inner}u + i % {inner}u));",
-            m.max(1),
-            if m == 0 { "0u".to_string() } else { list.join(", ") },
-            m * inner,
-        );
-        Ok(Lowering::one(kernel("compress", xy_args(), n, "", &body)))
-    }
-}
-
-// ---------------------------------------------------------------------------
 // CenterCropPad
 
 /// CenterCropPad: crops or zero-pads the listed axes (default: all) to the
@@ -1773,19 +1687,6 @@ mod tests {
         let y = &run("CenterCropPad", a, 18, &[Some(&x), Some(&ints(&[4]))])[0];
         assert_eq!(y.shape, vec![3, 4]);
         assert_eq!(y.to_f64(), vec![0.0, 1.0, 2.0, 3.0, 5.0, 6.0, 7.0, 8.0, 10.0, 11.0, 12.0, 13.0]);
-    }
-
-    #[test]
-    fn compress_with_and_without_axis() {
-        let x = iota(vec![3, 2]);
-        let cond = |v: &[i64]| Tensor::from_i64(DType::Bool, vec![v.len()], v.to_vec());
-        let y = &run("Compress", Attrs::default(), 11, &[Some(&x), Some(&cond(&[0, 1, 1]))])[0];
-        assert_eq!((y.shape.clone(), y.to_f64()), (vec![2], vec![1.0, 2.0]));
-        let a = attrs(vec![("axis", Attr::Int(-1))]);
-        let y = &run("Compress", a, 11, &[Some(&x), Some(&cond(&[0, 1]))])[0];
-        assert_eq!((y.shape.clone(), y.to_f64()), (vec![3, 1], vec![1.0, 3.0, 5.0]));
-        let y = &run("Compress", Attrs::default(), 11, &[Some(&x), Some(&cond(&[0, 1, 0, 0, 1]))])[0];
-        assert_eq!(y.to_f64(), vec![1.0, 4.0]);
     }
 
     #[test]
