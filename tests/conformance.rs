@@ -102,11 +102,11 @@ fn run_fixtures(gpu: &Gpu) -> Vec<CaseResult> {
             continue;
         }
         let name = case_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let outcome = match load_fixture(&case_dir, &name) {
+        let (outcome, fixed_inputs) = match load_fixture(&case_dir, &name) {
             Ok(case) => suite::guarded_run(gpu, &case),
-            Err(e) => Outcome::Data(e),
+            Err(e) => (Outcome::Data(e), vec![]),
         };
-        results.push(CaseResult { name, op: "fixture".into(), outcome });
+        results.push(CaseResult { name, op: "fixture".into(), outcome, fixed_inputs });
     }
     if results.is_empty() {
         fail("no fixtures found under fixtures/");

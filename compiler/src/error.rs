@@ -23,6 +23,11 @@ pub enum Error {
     Unsupported(Vec<UnsupportedNode>),
     #[error("node '{node}' ({op_type}): {msg}")]
     Node { node: String, op_type: String, msg: String },
+    /// An operand that decides a shape is only known at run time. `from_inputs`
+    /// names the graph inputs it is computed from: fixing their values at
+    /// compile time (`--const-input`) makes the model compile.
+    #[error("{}", needs_value_message(.node, .op_type, .what, .from_inputs))]
+    NeedsValue { node: String, op_type: String, what: String, from_inputs: Vec<String> },
     #[error("tensor '{tensor}': {msg}")]
     Tensor { tensor: String, msg: String },
     #[error("kernel '{kernel}' for node '{node}' is invalid WGSL: {msg}")]
@@ -36,6 +41,18 @@ fn unsupported_message(nodes: &[UnsupportedNode]) -> String {
     for n in nodes {
         let domain = if n.domain.is_empty() { "ai.onnx" } else { &n.domain };
         m += &format!("\n  node '{}': {} ({} opset {}): {}", n.node, n.op_type, domain, n.opset, n.reason);
+    }
+    m
+}
+
+fn needs_value_message(node: &str, op_type: &str, what: &str, from_inputs: &[String]) -> String {
+    let mut m = format!("node '{node}' ({op_type}): {what} must be known at compile time");
+    if from_inputs.is_empty() {
+        m += ", but it is computed from run-time data";
+    } else {
+        let list: Vec<String> = from_inputs.iter().map(|n| format!("'{n}'")).collect();
+        let hint: Vec<String> = from_inputs.iter().map(|n| format!("--const-input {n}=FILE.npy")).collect();
+        m += &format!(", and it depends on graph input(s) {}: fix them with {}", list.join(", "), hint.join(" "));
     }
     m
 }

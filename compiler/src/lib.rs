@@ -28,6 +28,9 @@ pub struct Options {
     pub dims: BTreeMap<String, usize>,
     /// Whole shapes for named inputs, overriding what the model declares.
     pub input_shapes: BTreeMap<String, Vec<usize>>,
+    /// Values of inputs fixed at compile time (`--const-input name=file.npy`):
+    /// shape-deciding operands such as Reshape's shape or Reduce's axes.
+    pub const_inputs: BTreeMap<String, drift_ops::Tensor>,
     pub limits: Limits,
 }
 
@@ -43,6 +46,12 @@ impl Compiled {
     }
 }
 
+/// A runtime host tensor (e.g. read from `.npy`) as a compile-time constant.
+pub fn host_to_tensor(t: &drift_runtime::HostTensor) -> std::result::Result<drift_ops::Tensor, String> {
+    let dtype = drift_ops::DType::from_onnx(t.dtype.onnx()).map_err(|e| e.to_string())?;
+    drift_ops::Tensor::from_raw(dtype, t.shape.clone(), &t.data).map_err(|e| e.to_string())
+}
+
 /// Compiles the ONNX file at `path`.
 pub fn compile_file(path: &Path, opts: &Options) -> Result<Compiled> {
     let graph = import::import_file(path)?;
@@ -52,6 +61,7 @@ pub fn compile_file(path: &Path, opts: &Options) -> Result<Compiled> {
 /// The pipeline, one pass per line.
 pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     passes::bind_inputs(&mut g, &opts.dims, &opts.input_shapes)?;
+    passes::fix_input_values(&mut g, &opts.const_inputs)?;
     passes::build_ops(&mut g)?;
     let order = passes::toposort(&g)?;
     passes::infer_and_fold(&mut g, &order)?;

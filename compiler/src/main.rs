@@ -28,6 +28,11 @@ enum Command {
         /// Give an input's whole shape, e.g. --input-shape x=1,3,224,224.
         #[arg(long = "input-shape", value_name = "NAME=D0,D1,..")]
         input_shapes: Vec<String>,
+        /// Fix an input's value at compile time, e.g. --const-input axes=axes.npy
+        /// (for inputs that decide shapes: Reshape's shape, Reduce's axes, ...).
+        /// The bundle checks that runs pass the same value.
+        #[arg(long = "const-input", value_name = "NAME=FILE.npy")]
+        const_inputs: Vec<String>,
     },
     /// Run a bundle on the GPU.
     Run {
@@ -49,7 +54,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compile { model, output, dims, input_shapes } => compile(&model, output, &dims, &input_shapes),
+        Command::Compile { model, output, dims, input_shapes, const_inputs } => {
+            compile(&model, output, &dims, &input_shapes, &const_inputs)
+        }
         Command::Run { bundle, inputs, random_inputs, output_dir } => {
             run(&bundle, &inputs, random_inputs, output_dir.as_deref())
         }
@@ -64,7 +71,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn compile(model: &Path, output: Option<PathBuf>, dims: &[String], shapes: &[String]) -> Result<(), String> {
+fn compile(
+    model: &Path,
+    output: Option<PathBuf>,
+    dims: &[String],
+    shapes: &[String],
+    const_inputs: &[String],
+) -> Result<(), String> {
     let mut opts = Options::default();
     for d in dims {
         let (k, v) = split_kv(d, "--dim")?;
@@ -79,6 +92,13 @@ fn compile(model: &Path, output: Option<PathBuf>, dims: &[String], shapes: &[Str
             .map(|x| x.trim().parse().map_err(|_| format!("--input-shape {s}: '{x}' is not a dimension")))
             .collect::<Result<Vec<usize>, String>>()?;
         opts.input_shapes.insert(k.to_string(), shape);
+    }
+    for spec in const_inputs {
+        let (name, file) = split_kv(spec, "--const-input")?;
+        let host = npy::read(Path::new(file)).map_err(|e| format!("--const-input '{name}': {e}"))?;
+        let value = drift_compiler::host_to_tensor(&host).map_err(|e| format!("--const-input '{name}': {e}"))?;
+        opts.input_shapes.insert(name.to_string(), value.shape.clone());
+        opts.const_inputs.insert(name.to_string(), value);
     }
     let start = std::time::Instant::now();
     let compiled = drift_compiler::compile_file(model, &opts).map_err(|e| e.to_string())?;

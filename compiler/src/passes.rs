@@ -109,6 +109,70 @@ fn node_error(node: String, op_type: &str, e: impl std::fmt::Display) -> Error {
     Error::Node { node, op_type: op_type.to_string(), msg: e.to_string() }
 }
 
+/// The compiler error for an op error of node `id`: a `NeedsValue` names the
+/// tensor and the graph inputs it is computed from.
+pub fn op_error(g: &Graph, id: NodeId, e: drift_ops::Error) -> Error {
+    let node = &g.nodes[id];
+    match e {
+        drift_ops::Error::NeedsValue { input, what } => {
+            let tensor = node.inputs.get(input).copied().flatten();
+            let what = match tensor {
+                Some(v) => format!("{what} (input {input}, tensor '{}')", g.values[v].name),
+                None => format!("{what} (input {input})"),
+            };
+            let from_inputs = tensor.map(|v| source_inputs(g, v)).unwrap_or_default();
+            Error::NeedsValue { node: node.name.clone(), op_type: node.op_type.clone(), what, from_inputs }
+        }
+        e => node_error(node.name.clone(), &node.op_type, e),
+    }
+}
+
+/// Names of the non-constant graph inputs that value `v` is computed from.
+fn source_inputs(g: &Graph, v: ValueId) -> Vec<String> {
+    let producer: HashMap<ValueId, NodeId> =
+        g.live_nodes().flat_map(|(id, n)| n.outputs.iter().flatten().map(move |&o| (o, id))).collect();
+    let graph_inputs: BTreeSet<ValueId> = g.inputs.iter().copied().collect();
+    let (mut seen, mut stack, mut found) = (BTreeSet::new(), vec![v], BTreeSet::new());
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) || g.values[v].constant.is_some() {
+            continue;
+        }
+        if graph_inputs.contains(&v) {
+            found.insert(g.values[v].name.clone());
+        } else if let Some(&p) = producer.get(&v) {
+            stack.extend(g.nodes[p].inputs.iter().flatten().copied());
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// Fixes the values of the graph inputs named in `values` (`--const-input`):
+/// they become constants the passes can fold, and the bundle records them
+/// so the runtime can check that callers pass exactly these values.
+pub fn fix_input_values(g: &mut Graph, values: &BTreeMap<String, Tensor>) -> Result<()> {
+    for (name, t) in values {
+        let Some(&v) = g.inputs.iter().find(|&&v| &g.values[v].name == name) else {
+            let names: Vec<&str> = g.inputs.iter().map(|&v| g.values[v].name.as_str()).collect();
+            return Err(Error::Tensor {
+                tensor: name.clone(),
+                msg: format!("--const-input names no graph input (inputs: {})", names.join(", ")),
+            });
+        };
+        let ty = g.values[v].ty.as_ref().expect("bind_inputs typed every input");
+        if ty.dtype != t.dtype || ty.shape != t.shape {
+            return Err(Error::Tensor {
+                tensor: name.clone(),
+                msg: format!(
+                    "the fixed value is {} {:?}, but the input is {} {:?}",
+                    t.dtype, t.shape, ty.dtype, ty.shape
+                ),
+            });
+        }
+        g.values[v].constant = Some(Arc::new(t.clone()));
+    }
+    Ok(())
+}
+
 /// Orders nodes so producers precede consumers; rejects cycles, undefined
 /// inputs and values produced twice.
 pub fn toposort(g: &Graph) -> Result<Vec<NodeId>> {
@@ -179,7 +243,7 @@ pub fn infer_and_fold(g: &mut Graph, order: &[NodeId]) -> Result<()> {
                 })
             })
             .collect();
-        let err = |e: drift_ops::Error| node_error(node.name.clone(), &node.op_type, e);
+        let err = |e: drift_ops::Error| op_error(g, id, e);
         let all_known = ins.iter().flatten().all(|i| i.value.is_some());
         // Never allocate an absurd constant (ConstantOfShape of [1e6, 1e6, 1e6]):
         // results too large to fold go to the GPU, which checks its limits.

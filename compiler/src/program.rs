@@ -62,12 +62,14 @@ struct Builder<'g> {
     slots: Vec<Slot>,
     value_slot: HashMap<ValueId, usize>,
     steps: Vec<Step>,
+    /// Outputs of data-dependent length: value → (axis, slot of the count).
+    extents: HashMap<ValueId, (usize, usize)>,
 }
 
 /// Lowers the live nodes of `g` (in `order`) into a program.
 pub fn build(g: &Graph, order: &[NodeId], limits: &Limits) -> Result<Program> {
-    let mut bld = Builder { g, slots: vec![], value_slot: HashMap::new(), steps: vec![] };
-    for &v in &g.inputs {
+    let mut bld = Builder { g, slots: vec![], value_slot: HashMap::new(), steps: vec![], extents: HashMap::new() };
+    for &v in g.inputs.iter().filter(|&&v| g.values[v].constant.is_none()) {
         bld.slot_of(v);
     }
     // Keep lowering past unsupported nodes so the user sees all of them.
@@ -82,6 +84,7 @@ pub fn build(g: &Graph, order: &[NodeId], limits: &Limits) -> Result<Program> {
     if !unsupported.is_empty() {
         return Err(Error::Unsupported(unsupported));
     }
+    check_extent_uses(g, order, &bld.extents)?;
     bld.copy_constant_outputs();
     bld.finish(limits)
 }
@@ -118,6 +121,7 @@ impl<'g> Builder<'g> {
             .map(|v| v.map(|v| g.ty(v).clone()).unwrap_or_else(|| TypeInfo::new(drift_ops::DType::F32, vec![0])))
             .collect();
         let cx = LowerCtx { inputs, outputs };
+        let extents = op.data_dependent_dims(&cx);
         let lowering = op.lower(&cx).map_err(|e| match e {
             drift_ops::Error::Unsupported(reason) => Error::Unsupported(vec![crate::error::UnsupportedNode {
                 node: node.name.clone(),
@@ -126,7 +130,7 @@ impl<'g> Builder<'g> {
                 opset: node.opset,
                 reason,
             }]),
-            e => Error::Node { node: node.name.clone(), op_type: node.op_type.clone(), msg: e.to_string() },
+            e => crate::passes::op_error(g, id, e),
         })?;
         match lowering {
             Lowering::Alias => {
@@ -148,6 +152,11 @@ impl<'g> Builder<'g> {
                         self.slots.len() - 1
                     })
                     .collect();
+                for d in extents {
+                    if let (Some(Some(v)), Some(&count)) = (node.outputs.get(d.output), temp_slots.get(d.count_temp)) {
+                        self.extents.insert(*v, (d.axis, count));
+                    }
+                }
                 for kernel in kernels {
                     let slots =
                         kernel.args.iter().map(|a| self.arg_slot(node, a, &temp_slots)).collect::<Result<Vec<_>>>()?;
@@ -227,11 +236,25 @@ impl<'g> Builder<'g> {
                 label: step.node.clone(),
             });
         }
-        let io = |v: &ValueId| layout.io_tensor(self.g, &self.value_slot, *v);
+        let io = |v: &ValueId| {
+            let mut t = layout.io_tensor(self.g, &self.value_slot, *v);
+            t.extent = self.extents.get(v).map(|&(axis, count)| {
+                let (buffer, offset) = layout.place[count];
+                b::Extent { axis: axis as u32, buffer, offset }
+            });
+            t
+        };
         let bundle = b::Bundle {
             compiler_version: env!("CARGO_PKG_VERSION").to_string(),
             model_name: self.g.name.clone(),
-            inputs: self.g.inputs.iter().map(io).collect(),
+            inputs: self.g.inputs.iter().filter(|&&v| !is_fixed(self.g, v)).map(io).collect(),
+            fixed_inputs: self
+                .g
+                .inputs
+                .iter()
+                .filter(|&&v| is_fixed(self.g, v))
+                .map(|&v| fixed_input(self.g, v))
+                .collect(),
             outputs: self.g.outputs.iter().map(io).collect(),
             buffers: layout.buffers.clone(),
             kernels,
@@ -381,7 +404,43 @@ impl Layout {
                 Phys::I32 => b::PhysType::I32,
                 Phys::U32 => b::PhysType::U32,
             } as i32,
+            extent: None,
         }
+    }
+}
+
+/// A value of data-dependent length has its actual shape only at run time,
+/// after the GPU has computed it; only the caller may read it.
+fn check_extent_uses(g: &Graph, order: &[NodeId], extents: &HashMap<ValueId, (usize, usize)>) -> Result<()> {
+    for &id in order.iter().filter(|&&id| !g.nodes[id].dead) {
+        let node = &g.nodes[id];
+        if let Some(v) = node.inputs.iter().flatten().find(|v| extents.contains_key(v)) {
+            return Err(Error::Node {
+                node: node.name.clone(),
+                op_type: node.op_type.clone(),
+                msg: format!(
+                    "reads '{}', whose length depends on run-time data; such values can only be graph outputs",
+                    g.values[*v].name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether graph input `v` had its value fixed at compile time.
+fn is_fixed(g: &Graph, v: ValueId) -> bool {
+    g.values[v].constant.is_some()
+}
+
+/// The bundle's record of a fixed input: what callers must pass.
+fn fixed_input(g: &Graph, v: ValueId) -> b::FixedInput {
+    let t = g.values[v].constant.as_ref().expect("fixed inputs are constant");
+    b::FixedInput {
+        name: g.values[v].name.clone(),
+        dtype: t.dtype.onnx(),
+        shape: t.shape.iter().map(|&d| d as u64).collect(),
+        value: t.to_raw(),
     }
 }
 
@@ -407,6 +466,10 @@ fn arena_lifetimes(bld: &Builder, arena_slots: &[usize]) -> Vec<Lifetime> {
             last[s] = end;
             first[s] = first[s].min(end);
         }
+    }
+    // Counts of data-dependent extents are read back with the outputs.
+    for &(_, s) in bld.extents.values() {
+        last[s] = end;
     }
     arena_slots
         .iter()

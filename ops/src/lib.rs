@@ -20,8 +20,8 @@ pub use attr::{Attr, Attrs};
 pub use dtype::{DType, Phys, onnx_type_name};
 pub use error::{Error, Result};
 pub use op::{
-    Input, Kernel, KernelArg, LowerCtx, Lowering, Op, TempSpec, TensorRef, TypeInfo, arg, need_value, norm_axis, ty,
-    value,
+    DataDependentDim, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, TempSpec, TensorRef, TypeInfo, arg, need_value,
+    norm_axis, ty, value,
 };
 pub use registry::{build_op, is_supported};
 pub use tensor::{Data, Tensor, numel};

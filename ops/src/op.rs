@@ -46,6 +46,24 @@ pub trait Op: std::fmt::Debug + Send + Sync {
 
     /// GPU kernels computing the outputs.
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering>;
+
+    /// Output axes whose length depends on the input data (NonZero, Unique,
+    /// NonMaxSuppression). For those, `infer` gives an upper bound and the
+    /// lowering leaves the actual length in a temp (see [`DataDependentDim`]).
+    fn data_dependent_dims(&self, _cx: &LowerCtx) -> Vec<DataDependentDim> {
+        vec![]
+    }
+}
+
+/// An output axis of data-dependent length. The lowering's kernels write the
+/// actual length as one u32 at element 0 of temp `count_temp` and lay the
+/// output's elements out for the actual shape (row-major, no gaps); the
+/// runtime reads the count back with the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataDependentDim {
+    pub output: usize,
+    pub axis: usize,
+    pub count_temp: usize,
 }
 
 /// Everything a lowering may look at.

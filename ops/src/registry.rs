@@ -50,6 +50,9 @@ pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs, n_output
         "SoftmaxCrossEntropyLoss" | "NegativeLogLikelihoodLoss" => crate::families::loss::build(op_type, attrs, opset),
         "Scatter" | "ScatterElements" | "ScatterND" => crate::families::scatter::build(op_type, attrs, opset),
         "TopK" => crate::families::sort::build(op_type, attrs, opset),
+        "NonZero" | "Compress" | "Unique" | "NonMaxSuppression" => {
+            crate::families::select::build(op_type, attrs, opset)
+        }
         "Einsum" => crate::families::einsum::build(op_type, attrs, opset),
         "GridSample" | "AffineGrid" | "RoiAlign" | "Col2Im" | "MaxUnpool" | "DeformConv" => {
             crate::families::sample::build(op_type, attrs, opset)

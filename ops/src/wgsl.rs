@@ -53,6 +53,9 @@ pub fn unravel(prefix: &str, idx: &str, shape: &[usize]) -> String {
     let st = strides(shape);
     let mut out = String::new();
     for (d, (&dim, &s)) in shape.iter().zip(&st).enumerate() {
+        // An empty tensor has zero strides; its kernels never reach this
+        // code, but the text must still be valid WGSL (no division by 0u).
+        let (dim, s) = (dim.max(1), s.max(1));
         if d == 0 {
             out += &format!("    let {prefix}{d} = {idx} / {s}u;\n");
         } else {

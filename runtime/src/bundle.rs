@@ -50,6 +50,26 @@ pub struct Bundle {
     /// Length of the weights section that follows the header.
     #[prost(uint64, tag = "9")]
     pub weights_size: u64,
+    /// Graph inputs whose values were fixed at compile time. They have no
+    /// place on the GPU; a caller may pass them, and must pass these values.
+    #[prost(message, repeated, tag = "20")]
+    pub fixed_inputs: Vec<FixedInput>,
+}
+
+/// A graph input fixed at compile time (`drift compile --const-input`),
+/// because it decides shapes (Reshape's shape, Reduce's axes, ...).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FixedInput {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Logical element type, as ONNX's `TensorProto.DataType` numbers it.
+    #[prost(int32, tag = "2")]
+    pub dtype: i32,
+    #[prost(uint64, repeated, tag = "3")]
+    pub shape: Vec<u64>,
+    /// The value, as logical little-endian bytes (`HostTensor::data`).
+    #[prost(bytes = "vec", tag = "4")]
+    pub value: Vec<u8>,
 }
 
 /// A graph input or output: its logical type (what the user passes) and the
@@ -72,6 +92,26 @@ pub struct IoTensor {
     /// Element type as stored on the GPU.
     #[prost(enumeration = "PhysType", tag = "6")]
     pub phys: i32,
+    /// Outputs only: set when the extent along one axis depends on the data
+    /// (NonZero, Unique, NonMaxSuppression, Compress). `shape` is then an
+    /// upper bound, and the kernels leave the actual extent as a u32 at the
+    /// place this names; the elements are laid out for the actual shape.
+    #[prost(message, optional, tag = "20")]
+    pub extent: Option<Extent>,
+}
+
+/// Where a data-dependent output extent is left by the kernels.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Extent {
+    /// The axis of the output whose length the count gives.
+    #[prost(uint32, tag = "1")]
+    pub axis: u32,
+    /// Index into `Bundle::buffers` (an Arena buffer).
+    #[prost(uint32, tag = "2")]
+    pub buffer: u32,
+    /// Byte offset of the u32 count in that buffer.
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
 }
 
 /// How elements are stored on the GPU. Every physical element is 32 bits.

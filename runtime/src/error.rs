@@ -45,6 +45,9 @@ pub enum Error {
     #[error("missing input '{0}'")]
     MissingInput(String),
 
+    #[error("input '{name}' was fixed at compile time to {expected}, but {got} was given; recompile with that value")]
+    FixedInputMismatch { name: String, expected: String, got: String },
+
     #[error("input '{0}' is given more than once")]
     DuplicateInput(String),
 

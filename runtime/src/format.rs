@@ -13,8 +13,8 @@ use std::ops::Range;
 use prost::Message;
 
 use crate::bundle::{
-    BindingKind, BufferKind, Bundle, Dispatch, FILE_HEADER_LEN, FORMAT_VERSION, IoTensor, Kernel, MAGIC, PARAMS_ALIGN,
-    PhysType, WEIGHTS_ALIGN,
+    BindingKind, BufferKind, Bundle, Dispatch, Extent, FILE_HEADER_LEN, FORMAT_VERSION, IoTensor, Kernel, MAGIC,
+    PARAMS_ALIGN, PhysType, WEIGHTS_ALIGN,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result, bundle_err, fmt_shape};
@@ -130,7 +130,57 @@ pub fn validate(bundle: &Bundle) -> Result<()> {
         validate_dispatch(bundle, i, dispatch)?;
     }
     validate_io(bundle, "inputs", &bundle.inputs)?;
-    validate_io(bundle, "outputs", &bundle.outputs)
+    validate_io(bundle, "outputs", &bundle.outputs)?;
+    validate_fixed_inputs(bundle)
+}
+
+/// A data-dependent extent: outputs only, a real axis, a u32 inside an
+/// Arena buffer.
+fn validate_extent(bundle: &Bundle, field: &str, list: &str, t: &IoTensor, e: &Extent) -> Result<()> {
+    if list != "outputs" {
+        return Err(bundle_err(field.to_string(), "is only allowed on outputs".to_string()));
+    }
+    if e.axis as usize >= t.shape.len() {
+        return Err(bundle_err(
+            format!("{field}.axis"),
+            format!("= {} is out of range for rank {}", e.axis, t.shape.len()),
+        ));
+    }
+    let Some(buffer) = bundle.buffers.get(e.buffer as usize) else {
+        return Err(bundle_err(format!("{field}.buffer"), format!("= {} is out of range", e.buffer)));
+    };
+    if buffer_kind(bundle, e.buffer as usize)? != BufferKind::Arena {
+        return Err(bundle_err(format!("{field}.buffer"), format!("= {} is not an Arena buffer", e.buffer)));
+    }
+    if !e.offset.is_multiple_of(4) || e.offset.saturating_add(4) > buffer.size {
+        return Err(bundle_err(
+            format!("{field}.offset"),
+            format!("= {} is unaligned or runs past buffers[{}] ({} bytes)", e.offset, e.buffer, buffer.size),
+        ));
+    }
+    Ok(())
+}
+
+/// Fixed inputs: unique names, known dtypes, values of the declared size.
+fn validate_fixed_inputs(bundle: &Bundle) -> Result<()> {
+    for (i, t) in bundle.fixed_inputs.iter().enumerate() {
+        let field = |f: &str| format!("fixed_inputs[{i}].{f}");
+        let clash = bundle.inputs.iter().any(|o| o.name == t.name);
+        if t.name.is_empty() || clash || bundle.fixed_inputs[..i].iter().any(|o| o.name == t.name) {
+            return Err(bundle_err(field("name"), format!("= '{}' is empty or repeated", t.name)));
+        }
+        let Some(dtype) = DType::from_onnx(t.dtype) else {
+            return Err(bundle_err(field("dtype"), format!("= {} is not a supported ONNX type", t.dtype)));
+        };
+        let Some(shape) = t.shape.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<Vec<usize>>>() else {
+            return Err(bundle_err(field("shape"), format!("= {} does not fit this machine", fmt_shape(&t.shape))));
+        };
+        // The same length rule as inputs given at run time.
+        if let Err(e) = crate::tensor::HostTensor::new(dtype, shape, t.value.clone()) {
+            return Err(bundle_err(field("value"), e.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// The kind of `buffers[i]`, which must exist.
@@ -306,6 +356,9 @@ fn validate_io(bundle: &Bundle, list: &str, tensors: &[IoTensor]) -> Result<()> 
         // Inputs are written by the runtime: never into the weights.
         if list == "inputs" && buffer_kind(bundle, t.buffer as usize)? != BufferKind::Arena {
             return Err(bundle_err(field("buffer"), format!("= {} is not an Arena buffer", t.buffer)));
+        }
+        if let Some(e) = &t.extent {
+            validate_extent(bundle, &field("extent"), list, t, e)?;
         }
         let Some(size) = io_size(t) else {
             return Err(bundle_err(field("shape"), format!("= {} has too many elements", fmt_shape(&t.shape))));

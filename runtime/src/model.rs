@@ -9,10 +9,11 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use crate::bundle::{Bundle, IoTensor};
+use crate::bundle::{Bundle, FixedInput, IoTensor};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format;
+use crate::tensor::HostTensor;
 
 /// A graph input or output as the caller sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +30,7 @@ pub struct Model {
     weights: Range<usize>,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
+    fixed_inputs: Vec<(String, HostTensor)>,
 }
 
 /// The file's bytes, mapped or owned.
@@ -70,7 +72,8 @@ impl Model {
         // validate() checked dtypes and that sizes fit usize.
         let inputs = bundle.inputs.iter().map(info).collect();
         let outputs = bundle.outputs.iter().map(info).collect();
-        Ok(Model { bundle, bytes, weights, inputs, outputs })
+        let fixed_inputs = bundle.fixed_inputs.iter().map(fixed).collect();
+        Ok(Model { bundle, bytes, weights, inputs, outputs, fixed_inputs })
     }
 
     /// The decoded, validated header.
@@ -88,10 +91,24 @@ impl Model {
         &self.inputs
     }
 
+    /// Graph inputs whose values were fixed at compile time, with those
+    /// values. Callers may omit them; if given, they must match.
+    pub fn fixed_inputs(&self) -> &[(String, HostTensor)] {
+        &self.fixed_inputs
+    }
+
     /// The graph outputs, in bundle order.
     pub fn outputs(&self) -> &[TensorInfo] {
         &self.outputs
     }
+}
+
+/// A validated fixed input as a host tensor.
+fn fixed(t: &FixedInput) -> (String, HostTensor) {
+    let dtype = DType::from_onnx(t.dtype).expect("validate() checked the dtype");
+    let shape = t.shape.iter().map(|&d| d as usize).collect();
+    let tensor = HostTensor::new(dtype, shape, t.value.clone()).expect("validate() checked the length");
+    (t.name.clone(), tensor)
 }
 
 /// The caller's view of a validated IO tensor.

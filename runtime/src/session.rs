@@ -26,6 +26,8 @@ pub struct Session {
     steps: Vec<Step>,
     inputs: Vec<Slot>,
     outputs: Vec<Slot>,
+    /// Inputs fixed at compile time: checked, never uploaded.
+    fixed_inputs: Vec<(String, HostTensor)>,
     /// All outputs side by side, each at `Slot::staging_offset`; `None` when
     /// no output has elements.
     staging: Option<wgpu::Buffer>,
@@ -49,6 +51,16 @@ struct Slot {
     /// Bytes of the physical copy: 4 per element.
     size: u64,
     /// Outputs only: offset in the staging buffer.
+    staging_offset: u64,
+    /// Outputs only: a data-dependent extent to read back with the data.
+    extent: Option<ExtentSlot>,
+}
+
+/// Where a data-dependent output's actual extent is, and where it lands.
+struct ExtentSlot {
+    axis: usize,
+    buffer: usize,
+    offset: u64,
     staging_offset: u64,
 }
 
@@ -98,6 +110,7 @@ impl Session {
             pipelines,
             steps,
             inputs,
+            fixed_inputs: model.fixed_inputs().to_vec(),
             outputs,
             staging,
             scratch: Vec::new(),
@@ -135,6 +148,10 @@ impl Session {
     fn match_inputs<'a>(&self, given: &[(&str, &'a HostTensor)]) -> Result<Vec<&'a HostTensor>> {
         let mut order: Vec<Option<&HostTensor>> = vec![None; self.inputs.len()];
         for &(name, tensor) in given {
+            if let Some((_, fixed)) = self.fixed_inputs.iter().find(|(n, _)| n == name) {
+                check_fixed_input(name, fixed, tensor)?;
+                continue;
+            }
             let Some(i) = self.inputs.iter().position(|s| s.info.name == name) else {
                 let names: Vec<&str> = self.inputs.iter().map(|s| s.info.name.as_str()).collect();
                 return Err(Error::UnknownInput { name: name.to_string(), expected: names.join(", ") });
@@ -169,6 +186,9 @@ impl Session {
                 let src = &self.buffers[out.buffer];
                 encoder.copy_buffer_to_buffer(src, out.offset, staging, out.staging_offset, out.size);
             }
+            for e in self.outputs.iter().filter_map(|o| o.extent.as_ref()) {
+                encoder.copy_buffer_to_buffer(&self.buffers[e.buffer], e.offset, staging, e.staging_offset, 4);
+            }
         }
         encoder.finish()
     }
@@ -183,7 +203,7 @@ impl Session {
                 .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
             return match take_error(&self.errors) {
                 Some(e) => Err(Error::Gpu(e)),
-                None => Ok(self.convert(&[])),
+                None => self.convert(&[]),
             };
         };
         let mapped = self.map(staging);
@@ -191,7 +211,7 @@ impl Session {
         let result = match (take_error(&self.errors), mapped) {
             (Some(e), _) => Err(Error::Gpu(e)),
             (None, Err(e)) => Err(e),
-            (None, Ok(view)) => Ok(self.convert(&view)),
+            (None, Ok(view)) => self.convert(&view),
         };
         // Always unmap, or the next run's map fails. After a failed map this
         // reports "not mapped", which is noise next to the error above.
@@ -204,14 +224,16 @@ impl Session {
 
     /// The outputs from the staging bytes (`words` is empty when every
     /// output is).
-    fn convert(&self, words: &[u8]) -> Vec<(String, HostTensor)> {
+    fn convert(&self, words: &[u8]) -> Result<Vec<(String, HostTensor)>> {
         let convert_one = |o: &Slot| {
-            let range = o.staging_offset as usize..(o.staging_offset + o.size) as usize;
+            let shape = actual_shape(o, words)?;
+            let bytes = shape.iter().product::<usize>() as u64 * 4;
+            let range = o.staging_offset as usize..(o.staging_offset + bytes) as usize;
             let words = words.get(range).unwrap_or_default();
             let mut data = Vec::with_capacity(words.len() / 4 * o.info.dtype.size_bytes());
             o.info.dtype.from_physical(words, &mut data);
-            let tensor = HostTensor { dtype: o.info.dtype, shape: o.info.shape.clone(), data };
-            (o.info.name.clone(), tensor)
+            let tensor = HostTensor { dtype: o.info.dtype, shape, data };
+            Ok((o.info.name.clone(), tensor))
         };
         self.outputs.iter().map(convert_one).collect()
     }
@@ -233,6 +255,44 @@ impl Session {
             Err(_) => Err(Error::Gpu("reading outputs: the map did not complete".to_string())),
         }
     }
+}
+
+/// An output's shape: the bundle's, with a data-dependent extent replaced
+/// by the count the kernels left (checked against the planned bound).
+fn actual_shape(o: &Slot, staging: &[u8]) -> Result<Vec<usize>> {
+    let mut shape = o.info.shape.clone();
+    let Some(e) = &o.extent else { return Ok(shape) };
+    let at = e.staging_offset as usize;
+    let count = match staging.get(at..at + 4) {
+        Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+        None => 0,
+    };
+    if count > shape[e.axis] {
+        return Err(Error::Gpu(format!(
+            "output '{}': the kernels report {count} entries along axis {}, more than the planned {}",
+            o.info.name, e.axis, shape[e.axis]
+        )));
+    }
+    shape[e.axis] = count;
+    Ok(shape)
+}
+
+/// A fixed input is part of the program: a different value would need a
+/// different program, so it is an error, never silently ignored.
+fn check_fixed_input(name: &str, fixed: &HostTensor, given: &HostTensor) -> Result<()> {
+    if given == fixed {
+        return Ok(());
+    }
+    Err(Error::FixedInputMismatch {
+        name: name.to_string(),
+        expected: format!("{} {} {:?}", fixed.dtype.name(), fmt_shape(&fixed.shape), preview(fixed)),
+        got: format!("{} {} {:?}", given.dtype.name(), fmt_shape(&given.shape), preview(given)),
+    })
+}
+
+/// The first few values of a tensor, for messages.
+fn preview(t: &HostTensor) -> Vec<f64> {
+    t.to_f64_vec().into_iter().take(8).collect()
 }
 
 /// Checks a given tensor against the bundle's description of that input.
@@ -261,6 +321,12 @@ fn slot(t: &IoTensor, info: &TensorInfo) -> Slot {
         offset: t.offset,
         size: io_size(t).expect("validate() checked the size"),
         staging_offset: 0,
+        extent: t.extent.as_ref().map(|e| ExtentSlot {
+            axis: e.axis as usize,
+            buffer: e.buffer as usize,
+            offset: e.offset,
+            staging_offset: 0,
+        }),
     }
 }
 
@@ -541,6 +607,10 @@ fn create_staging(device: &wgpu::Device, outputs: &mut [Slot]) -> Option<wgpu::B
     for out in outputs.iter_mut() {
         out.staging_offset = end;
         end = (end + out.size).next_multiple_of(wgpu::MAP_ALIGNMENT);
+        if let Some(e) = &mut out.extent {
+            e.staging_offset = end;
+            end += wgpu::MAP_ALIGNMENT;
+        }
     }
     (end > 0).then(|| {
         device.create_buffer(&wgpu::BufferDescriptor {

@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use drift_runtime::bundle::{
-    BindingKind, Buffer, BufferKind, Bundle, Dispatch, IoTensor, Kernel, PARAMS_ALIGN, PhysType,
+    BindingKind, Buffer, BufferKind, Bundle, Dispatch, FixedInput, IoTensor, Kernel, PARAMS_ALIGN, PhysType,
 };
 use drift_runtime::{DType, Gpu, GpuOptions, HostTensor, Model, Session, ShaderPath, write_bundle};
 
@@ -114,6 +114,7 @@ fn io(name: &str, dtype: DType, shape: &[u64], word: u32) -> IoTensor {
         buffer: 0,
         offset: u64::from(word) * 4,
         phys: dtype.phys() as i32,
+        extent: None,
     }
 }
 
@@ -161,6 +162,12 @@ fn test_bundle() -> (Bundle, Vec<u8>) {
         ],
         params,
         weights_size: weights.len() as u64,
+        fixed_inputs: vec![FixedInput {
+            name: "axes".into(),
+            dtype: DType::I64.onnx(),
+            shape: vec![2],
+            value: [0i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }],
     };
     (bundle, weights)
 }
@@ -189,6 +196,9 @@ fn run_and_check(session: &mut Session, seed: f32) {
     let (a_t, b_t) = (HostTensor::from_f32(vec![4, 25], &a), HostTensor::from_f32(vec![4, 25], &b));
     let idx_t = HostTensor::from_i64(vec![3], &idx);
     let out = session.run(&[("idx", &idx_t), ("b", &b_t), ("a", &a_t)]).expect("run succeeds");
+    // A fixed input may be passed, with its compile-time value.
+    let axes = HostTensor::from_i64(vec![2], &[0, -1]);
+    session.run(&[("idx", &idx_t), ("b", &b_t), ("a", &a_t), ("axes", &axes)]).expect("fixed input matches");
 
     let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["sum", "tmp", "idx2"], "outputs come in bundle order");
@@ -301,6 +311,12 @@ fn rejects_inconsistent_fields() {
     type Change = Box<dyn FnOnce(&mut Bundle)>;
     let cases: Vec<(&str, Change)> = vec![
         ("dispatches[1].kernel = 17 is out of range (3 kernels)", Box::new(|b| b.dispatches[1].kernel = 17)),
+        ("fixed_inputs[0].name = 'a' is empty or repeated", Box::new(|b| b.fixed_inputs[0].name = "a".into())),
+        ("fixed_inputs[0].dtype = 99 is not a supported ONNX type", Box::new(|b| b.fixed_inputs[0].dtype = 99)),
+        (
+            "fixed_inputs[0].value tensor: data has 16 bytes, its dtype and shape need 24",
+            Box::new(|b| b.fixed_inputs[0].shape = vec![3]),
+        ),
         ("dispatches[0].buffers[0] = 5 is out of range (2 buffers)", Box::new(|b| b.dispatches[0].buffers[0] = 5)),
         (
             "dispatches[0].buffers has 2 entries but kernels[0] 'add_arena' has 1 storage bindings",
@@ -394,6 +410,12 @@ fn rejects_bad_inputs() {
     assert_eq!(
         run_error(&[("a", &ragged), ("b", &x), ("idx", &idx)]),
         "input 'a': data has 7 bytes, its dtype and shape need 400"
+    );
+    let axes = HostTensor::from_i64(vec![2], &[0, 1]);
+    assert_eq!(
+        run_error(&[("a", &x), ("b", &x), ("idx", &idx), ("axes", &axes)]),
+        "input 'axes' was fixed at compile time to int64 [2] [0.0, -1.0], but int64 [2] [0.0, 1.0] was given; \
+         recompile with that value"
     );
     let big = HostTensor::from_i64(vec![3], &[1, 3_000_000_000, 2]);
     assert_eq!(

@@ -100,10 +100,17 @@ pub fn to_host(t: &drift_ops::Tensor) -> Result<HostTensor, String> {
 }
 
 /// Compiles a case for the shapes of its inputs, runs it and compares.
-pub fn run_case(gpu: &Gpu, case: &Case) -> Outcome {
+///
+/// When the compiler needs the value of a shape-deciding operand that comes
+/// from graph inputs (Reshape's shape, Reduce's axes, Resize's scales, ...),
+/// those inputs are fixed at compile time to the test's values, as a user
+/// does with `drift compile --const-input`; the test still passes them at
+/// run time and the runtime checks that they match. Returns the outcome and
+/// the names of the inputs fixed that way.
+pub fn run_case(gpu: &Gpu, case: &Case) -> (Outcome, Vec<String>) {
     let graph = match drift_compiler::import::import_file(&case.model) {
         Ok(g) => g,
-        Err(e) => return Outcome::Compile(e.to_string()),
+        Err(e) => return (Outcome::Compile(e.to_string()), vec![]),
     };
     // Old test data leaves tensor names empty: those match inputs by position.
     let graph_inputs: Vec<String> = graph.inputs.iter().map(|&v| graph.values[v].name.clone()).collect();
@@ -117,24 +124,50 @@ pub fn run_case(gpu: &Gpu, case: &Case) -> Outcome {
     for (name, t) in &named {
         opts.input_shapes.insert(name.to_string(), t.shape.clone());
     }
-    let compiled = match drift_compiler::compile_graph(graph, &opts) {
-        Ok(c) => c,
-        Err(e) => return Outcome::Compile(e.to_string()),
+    let mut graph = Some(graph);
+    let compiled = loop {
+        // The passes consume the graph; a retry imports the model again.
+        let g = match graph.take().map_or_else(|| drift_compiler::import::import_file(&case.model), Ok) {
+            Ok(g) => g,
+            Err(e) => return (Outcome::Compile(e.to_string()), vec![]),
+        };
+        match drift_compiler::compile_graph(g, &opts) {
+            Ok(c) => break c,
+            Err(drift_compiler::Error::NeedsValue { from_inputs, .. }) if fixable(&from_inputs, &named, &opts) => {
+                for name in &from_inputs {
+                    let (_, host) = named.iter().find(|(n, _)| n == name).expect("fixable() found it");
+                    match drift_compiler::host_to_tensor(host) {
+                        Ok(t) => opts.const_inputs.insert(name.clone(), t),
+                        Err(e) => return (Outcome::Data(format!("input '{name}': {e}")), vec![]),
+                    };
+                }
+            }
+            Err(e) => return (Outcome::Compile(e.to_string()), fixed_names(&opts)),
+        }
     };
+    let fixed = fixed_names(&opts);
     let model = match Model::from_bytes(compiled.to_bytes()) {
         Ok(m) => m,
-        Err(e) => return Outcome::Run(format!("load: {e}")),
+        Err(e) => return (Outcome::Run(format!("load: {e}")), fixed),
     };
     let mut session = match Session::new(gpu, &model) {
         Ok(s) => s,
-        Err(e) => return Outcome::Run(format!("session: {e}")),
+        Err(e) => return (Outcome::Run(format!("session: {e}")), fixed),
     };
-    let args = named;
-    let outputs = match session.run(&args) {
+    let outputs = match session.run(&named) {
         Ok(o) => o,
-        Err(e) => return Outcome::Run(e.to_string()),
+        Err(e) => return (Outcome::Run(e.to_string()), fixed),
     };
-    compare(&outputs, &case.expected, case.rtol, case.atol)
+    (compare(&outputs, &case.expected, case.rtol, case.atol), fixed)
+}
+
+/// Whether fixing `names` can make progress: all are test inputs, none fixed yet.
+fn fixable(names: &[String], named: &[(&str, &HostTensor)], opts: &Options) -> bool {
+    !names.is_empty() && names.iter().all(|n| named.iter().any(|(m, _)| m == n) && !opts.const_inputs.contains_key(n))
+}
+
+fn fixed_names(opts: &Options) -> Vec<String> {
+    opts.const_inputs.keys().cloned().collect()
 }
 
 /// Compares outputs in order (names may differ in old test data).

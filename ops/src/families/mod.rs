@@ -15,6 +15,7 @@ pub mod resize;
 pub mod rnn;
 pub mod sample;
 pub mod scatter;
+pub mod select;
 pub mod shape;
 pub mod signal;
 pub mod sort;

@@ -711,6 +711,19 @@ pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {
     }
 }
 
+/// CPU reference helper: applies `f` to every row of `x` (a row being the
+/// elements `rows` groups together) and scatters the results back.
+fn map_rows(x: &Tensor, rows: &Rows, f: impl Fn(&[f64]) -> Vec<f64>) -> Tensor {
+    let v = x.to_f64();
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows.rows {
+        let idx: Vec<usize> = (0..rows.len).map(|j| rows.index(r, j)).collect();
+        let y = f(&idx.iter().map(|&i| v[i]).collect::<Vec<_>>());
+        idx.iter().zip(y).for_each(|(&i, y)| out[i] = y);
+    }
+    Tensor::from_f64(x.dtype, x.shape.clone(), out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -834,17 +847,4 @@ mod tests {
         );
         close(&y[0].to_f64(), &[1.0 / 6.0, 2.0 / 6.0]);
     }
-}
-
-/// CPU reference helper: applies `f` to every row of `x` (a row being the
-/// elements `rows` groups together) and scatters the results back.
-fn map_rows(x: &Tensor, rows: &Rows, f: impl Fn(&[f64]) -> Vec<f64>) -> Tensor {
-    let v = x.to_f64();
-    let mut out = vec![0.0; v.len()];
-    for r in 0..rows.rows {
-        let idx: Vec<usize> = (0..rows.len).map(|j| rows.index(r, j)).collect();
-        let y = f(&idx.iter().map(|&i| v[i]).collect::<Vec<_>>());
-        idx.iter().zip(y).for_each(|(&i, y)| out[i] = y);
-    }
-    Tensor::from_f64(x.dtype, x.shape.clone(), out)
 }
