@@ -26,9 +26,8 @@ pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs, n_output
         "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" | "Dropout" | "Shape" | "Size" | "Constant"
         | "ConstantOfShape" | "Expand" | "Range" | "EyeLike" => crate::families::shape::build(op_type, attrs, opset),
         "Transpose" | "Concat" | "Split" | "Slice" | "Gather" | "GatherElements" | "GatherND" | "Tile" | "Pad"
-        | "DepthToSpace" | "SpaceToDepth" | "Trilu" | "OneHot" | "CumSum" | "ReverseSequence" => {
-            crate::families::movement::build(op_type, attrs, opset)
-        }
+        | "DepthToSpace" | "SpaceToDepth" | "Trilu" | "OneHot" | "CumSum" | "CumProd" | "ReverseSequence"
+        | "CenterCropPad" => crate::families::movement::build(op_type, attrs, opset),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
         | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax" | "ArgMin" => {
             crate::families::reduce::build(op_type, attrs, opset)

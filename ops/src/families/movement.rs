@@ -1,7 +1,8 @@
 //! Data-movement ops: every output element is a copy of one input element
 //! (or a fill value). Transpose, Concat, Split, Slice, Gather,
-//! GatherElements, GatherND, Tile, Pad, DepthToSpace, SpaceToDepth, Trilu,
-//! OneHot, plus the two line-wise movers CumSum and ReverseSequence.
+//! GatherElements, GatherND, Tile, Pad, CenterCropPad, DepthToSpace,
+//! SpaceToDepth, Trilu, OneHot, plus the line-wise movers CumSum, CumProd and
+//! ReverseSequence.
 //!
 //! Design: one thread per output element computes its source index from
 //! its coordinates, with shapes, strides and constant operands (perm,
@@ -13,7 +14,8 @@
 //! negative: kernels wrap them by the axis size and clamp them to stay in
 //! bounds. Operands that do not change the output shape (Trilu's k,
 //! CumSum's axis, Pad's constant_value) may also be run-time values; the
-//! others (starts, pads, repeats, split, depth) must be constants. CPU
+//! others (starts, pads, repeats, split, depth, CenterCropPad's shape) must
+//! be constants. CPU
 //! references mirror the same index maps.
 
 use crate::wgsl::{kernel_1d, lit, strides, unravel};
@@ -84,7 +86,12 @@ pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {
         }
         "Trilu" => Box::new(Trilu { upper: a.int("upper", 1)? != 0 }),
         "OneHot" => Box::new(OneHot { axis: a.int("axis", -1)? }),
-        "CumSum" => Box::new(CumSum { exclusive: a.int("exclusive", 0)? != 0, reverse: a.int("reverse", 0)? != 0 }),
+        "CenterCropPad" => Box::new(CenterCropPad { axes: ints("axes")? }),
+        "CumSum" | "CumProd" => Box::new(Cumulative {
+            product: op_type == "CumProd",
+            exclusive: a.int("exclusive", 0)? != 0,
+            reverse: a.int("reverse", 0)? != 0,
+        }),
         "ReverseSequence" => Box::new(ReverseSequence {
             batch_axis: a.int("batch_axis", 1)? as usize,
             time_axis: a.int("time_axis", 0)? as usize,
@@ -952,6 +959,99 @@ impl Op for Pad {
 }
 
 // ---------------------------------------------------------------------------
+// CenterCropPad
+
+/// CenterCropPad: crops or zero-pads the listed axes (default: all) to the
+/// sizes in input 1 (a constant), keeping the content centred; an odd
+/// difference puts the extra element at the end.
+#[derive(Debug)]
+pub struct CenterCropPad {
+    pub axes: Option<Vec<i64>>,
+}
+
+impl CenterCropPad {
+    /// The output shape and, per axis, the signed offset from an output
+    /// coordinate to its input coordinate.
+    fn plan(&self, x: &[usize], sizes: &Tensor) -> Result<(Vec<usize>, Vec<i64>)> {
+        let r = x.len();
+        let axes: Vec<usize> = match &self.axes {
+            None => (0..r).collect(),
+            Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<Result<_>>()?,
+        };
+        let sizes = sizes.to_i64();
+        if sizes.len() != axes.len() {
+            bail!("shape has {} values for {} axes", sizes.len(), axes.len());
+        }
+        let (mut shape, mut off) = (x.to_vec(), vec![0i64; r]);
+        for (&a, &n) in axes.iter().zip(&sizes) {
+            if n < 0 {
+                bail!("shape value {n} for axis {a} is negative");
+            }
+            let d = x[a] as i64;
+            // Cropping starts (d - n) / 2 into the input; padding puts the
+            // input (n - d) / 2 into the output. Both round down.
+            off[a] = if n <= d { (d - n) / 2 } else { -((n - d) / 2) };
+            shape[a] = n as usize;
+        }
+        Ok((shape, off))
+    }
+}
+
+impl Op for CenterCropPad {
+    fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
+        let x = ty(inputs, 0)?;
+        let (shape, _) = self.plan(&x.shape, crate::need_value(inputs, 1, "shape")?)?;
+        Ok(vec![TypeInfo::new(x.dtype, shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        let x = arg(inputs, 0)?;
+        let (shape, off) = self.plan(&x.shape, arg(inputs, 1)?)?;
+        let st = strides(&x.shape);
+        let src = map_coords(&shape, |c| {
+            let mut e = 0;
+            for (d, &cd) in c.iter().enumerate() {
+                let s = cd as i64 + off[d];
+                if s < 0 || s >= x.shape[d] as i64 {
+                    return None;
+                }
+                e += s as usize * st[d];
+            }
+            Some(e)
+        });
+        Ok(vec![take_or(x, shape, &src, 0.0)])
+    }
+
+    fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
+        let x = cx.input(0)?;
+        let (shape, off) = self.plan(&x.shape, cx.const_input(1, "shape")?)?;
+        let st = strides(&x.shape);
+        let (mut stmts, mut terms, mut inside) = (String::new(), vec![], vec![]);
+        for d in 0..shape.len() {
+            if off[d] == 0 && shape[d] <= x.shape[d] {
+                // Neither cropped nor padded (or cropped at the end only).
+                terms.push(format!("c{d} * {}u", st[d]));
+                continue;
+            }
+            stmts += &format!("    let s{d} = i32(c{d}) + {};\n", off[d]);
+            inside.push(format!("s{d} >= 0 && s{d} < {}", x.shape[d]));
+            terms.push(format!("u32(s{d}) * {}u", st[d]));
+        }
+        let zero = lit(x.dtype.phys(), 0.0);
+        let body = if inside.is_empty() {
+            format!("    st_y(i, ld_x({}));", lin(terms))
+        } else {
+            format!(
+                "{stmts}    if ({}) {{ st_y(i, ld_x({})); }} else {{ st_y(i, {zero}); }}",
+                inside.join(" && "),
+                lin(terms)
+            )
+        };
+        Ok(Lowering::one(map_kernel("center_crop_pad", xy_args(), &shape, &body)))
+    }
+}
+
+// ---------------------------------------------------------------------------
 // DepthToSpace / SpaceToDepth
 
 /// DepthToSpace and SpaceToDepth on NCHW, in DCR or CRD channel order.
@@ -1179,12 +1279,24 @@ impl Op for OneHot {
 // ---------------------------------------------------------------------------
 // CumSum, ReverseSequence
 
-/// CumSum: running sums along an axis, optionally exclusive and/or from
-/// the end.
+/// CumSum and CumProd: running sums (products) along an axis, optionally
+/// exclusive and/or from the end.
 #[derive(Debug)]
-pub struct CumSum {
+pub struct Cumulative {
+    pub product: bool,
     pub exclusive: bool,
     pub reverse: bool,
+}
+
+impl Cumulative {
+    fn name(&self) -> &'static str {
+        if self.product { "cumprod" } else { "cumsum" }
+    }
+
+    /// WGSL folding element `v` into the accumulator `acc`.
+    fn fold_wgsl(&self, v: &str) -> String {
+        if self.product { format!("acc = acc * {v};") } else { format!("acc = acc + {v};") }
+    }
 }
 
 fn cumsum_axis(axis: Option<&Tensor>, rank: usize) -> Result<usize> {
@@ -1192,7 +1304,7 @@ fn cumsum_axis(axis: Option<&Tensor>, rank: usize) -> Result<usize> {
     norm_axis(scalar_k(Some(a)), rank)
 }
 
-impl Op for CumSum {
+impl Op for Cumulative {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
         let x = ty(inputs, 0)?;
         ty(inputs, 1)?;
@@ -1207,24 +1319,33 @@ impl Op for CumSum {
         let axis = cumsum_axis(opt(inputs, 1), x.rank())?;
         let (outer, len, inner) = around(&x.shape, axis);
         let order = |k: usize| if self.reverse { len - 1 - k } else { k };
-        // Integers sum exactly as i64, floats as f64; both round at the end.
+        // Integers accumulate exactly as i64 (wrapping), floats as f64;
+        // both round at the end.
         let float = x.dtype.is_float();
         let (fv, iv) = (x.to_f64(), x.to_i64());
         let (mut fo, mut io) = (vec![0.0; x.len()], vec![0i64; x.len()]);
+        let (f_id, i_id) = if self.product { (1.0, 1i64) } else { (0.0, 0i64) };
+        let fold = |fa: &mut f64, ia: &mut i64, e: usize| {
+            if self.product {
+                *fa *= fv[e];
+                *ia = ia.wrapping_mul(iv[e]);
+            } else {
+                *fa += fv[e];
+                *ia = ia.wrapping_add(iv[e]);
+            }
+        };
         for line in 0..outer * inner {
             let base = (line / inner) * len * inner + line % inner;
-            let (mut fa, mut ia) = (0.0, 0i64);
+            let (mut fa, mut ia) = (f_id, i_id);
             for k in 0..len {
                 let e = base + order(k) * inner;
                 if !self.exclusive {
-                    fa += fv[e];
-                    ia = ia.wrapping_add(iv[e]);
+                    fold(&mut fa, &mut ia, e);
                 }
                 fo[e] = fa;
                 io[e] = ia;
                 if self.exclusive {
-                    fa += fv[e];
-                    ia = ia.wrapping_add(iv[e]);
+                    fold(&mut fa, &mut ia, e);
                 }
             }
         }
@@ -1246,25 +1367,26 @@ impl Op for CumSum {
         } else {
             format!("base + k * {inner}u")
         };
-        let (pre, post) =
-            if self.exclusive { ("", "        acc += ld_x(e);\n") } else { ("        acc += ld_x(e);\n", "") };
+        let fold = format!("        {}\n", self.fold_wgsl("ld_x(e)"));
+        let (pre, post) = if self.exclusive { ("", fold.as_str()) } else { (fold.as_str(), "") };
         // One thread per line along the axis: a sequential scan.
         let body = format!(
-            "    let base = (i / {inner}u) * {}u + i % {inner}u;\n    var acc = {t}(0);\n    for (var k = 0u; k < {len}u; k++) {{\n        let e = {e};\n{pre}        st_y(e, acc);\n{post}    }}",
-            len * inner
+            "    let base = (i / {inner}u) * {}u + i % {inner}u;\n    var acc = {t}({});\n    for (var k = 0u; k < {len}u; k++) {{\n        let e = {e};\n{pre}        st_y(e, acc);\n{post}    }}",
+            len * inner,
+            self.product as u8
         );
-        Ok(Lowering::one(kernel("cumsum", xy_args(), outer * inner, "", &body)))
+        Ok(Lowering::one(kernel(self.name(), xy_args(), outer * inner, "", &body)))
     }
 }
 
-impl CumSum {
-    /// The axis known only at run time: one thread per element sums its
+impl Cumulative {
+    /// The axis known only at run time: one thread per element folds its
     /// prefix (or suffix) along the axis, found in baked dims and strides.
     fn lower_dynamic(&self, cx: &LowerCtx) -> Result<Lowering> {
         let x = cx.input(0)?;
         let r = x.rank();
         if r == 0 {
-            bail!("CumSum needs rank >= 1");
+            bail!("{} needs rank >= 1", self.name());
         }
         let list = |v: &[usize]| v.iter().map(|d| format!("{d}u")).collect::<Vec<_>>().join(", ");
         let t = x.dtype.phys().wgsl();
@@ -1276,14 +1398,16 @@ impl CumSum {
         };
         let a = as_i32("ld_ax(0u)", cx.input(1)?.dtype);
         let body = format!(
-            "    var dims = array<u32, {r}>({});\n    var strd = array<u32, {r}>({});\n    let a0 = {a};\n    let ax = u32(clamp(select(a0, a0 + {r}, a0 < 0), 0, {}));\n    let n = dims[ax];\n    let st = strd[ax];\n    let pos = (i / st) % n;\n    let base = i - pos * st;\n    var acc = {t}(0);\n    for (var k = {lo}; k < {hi}; k++) {{\n        acc += ld_x(base + k * st);\n    }}\n    st_y(i, acc);",
+            "    var dims = array<u32, {r}>({});\n    var strd = array<u32, {r}>({});\n    let a0 = {a};\n    let ax = u32(clamp(select(a0, a0 + {r}, a0 < 0), 0, {}));\n    let n = dims[ax];\n    let st = strd[ax];\n    let pos = (i / st) % n;\n    let base = i - pos * st;\n    var acc = {t}({});\n    for (var k = {lo}; k < {hi}; k++) {{\n        {}\n    }}\n    st_y(i, acc);",
             list(&x.shape),
             list(&strides(&x.shape)),
-            r - 1
+            r - 1,
+            self.product as u8,
+            self.fold_wgsl("ld_x(base + k * st)")
         );
         let mut args = xy_args();
         args.push(KernelArg::new("ax", TensorRef::Input(1)));
-        Ok(Lowering::one(kernel("cumsum", args, x.numel(), "", &body)))
+        Ok(Lowering::one(kernel(self.name(), args, x.numel(), "", &body)))
     }
 }
 
@@ -1526,6 +1650,43 @@ mod tests {
         let m = Tensor::from_i64(DType::I32, vec![2, 3], vec![1, 2, 3, 4, 5, 6]);
         let ax = Tensor::from_i64(DType::I64, vec![], vec![-1]);
         assert_eq!(run("CumSum", Attrs::default(), 14, &[Some(&m), Some(&ax)])[0].to_i64(), vec![1, 3, 6, 4, 9, 15]);
+    }
+
+    // Expected values: onnx.reference.ReferenceEvaluator on the same inputs.
+    #[test]
+    fn cumprod_variants() {
+        let x = Tensor::from_f32(vec![5], vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        let ax = Tensor::from_i64(DType::I32, vec![], vec![0]);
+        let c = |e: i64, r: i64| {
+            let a = attrs(vec![("exclusive", Attr::Int(e)), ("reverse", Attr::Int(r))]);
+            run("CumProd", a, 26, &[Some(&x), Some(&ax)])[0].to_f64()
+        };
+        assert_eq!(c(0, 0), vec![1.0, 2.0, 6.0, 24.0, 120.0]);
+        assert_eq!(c(0, 1), vec![120.0, 120.0, 60.0, 20.0, 5.0]);
+        assert_eq!(c(1, 0), vec![1.0, 1.0, 2.0, 6.0, 24.0]);
+        assert_eq!(c(1, 1), vec![120.0, 60.0, 20.0, 5.0, 1.0]);
+        let m = Tensor::from_i64(DType::I32, vec![2, 3], vec![1, 2, 3, 4, 5, 6]);
+        let last = Tensor::from_i64(DType::I64, vec![], vec![-1]);
+        assert_eq!(
+            run("CumProd", Attrs::default(), 26, &[Some(&m), Some(&last)])[0].to_i64(),
+            vec![1, 2, 6, 4, 20, 120]
+        );
+        let first = Tensor::from_i64(DType::I64, vec![], vec![0]);
+        let a = attrs(vec![("exclusive", Attr::Int(1))]);
+        assert_eq!(run("CumProd", a, 26, &[Some(&m), Some(&first)])[0].to_i64(), vec![1, 1, 1, 1, 2, 3]);
+    }
+
+    #[test]
+    fn center_crop_pad() {
+        let x = iota(vec![3, 5]);
+        // Pad 3 -> 6 rows (1 before, 2 after), crop 5 -> 2 columns from 1.
+        let y = &run("CenterCropPad", Attrs::default(), 18, &[Some(&x), Some(&ints(&[6, 2]))])[0];
+        assert_eq!(y.shape, vec![6, 2]);
+        assert_eq!(y.to_f64(), vec![0.0, 0.0, 1.0, 2.0, 6.0, 7.0, 11.0, 12.0, 0.0, 0.0, 0.0, 0.0]);
+        let a = attrs(vec![("axes", Attr::Ints(vec![-1]))]);
+        let y = &run("CenterCropPad", a, 18, &[Some(&x), Some(&ints(&[4]))])[0];
+        assert_eq!(y.shape, vec![3, 4]);
+        assert_eq!(y.to_f64(), vec![0.0, 1.0, 2.0, 3.0, 5.0, 6.0, 7.0, 8.0, 10.0, 11.0, 12.0, 13.0]);
     }
 
     #[test]
