@@ -14,6 +14,9 @@ mod registry;
 mod tensor;
 pub mod wgsl;
 
+#[cfg(test)]
+mod testing;
+
 pub mod families;
 
 pub use attr::{Attr, Attrs};

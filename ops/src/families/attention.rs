@@ -769,6 +769,7 @@ impl Attention {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::testing::*;
     use crate::Attr;
 
     /// The test inputs the reference values were computed from (numpy):
@@ -778,9 +779,6 @@ pub(crate) mod tests {
         Tensor::from_f32(shape.to_vec(), (0..n).map(|i| ((i * 7 + seed) % 11) as f32 / 10.0 - 0.5).collect())
     }
 
-    pub(crate) fn attrs(v: &[(&str, Attr)]) -> Attrs {
-        Attrs(v.iter().map(|(k, a)| (k.to_string(), a.clone())).collect())
-    }
 
     pub(crate) fn close(got: &Tensor, want: &[f64]) {
         let got = got.to_f64();

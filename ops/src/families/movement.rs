@@ -1466,11 +1466,9 @@ impl Op for ReverseSequence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
     use crate::Attr;
 
-    fn attrs(v: Vec<(&str, Attr)>) -> Attrs {
-        Attrs(v.into_iter().map(|(k, a)| (k.to_string(), a)).collect())
-    }
 
     fn run(op: &str, a: Attrs, opset: i64, inputs: &[Option<&Tensor>]) -> Vec<Tensor> {
         build(op, &a, opset).unwrap().eval(inputs).unwrap()

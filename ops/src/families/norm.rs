@@ -727,11 +727,9 @@ fn map_rows(x: &Tensor, rows: &Rows, f: impl Fn(&[f64]) -> Vec<f64>) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
     use crate::Attr;
 
-    fn attrs(v: &[(&str, Attr)]) -> Attrs {
-        Attrs(v.iter().map(|(k, a)| (k.to_string(), a.clone())).collect())
-    }
 
     fn eval(op: &str, opset: i64, a: &[(&str, Attr)], ins: &[Option<Tensor>]) -> Vec<Tensor> {
         let op = build(op, &attrs(a), opset).unwrap();

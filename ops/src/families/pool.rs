@@ -414,11 +414,9 @@ impl Op for GlobalPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
     use crate::Attr;
 
-    fn attrs(list: &[(&str, Attr)]) -> Attrs {
-        Attrs(list.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
-    }
 
     fn ints(v: &[i64]) -> Attr {
         Attr::Ints(v.to_vec())

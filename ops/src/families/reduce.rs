@@ -592,11 +592,9 @@ pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
     use crate::Attr;
 
-    fn attrs(v: &[(&str, Attr)]) -> Attrs {
-        Attrs(v.iter().map(|(k, a)| (k.to_string(), a.clone())).collect())
-    }
 
     fn run(op: &str, opset: i64, a: &[(&str, Attr)], x: Tensor, axes: Option<Vec<i64>>) -> Tensor {
         let op = build(op, &attrs(a), opset).unwrap();

@@ -654,11 +654,9 @@ pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
     use crate::{Attr, DType};
 
-    fn attrs(v: &[(&str, Attr)]) -> Attrs {
-        Attrs(v.iter().map(|(k, a)| (k.to_string(), a.clone())).collect())
-    }
 
     fn x22() -> Tensor {
         Tensor::from_f32(vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0])

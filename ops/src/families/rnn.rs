@@ -681,18 +681,10 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {{
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
     use crate::Attr;
 
-    /// Deterministic inputs, mirrored in the script that produced the
-    /// expected values: ((7k + seed) mod 13) / 6.5 - 1.
-    fn pat(shape: Vec<usize>, seed: usize) -> Tensor {
-        let n: usize = shape.iter().product();
-        Tensor::from_f32(shape, (0..n).map(|k| ((k * 7 + seed) % 13) as f32 / 6.5 - 1.0).collect())
-    }
 
-    fn attrs(v: Vec<(&str, Attr)>) -> Attrs {
-        Attrs(v.into_iter().map(|(k, a)| (k.to_string(), a)).collect())
-    }
 
     fn assert_close(got: &[f64], want: &[f64]) {
         assert_eq!(got.len(), want.len());
@@ -789,9 +781,9 @@ mod tests {
 
     #[test]
     fn gru_bidirectional_linear_before_reset_with_lengths() {
-        let (x, w, r, b) = (pat(vec![3, 2, 2], 0), pat(vec![2, 6, 2], 1), pat(vec![2, 6, 2], 2), pat(vec![2, 12], 3));
+        let (x, w, r, b) = (pattern(vec![3, 2, 2], 0), pattern(vec![2, 6, 2], 1), pattern(vec![2, 6, 2], 2), pattern(vec![2, 12], 3));
         let sl = Tensor::from_i64(DType::I32, vec![2], vec![3, 2]);
-        let h0 = pat(vec![2, 2, 2], 4);
+        let h0 = pattern(vec![2, 2, 2], 4);
         let a = attrs(vec![
             ("hidden_size", Attr::Int(2)),
             ("direction", Attr::Str("bidirectional".into())),
@@ -805,16 +797,16 @@ mod tests {
 
     #[test]
     fn gru_default_reset() {
-        let (x, w, r, b) = (pat(vec![3, 2, 2], 0), pat(vec![1, 6, 2], 1), pat(vec![1, 6, 2], 2), pat(vec![1, 12], 3));
+        let (x, w, r, b) = (pattern(vec![3, 2, 2], 0), pattern(vec![1, 6, 2], 1), pattern(vec![1, 6, 2], 2), pattern(vec![1, 12], 3));
         let out = run("GRU", attrs(vec![("hidden_size", Attr::Int(2))]), &[Some(&x), Some(&w), Some(&r), Some(&b)]);
         assert_close(&out[0].to_f64(), &GRU_Y);
     }
 
     #[test]
     fn lstm_reverse_clip_peepholes_lengths() {
-        let (x, w, r, b) = (pat(vec![3, 2, 2], 0), pat(vec![1, 8, 2], 1), pat(vec![1, 8, 2], 2), pat(vec![1, 16], 3));
+        let (x, w, r, b) = (pattern(vec![3, 2, 2], 0), pattern(vec![1, 8, 2], 1), pattern(vec![1, 8, 2], 2), pattern(vec![1, 16], 3));
         let sl = Tensor::from_i64(DType::I32, vec![2], vec![3, 2]);
-        let (h0, c0, p) = (pat(vec![1, 2, 2], 4), pat(vec![1, 2, 2], 5), pat(vec![1, 6], 6));
+        let (h0, c0, p) = (pattern(vec![1, 2, 2], 4), pattern(vec![1, 2, 2], 5), pattern(vec![1, 6], 6));
         let a = attrs(vec![
             ("hidden_size", Attr::Int(2)),
             ("direction", Attr::Str("reverse".into())),
@@ -828,7 +820,7 @@ mod tests {
 
     #[test]
     fn rnn_hard_sigmoid_with_alpha_beta() {
-        let (x, w, r) = (pat(vec![3, 2, 2], 0), pat(vec![1, 2, 2], 1), pat(vec![1, 2, 2], 2));
+        let (x, w, r) = (pattern(vec![3, 2, 2], 0), pattern(vec![1, 2, 2], 1), pattern(vec![1, 2, 2], 2));
         let a = attrs(vec![
             ("hidden_size", Attr::Int(2)),
             ("activations", Attr::Strs(vec!["HardSigmoid".into()])),
@@ -842,10 +834,10 @@ mod tests {
     #[test]
     fn layout_one_transposes_batch_and_time() {
         // The same GRU in batch-major layout gives Y transposed (T,D,B,H) -> (B,T,D,H).
-        let x = pat(vec![3, 2, 2], 0);
+        let x = pattern(vec![3, 2, 2], 0);
         let xb: Vec<f64> = (0..12).map(|k| x.to_f64()[((k / 2) % 3 * 2 + k / 6) * 2 + k % 2]).collect();
         let xb = Tensor::from_f64(DType::F32, vec![2, 3, 2], xb);
-        let (w, r, b) = (pat(vec![1, 6, 2], 1), pat(vec![1, 6, 2], 2), pat(vec![1, 12], 3));
+        let (w, r, b) = (pattern(vec![1, 6, 2], 1), pattern(vec![1, 6, 2], 2), pattern(vec![1, 12], 3));
         let a = attrs(vec![("hidden_size", Attr::Int(2)), ("layout", Attr::Int(1))]);
         let out = run("GRU", a, &[Some(&xb), Some(&w), Some(&r), Some(&b)]);
         assert_eq!(out[0].shape, vec![2, 3, 1, 2]);

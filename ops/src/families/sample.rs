@@ -1131,11 +1131,9 @@ impl Op for DeformConv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
     use crate::Attr;
 
-    fn attrs(v: Vec<(&str, Attr)>) -> Attrs {
-        Attrs(v.into_iter().map(|(k, a)| (k.to_string(), a)).collect())
-    }
 
     fn run(op: &str, a: Attrs, inputs: &[Option<&Tensor>]) -> Tensor {
         build(op, &a, 22).unwrap().eval(inputs).unwrap().remove(0)

@@ -643,18 +643,10 @@ impl Op for MelWeightMatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
     use crate::Attr;
 
-    /// Deterministic inputs, mirrored in the script that produced the
-    /// expected values: ((7k + seed) mod 13) / 6.5 - 1.
-    fn pat(shape: Vec<usize>, seed: usize) -> Tensor {
-        let n: usize = shape.iter().product();
-        Tensor::from_f32(shape, (0..n).map(|k| ((k * 7 + seed) % 13) as f32 / 6.5 - 1.0).collect())
-    }
 
-    fn attrs(v: Vec<(&str, Attr)>) -> Attrs {
-        Attrs(v.into_iter().map(|(k, a)| (k.to_string(), a)).collect())
-    }
 
     fn int(v: i64) -> Tensor {
         Tensor::from_i64(DType::I64, vec![], vec![v])
@@ -848,7 +840,7 @@ mod tests {
 
     #[test]
     fn dft_forward_and_onesided_with_length() {
-        let x = pat(vec![2, 5, 1], 0);
+        let x = pattern(vec![2, 5, 1], 0);
         let y = run("DFT", Attrs::default(), 20, &[Some(&x), None, Some(&int(1))]);
         assert_eq!(y.shape, vec![2, 5, 2]);
         assert_close(&y, &DFT_FWD);
@@ -861,12 +853,12 @@ mod tests {
 
     #[test]
     fn dft_inverse_complex_and_real() {
-        let x = pat(vec![1, 4, 2, 2], 1);
+        let x = pattern(vec![1, 4, 2, 2], 1);
         let inv = attrs(vec![("inverse", Attr::Int(1))]);
         let y = run("DFT", inv, 20, &[Some(&x), None, Some(&int(1))]);
         assert_close(&y, &DFT_INV_AXIS1);
         // irfft: 4 one-sided bins give 6 real samples.
-        let x = pat(vec![1, 4, 3, 2], 2);
+        let x = pattern(vec![1, 4, 3, 2], 2);
         let a = attrs(vec![("inverse", Attr::Int(1)), ("onesided", Attr::Int(1))]);
         let y = run("DFT", a, 20, &[Some(&x), None, Some(&int(1))]);
         assert_eq!(y.shape, vec![1, 6, 3, 1]);
@@ -875,7 +867,7 @@ mod tests {
 
     #[test]
     fn stft_with_window() {
-        let (sig, win) = (pat(vec![1, 12, 1], 3), pat(vec![4], 4));
+        let (sig, win) = (pattern(vec![1, 12, 1], 3), pattern(vec![4], 4));
         let y = run("STFT", Attrs::default(), 17, &[Some(&sig), Some(&int(3)), Some(&win)]);
         assert_eq!(y.shape, vec![1, 3, 3, 2]);
         assert_close(&y, &STFT);

@@ -776,7 +776,8 @@ impl Op for LinearAttention {
 mod tests {
     use super::*;
     use crate::Attr;
-    use crate::families::attention::tests::{attrs, close, seq};
+    use crate::families::attention::tests::{close, seq};
+    use crate::testing::attrs;
 
     fn eval(op: &str, opset: i64, a: &[(&str, Attr)], ins: &[Option<Tensor>]) -> Vec<Tensor> {
         let op = build(op, &attrs(a), opset).unwrap();
