@@ -9,6 +9,7 @@
 mod attr;
 mod dtype;
 mod error;
+pub mod minifloat;
 mod op;
 mod registry;
 mod tensor;
@@ -17,7 +18,7 @@ pub mod wgsl;
 pub mod families;
 
 pub use attr::{Attr, Attrs};
-pub use dtype::{DType, Phys, onnx_type_name};
+pub use dtype::{CastMode, DType, Phys, onnx_type_name, round_float, wgsl_round_fn};
 pub use error::{Error, Result};
 pub use op::{
     Input, Kernel, KernelArg, LowerCtx, Lowering, Op, TempSpec, TensorRef, TypeInfo, arg, need_value, norm_axis, ty,

@@ -6,9 +6,10 @@
 //! CPU function and its WGSL expression side by side.
 
 use crate::wgsl::{broadcast_index, f32_lit, kernel_1d, unravel};
+use crate::minifloat::E8M0Round;
 use crate::{
-    Attrs, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Tensor, TensorRef, TypeInfo, arg,
-    bail, ty,
+    Attrs, CastMode, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Tensor, TensorRef, TypeInfo, arg,
+    bail, ty, wgsl_round_fn,
 };
 
 /// The scalar function of an elementwise op.
@@ -674,10 +675,12 @@ pub fn broadcast_indices(out_shape: &[usize], in_shape: &[usize], total: usize) 
         .collect()
 }
 
-/// Cast between element types.
+/// Cast between element types. `mode` carries the `saturate` and
+/// `round_mode` attributes, which only matter for float8 targets.
 #[derive(Debug)]
 pub struct Cast {
     pub to: DType,
+    pub mode: CastMode,
 }
 
 impl Op for Cast {
@@ -686,21 +689,21 @@ impl Op for Cast {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
-        Ok(vec![arg(inputs, 0)?.cast(self.to)])
+        Ok(vec![arg(inputs, 0)?.cast_mode(self.to, self.mode)])
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let from = cx.input(0)?.dtype;
-        let x = "ld_x(i)".to_string();
-        let expr = cast_expr(&x, from, self.to);
+        let (expr, helpers) = cast_expr("ld_x(i)", from, self.to, self.mode);
         let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
-        Ok(Lowering::one(kernel_1d("cast", args, cx.output(0).numel(), "", &format!("    st_y(i, {expr});"))))
+        Ok(Lowering::one(kernel_1d("cast", args, cx.output(0).numel(), &helpers, &format!("    st_y(i, {expr});"))))
     }
 }
 
 /// WGSL converting expression `x` of logical type `from` to `to`, both in
-/// their physical forms, rounding to the target's precision.
-pub fn cast_expr(x: &str, from: DType, to: DType) -> String {
+/// their physical forms, rounding to the target's precision as ONNX's Cast
+/// does. Returns the expression and the helper functions it calls.
+pub fn cast_expr(x: &str, from: DType, to: DType, mode: CastMode) -> (String, String) {
     let (pf, pt) = (from.phys(), to.phys());
     let converted = if to == DType::Bool {
         match pf {
@@ -710,25 +713,28 @@ pub fn cast_expr(x: &str, from: DType, to: DType) -> String {
         }
     } else if pf == pt {
         x.to_string()
+    } else if pf == Phys::F32 && pt == Phys::U32 && to.bits() < 32 {
+        // Narrow unsigned targets wrap like a C cast through a signed
+        // integer (numpy: -1.0 -> 255); WGSL's u32() would clamp to 0.
+        format!("u32(i32({x}))")
     } else {
         format!("{}({x})", pt.wgsl())
     };
-    narrow(&converted, to)
+    narrow(&converted, to, mode)
 }
 
-/// Rounds a physical value to a narrower logical type (f16, int8, ...).
-fn narrow(x: &str, to: DType) -> String {
-    match to {
-        DType::F16 => format!("unpack2x16float(pack2x16float(vec2<f32>({x}, 0.0))).x"),
-        DType::BF16 => {
-            format!("bitcast<f32>((bitcast<u32>({x}) + 0x7fffu + ((bitcast<u32>({x}) >> 16u) & 1u)) & 0xffff0000u)")
-        }
-        DType::I8 => format!("((({x}) << 24u) >> 24u)"),
-        DType::I16 => format!("((({x}) << 16u) >> 16u)"),
-        DType::U8 => format!("(({x}) & 0xffu)"),
-        DType::U16 => format!("(({x}) & 0xffffu)"),
-        _ => x.to_string(),
+/// Rounds a physical value to a narrower logical type (f16, float8, int8,
+/// ...): the expression and the helper functions it needs.
+pub fn narrow(x: &str, to: DType, mode: CastMode) -> (String, String) {
+    if let Some((name, helpers)) = wgsl_round_fn(to, mode) {
+        return (format!("{name}({x})"), helpers);
     }
+    let e = match to.bits() {
+        b if b >= 32 || to == DType::Bool => x.to_string(),
+        b if to.phys() == Phys::I32 => format!("((({x}) << {s}u) >> {s}u)", s = 32 - b),
+        b => format!("(({x}) & {:#x}u)", (1u32 << b) - 1),
+    };
+    (e, String::new())
 }
 
 /// Builds an elementwise op from its ONNX type and attributes.
@@ -801,10 +807,10 @@ pub fn build(op_type: &str, a: &Attrs) -> Result<Box<dyn Op>> {
         "Min" => variadic(Min, false),
         "Sum" => variadic(Add, false),
         "Mean" => variadic(Add, true),
-        "CastLike" => Ok(Box::new(CastLike)),
+        "CastLike" => Ok(Box::new(CastLike { mode: cast_mode(a)? })),
         "Cast" => {
             let to = a.int_opt("to")?.ok_or_else(|| Error::msg("attribute 'to' is required"))?;
-            Ok(Box::new(Cast { to: DType::from_onnx(to as i32)? }))
+            Ok(Box::new(Cast { to: DType::from_onnx(to as i32)?, mode: cast_mode(a)? }))
         }
         _ => Err(Error::unsupported(op_type.to_string())),
     }
@@ -855,20 +861,30 @@ pub fn build_clip(a: &Attrs) -> Result<Box<dyn Op>> {
     Ok(Box::new(ClipOp { attr_min: a.float_opt("min")?, attr_max: a.float_opt("max")? }))
 }
 
+/// Cast's `saturate` and `round_mode` attributes (opsets 19 and 25).
+pub fn cast_mode(a: &Attrs) -> Result<CastMode> {
+    let round = a.str("round_mode", "up")?;
+    let e8m0 = E8M0Round::parse(&round)
+        .ok_or_else(|| Error::msg(format!("attribute 'round_mode' is '{round}', expected up, down or nearest")))?;
+    Ok(CastMode { saturate: a.int("saturate", 1)? != 0, e8m0 })
+}
+
 /// CastLike: Cast to the element type of input 1 (whose values are unused).
 #[derive(Debug)]
-pub struct CastLike;
+pub struct CastLike {
+    pub mode: CastMode,
+}
 
 impl Op for CastLike {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
-        Cast { to: ty(inputs, 1)?.dtype }.infer(inputs)
+        Cast { to: ty(inputs, 1)?.dtype, mode: self.mode }.infer(inputs)
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
-        Cast { to: arg(inputs, 1)?.dtype }.eval(inputs)
+        Cast { to: arg(inputs, 1)?.dtype, mode: self.mode }.eval(inputs)
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
-        Cast { to: cx.input(1)?.dtype }.lower(cx)
+        Cast { to: cx.input(1)?.dtype, mode: self.mode }.lower(cx)
     }
 }
