@@ -366,3 +366,55 @@ fn wgsl_e8m0_fn(mode: CastMode) -> (String, String) {
     );
     (name, text)
 }
+
+/// WGSL for the logical bit pattern (zero-extended to u32) of expression
+/// `x`, an exactly representable value of `dtype` (up to 32 bits) in its
+/// physical form, and the helper functions it calls.
+pub fn wgsl_to_bits(dtype: DType, x: &str) -> (String, String) {
+    let mask = |bits: u32| format!("(bitcast<u32>({x}) & {:#x}u)", (1u64 << bits) - 1);
+    match dtype {
+        DType::F32 | DType::I32 => (format!("bitcast<u32>({x})"), String::new()),
+        DType::BF16 => (format!("(bitcast<u32>({x}) >> 16u)"), String::new()),
+        DType::F8E8M0 => (
+            format!("select((bitcast<u32>({x}) >> 23u) & 0xffu, 0xffu, {x} != {x})"),
+            String::new(),
+        ),
+        DType::F16 => {
+            let (name, text) = wgsl_minifloat_fn(MiniFloat::F16, false);
+            (format!("enc_{name}({x})"), text)
+        }
+        d if d.is_float() => {
+            let (name, text) = wgsl_minifloat_fn(d.minifloat().expect("narrow float"), false);
+            (format!("enc_{name}({x})"), text)
+        }
+        d if d.phys() == Phys::I32 => (mask(d.bits()), String::new()),
+        _ => (x.to_string(), String::new()),
+    }
+}
+
+/// WGSL decoding logical bit pattern `b` (a u32 expression) as `dtype`,
+/// giving its physical form, and the helper functions it calls.
+pub fn wgsl_from_bits(dtype: DType, b: &str) -> (String, String) {
+    match dtype {
+        DType::F32 => (format!("bitcast<f32>({b})"), String::new()),
+        DType::I32 => (format!("bitcast<i32>({b})"), String::new()),
+        DType::BF16 => (format!("bitcast<f32>(({b}) << 16u)"), String::new()),
+        DType::F8E8M0 => (
+            format!("select(select(bitcast<f32>(({b}) << 23u), bitcast<f32>(0x00400000u), ({b}) == 0u), bitcast<f32>(0x7fc00000u), ({b}) == 0xffu)"),
+            String::new(),
+        ),
+        DType::F16 => {
+            let (name, text) = wgsl_minifloat_fn(MiniFloat::F16, false);
+            (format!("dec_{name}({b})"), text)
+        }
+        d if d.is_float() => {
+            let (name, text) = wgsl_minifloat_fn(d.minifloat().expect("narrow float"), false);
+            (format!("dec_{name}({b})"), text)
+        }
+        d if d.phys() == Phys::I32 => {
+            let s = 32 - d.bits();
+            (format!("((bitcast<i32>({b}) << {s}u) >> {s}u)"), String::new())
+        }
+        _ => (b.to_string(), String::new()),
+    }
+}

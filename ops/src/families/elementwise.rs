@@ -36,6 +36,12 @@ pub enum Func {
         beta: f32,
     },
     HardSwish,
+    /// Swish (opset 24): `x * sigmoid(alpha * x)`.
+    Swish(f32),
+    Shrink {
+        bias: f32,
+        lambd: f32,
+    },
     Softplus,
     Softsign,
     Mish,
@@ -183,6 +189,8 @@ impl Func {
             }
             HardSigmoid { alpha, beta } => (*alpha as f64 * x + *beta as f64).clamp(0.0, 1.0),
             HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Swish(al) => x / (1.0 + (-*al as f64 * x).exp()),
+            Shrink { bias, lambd } => shrink(x, *bias as f64, *lambd as f64),
             Softplus => (x.exp()).ln_1p(),
             Softsign => x / (1.0 + x.abs()),
             Mish => x * (x.exp().ln_1p()).tanh(),
@@ -224,7 +232,8 @@ impl Func {
             Mul => x * a[1],
             Div => x / a[1],
             Pow => x.powf(a[1]),
-            Mod { .. } => x % a[1],
+            Mod { fmod: true } => x % a[1],
+            Mod { fmod: false } => mod_floor(x, a[1]),
             Max => x.max(a[1]),
             Min => x.min(a[1]),
             Equal => b(x == a[1]),
@@ -275,7 +284,9 @@ impl Func {
                     x.wrapping_div(a[1])
                 }
             }
+            Pow if a[1] >= 0 => x.wrapping_pow(a[1].min(u32::MAX as i64) as u32),
             Pow => (x as f64).powf(a[1] as f64) as i64,
+            Shrink { bias, lambd } => shrink(x as f64, *bias as f64, *lambd as f64) as i64,
             Mod { fmod: true } => {
                 if a[1] == 0 {
                     0
@@ -314,8 +325,22 @@ impl Func {
                     a[2]
                 }
             }
-            BitShift { left: true } => ((x as u64) << (a[1] as u64 & 63)) as i64,
-            BitShift { left: false } => ((x as u64) >> (a[1] as u64 & 63)) as i64,
+            // Shifts past the width give 0 (left) or the sign (right); the
+            // result is wrapped to the logical width by the caller.
+            BitShift { left: true } => {
+                if (0..64).contains(&a[1]) {
+                    ((x as u64) << a[1]) as i64
+                } else {
+                    0
+                }
+            }
+            BitShift { left: false } => {
+                if a[1] < 0 {
+                    if x < 0 { -1 } else { 0 }
+                } else {
+                    x >> a[1].min(63)
+                }
+            }
             BitwiseAnd => x & a[1],
             BitwiseOr => x | a[1],
             BitwiseXor => x ^ a[1],
@@ -324,10 +349,12 @@ impl Func {
         })
     }
 
-    /// WGSL expression over operand expressions `a` of physical type `p`
-    /// (the type of the first data operand; Where's condition is u32).
-    fn wgsl(&self, a: &[String], p: Phys) -> Result<String> {
+    /// WGSL expression over operand expressions `a`; `t` is the logical
+    /// type of the first data operand (Where's condition is u32), whose
+    /// physical type the expression has. Pow's exponent may be of any type.
+    fn wgsl(&self, a: &[String], t: DType) -> Result<String> {
         use Func::*;
+        let p = t.phys();
         let x = &a[0];
         let fl = p == Phys::F32;
         let b2u = |c: String| format!("select(0u, 1u, {c})");
@@ -340,7 +367,7 @@ impl Func {
         Ok(match self {
             Relu => format!("max({x}, {zero})"),
             Sigmoid => need_float(format!("(1.0 / (1.0 + exp(-{x})))"))?,
-            Tanh => need_float(format!("tanh(clamp({x}, -15.0, 15.0))"))?,
+            Tanh => need_float(format!("tanh_f({x})"))?,
             Erf => need_float(format!("erf_f({x})"))?,
             Gelu { tanh: false } => need_float(format!("(0.5 * {x} * (1.0 + erf_f({x} * 0.70710678118654752)))"))?,
             Gelu { tanh: true } => need_float(format!(
@@ -361,9 +388,14 @@ impl Func {
                 need_float(format!("clamp({} * {x} + {}, 0.0, 1.0)", f32_lit(*alpha), f32_lit(*beta)))?
             }
             HardSwish => need_float(format!("({x} * clamp({x} / 6.0 + 0.5, 0.0, 1.0))"))?,
+            Swish(al) => need_float(format!("({x} / (1.0 + exp({} * {x})))", f32_lit(-*al)))?,
+            Shrink { bias, lambd } => {
+                let v = format!("shrink_f(f32({x}), {}, {})", f32_lit(*bias), f32_lit(*lambd));
+                if fl { v } else { format!("{}({v})", p.wgsl()) }
+            }
             Softplus => need_float(format!("softplus_f({x})"))?,
             Softsign => need_float(format!("({x} / (1.0 + abs({x})))"))?,
-            Mish => need_float(format!("({x} * tanh(clamp(softplus_f({x}), -15.0, 15.0)))"))?,
+            Mish => need_float(format!("({x} * tanh_f(softplus_f({x})))"))?,
             Abs => {
                 if p == Phys::U32 {
                     x.clone()
@@ -410,9 +442,14 @@ impl Func {
                 Phys::F32 => format!("({x} / {})", a[1]),
                 _ => format!("select({x} / {y}, {zero}, {y} == {zero})", y = a[1]),
             },
-            Pow => need_float(format!("pow_f({x}, {})", a[1]))?,
+            Pow => match p {
+                Phys::F32 => format!("pow_f({x}, f32({}))", a[1]),
+                Phys::I32 => format!("pow_i({x}, f32({}))", a[1]),
+                Phys::U32 => format!("u32(pow_i(i32({x}), f32({})))", a[1]),
+            },
             Mod { fmod } => match (p, fmod) {
-                (Phys::F32, _) => format!("fmod_f({x}, {})", a[1]),
+                (Phys::F32, true) => format!("fmod_f({x}, {})", a[1]),
+                (Phys::F32, false) => format!("mod_floor_f({x}, {})", a[1]),
                 (_, true) => format!("select({x} % {y}, {zero}, {y} == {zero})", y = a[1]),
                 (_, false) => format!("mod_floor_{}({x}, {})", p.wgsl(), a[1]),
             },
@@ -428,10 +465,7 @@ impl Func {
             Xor => b2u(format!("({x} != 0u) != ({} != 0u)", a[1])),
             PRelu => format!("select({x} * {y}, {x}, {x} >= {zero})", y = a[1]),
             Where => format!("select({}, {}, {x} != 0u)", a[2], a[1]),
-            BitShift { left } => {
-                let op = if *left { "<<" } else { ">>" };
-                format!("select(({x} {op} min({y}, 31u)), 0u, {y} >= 32u)", y = a[1])
-            }
+            BitShift { left } => bit_shift(x, &a[1], t, *left)?,
             BitwiseAnd => format!("({x} & {})", a[1]),
             BitwiseOr => format!("({x} | {})", a[1]),
             BitwiseXor => format!("({x} ^ {})", a[1]),
@@ -450,8 +484,46 @@ fn erf_f(x: f32) -> f32 {
     let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-a * a);
     return s * y;
 }
+fn log1p_f(u: f32) -> f32 {
+    // log(1 + u) without losing u's low bits (Goldberg's correction).
+    let w = 1.0 + u;
+    if (w == 1.0) { return u; }
+    return log(w) * (u / (w - 1.0));
+}
 fn softplus_f(x: f32) -> f32 {
-    return select(log(1.0 + exp(x)), x, x > 20.0);
+    // max(x, 0) + log1p(exp(-|x|)): accurate for large negative x too.
+    return max(x, 0.0) + log1p_f(exp(-abs(x)));
+}
+fn tanh_f(z: f32) -> f32 {
+    // tanh's exp-based form cancels near 0; the series is exact there.
+    if (abs(z) < 0.125) {
+        let z2 = z * z;
+        return z * (1.0 + z2 * (-0.33333333333 + z2 * (0.13333333333 - z2 * 0.05396825397)));
+    }
+    return tanh(clamp(z, -15.0, 15.0));
+}
+fn shrink_f(x: f32, bias: f32, lambd: f32) -> f32 {
+    return select(select(0.0, x - bias, x > lambd), x + bias, x < -lambd);
+}
+fn pow_i(x: i32, y: f32) -> i32 {
+    // Integral non-negative exponents: exact, wrapping like numpy's integer
+    // power; others go through floats and truncate like astype(int).
+    if (y < 0.0 || floor(y) != y || y > 2147483647.0) { return i32(pow_f(f32(x), y)); }
+    var n = u32(y);
+    var b = x;
+    var r = 1;
+    while (n > 0u) {
+        if ((n & 1u) == 1u) { r = r * b; }
+        b = b * b;
+        n = n >> 1u;
+    }
+    return r;
+}
+fn mod_floor_f(x: f32, y: f32) -> f32 {
+    // numpy.mod: the result takes the divisor's sign (zeros too).
+    let r = fmod_f(x, y);
+    if (r == 0.0) { return select(0.0, -0.0, y < 0.0); }
+    return select(r, r + y, (r < 0.0) != (y < 0.0));
 }
 fn is_nan_f(x: f32) -> bool {
     let b = bitcast<u32>(x);
@@ -467,6 +539,8 @@ fn pow_f(x: f32, y: f32) -> f32 {
     return select(m, -m, odd);
 }
 fn fmod_f(x: f32, y: f32) -> f32 {
+    // A finite x is its own remainder by an infinity (x - inf * 0 is NaN).
+    if (abs(y) == bitcast<f32>(0x7f800000u) && abs(x) < bitcast<f32>(0x7f800000u)) { return x; }
     return x - y * trunc(x / y);
 }
 fn mod_floor_i32(x: i32, y: i32) -> i32 {
@@ -478,6 +552,45 @@ fn mod_floor_u32(x: u32, y: u32) -> u32 {
     return select(x % y, 0u, y == 0u);
 }
 ";
+
+/// Shrink: `x + bias` below `-lambd`, `x - bias` above `lambd`, else 0.
+fn shrink(x: f64, bias: f64, lambd: f64) -> f64 {
+    if x < -lambd {
+        x + bias
+    } else if x > lambd {
+        x - bias
+    } else {
+        0.0
+    }
+}
+
+/// numpy.mod on floats: the remainder takes the divisor's sign.
+fn mod_floor(x: f64, y: f64) -> f64 {
+    let r = x % y;
+    if r == 0.0 {
+        0f64.copysign(y)
+    } else if (r < 0.0) != (y < 0.0) {
+        r + y
+    } else {
+        r
+    }
+}
+
+/// BitShift on the physical form of logical type `t`: shifts by a negative
+/// amount or by the logical width or more give 0 (left) or the sign
+/// (right), as ONNX's reference defines; left shifts wrap to the width.
+fn bit_shift(x: &str, y: &str, t: DType, left: bool) -> Result<String> {
+    let wrap = |e: String| narrow(&e, t, CastMode::default()).0;
+    Ok(match (t.phys(), left) {
+        (Phys::F32, _) => return Err(Error::unsupported(format!("BitShift on {t}"))),
+        (Phys::U32, true) => format!("select({}, 0u, {y} >= 32u)", wrap(format!("({x} << min({y}, 31u))"))),
+        (Phys::U32, false) => format!("select(({x} >> min({y}, 31u)), 0u, {y} >= 32u)"),
+        (Phys::I32, true) => {
+            format!("select({}, 0i, {y} < 0i || {y} >= 32i)", wrap(format!("({x} << u32(clamp({y}, 0i, 31i)))")))
+        }
+        (Phys::I32, false) => format!("({x} >> u32(select(clamp({y}, 0i, 31i), 31i, {y} < 0i)))"),
+    })
+}
 
 fn erf(x: f64) -> f64 {
     // erf via the complementary series is overkill for folding; use the
@@ -578,7 +691,6 @@ impl Op for Elementwise {
         let out = cx.output(0);
         let n_in = if self.variadic { cx.inputs.len() } else { self.func.arity() };
         let names: Vec<String> = (0..n_in).map(|i| format!("x{i}")).collect();
-        let phys = cx.input(self.data_operand())?.dtype.phys();
         let mut body = unravel("c", "i", &out.shape);
         let mut operands = Vec::new();
         let in_shapes: Vec<&[usize]> =
@@ -590,7 +702,7 @@ impl Op for Elementwise {
             body += &format!("    let a{k} = ld_{name}({index});\n");
             operands.push(format!("a{k}"));
         }
-        let expr = self.wgsl_fold(&operands, phys)?;
+        let expr = self.wgsl_fold(&operands, cx.input(self.data_operand())?.dtype)?;
         body += &format!("    st_y(i, {expr});\n");
         let mut args: Vec<KernelArg> =
             names.iter().enumerate().map(|(k, nm)| KernelArg::new(nm, TensorRef::Input(k))).collect();
@@ -641,13 +753,14 @@ impl Elementwise {
         Ok(if self.mean { acc / a.len() as i64 } else { acc })
     }
 
-    fn wgsl_fold(&self, a: &[String], p: Phys) -> Result<String> {
+    fn wgsl_fold(&self, a: &[String], t: DType) -> Result<String> {
+        let p = t.phys();
         if !self.variadic {
-            return self.func.wgsl(a, p);
+            return self.func.wgsl(a, t);
         }
         let mut acc = a[0].clone();
         for x in &a[1..] {
-            acc = self.func.wgsl(&[acc, x.clone()], p)?;
+            acc = self.func.wgsl(&[acc, x.clone()], t)?;
         }
         if self.mean {
             acc = format!("({acc} / {}({}))", p.wgsl(), a.len());
@@ -755,6 +868,12 @@ pub fn build(op_type: &str, a: &Attrs) -> Result<Box<dyn Op>> {
         "ThresholdedRelu" => simple(ThresholdedRelu(a.float("alpha", 1.0)?)),
         "HardSigmoid" => simple(HardSigmoid { alpha: a.float("alpha", 0.2)?, beta: a.float("beta", 0.5)? }),
         "HardSwish" => simple(HardSwish),
+        "Swish" => simple(Swish(a.float("alpha", 1.0)?)),
+        "Shrink" => simple(Shrink { bias: a.float("bias", 0.0)?, lambd: a.float("lambd", 0.5)? }),
+        "BitCast" => {
+            let to = a.int_opt("to")?.ok_or_else(|| Error::msg("attribute 'to' is required"))?;
+            Ok(Box::new(BitCast { to: DType::from_onnx(to as i32)? }))
+        }
         "Softplus" => simple(Softplus),
         "Softsign" => simple(Softsign),
         "Mish" => simple(Mish),
@@ -886,5 +1005,43 @@ impl Op for CastLike {
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         Cast { to: cx.input(1)?.dtype, mode: self.mode }.lower(cx)
+    }
+}
+
+/// BitCast (opset 26): reinterprets the bits of each element as another
+/// type of the same width. Exact on the GPU for types up to 32 bits: the
+/// element's logical bits are rebuilt from its 32-bit word (float16 and
+/// float8 re-encoded, narrow integers masked) and decoded as the target.
+#[derive(Debug)]
+pub struct BitCast {
+    pub to: DType,
+}
+
+impl Op for BitCast {
+    fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
+        let x = ty(inputs, 0)?;
+        if x.dtype.bits() != self.to.bits() {
+            bail!("BitCast from {} ({} bits) to {} ({} bits): widths differ", x.dtype, x.dtype.bits(), self.to, self.to.bits());
+        }
+        Ok(vec![TypeInfo::new(self.to, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        let x = arg(inputs, 0)?;
+        Ok(vec![Tensor::from_raw(self.to, x.shape.clone(), &x.to_raw())?])
+    }
+
+    fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
+        let from = cx.input(0)?.dtype;
+        if from.bits() > 32 {
+            return Err(Error::unsupported(format!("BitCast of 64-bit {from}: the GPU holds it in 32 bits")));
+        }
+        let (bits, mut helpers) = crate::dtype::wgsl_to_bits(from, "ld_x(i)");
+        let (y, more) = crate::dtype::wgsl_from_bits(self.to, &bits);
+        if !helpers.contains(&more) {
+            helpers += &more;
+        }
+        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+        Ok(Lowering::one(kernel_1d("bitcast", args, cx.output(0).numel(), &helpers, &format!("    st_y(i, {y});"))))
     }
 }
