@@ -200,7 +200,10 @@ fn typed_fields(t: &TensorProto, dtype: DType, shape: Vec<usize>, n: usize) -> s
         d if d.bits() < 8 || d.minifloat().is_some() || d == DType::F8E8M0 => {
             let bytes = d.byte_len(n).ok_or("tensor size overflows")?;
             if t.int32_data.len() != bytes {
-                return Err(format!("has {} int32 entries, {n} {d} elements of shape {shape:?} need {bytes}", t.int32_data.len()));
+                return Err(format!(
+                    "has {} int32 entries, {n} {d} elements of shape {shape:?} need {bytes}",
+                    t.int32_data.len()
+                ));
             }
             let raw: Vec<u8> = t.int32_data.iter().map(|&v| v as u8).collect();
             Tensor::from_raw(dtype, shape, &raw).map_err(|e| e.to_string())?

@@ -232,7 +232,9 @@ pub fn round_float(dtype: DType, x: f64, mode: CastMode) -> f64 {
         DType::F32 => x as f32 as f64,
         DType::F16 => f16::from_f64(x).to_f64(),
         DType::BF16 => bf16::from_f64(x).to_f64(),
-        DType::F8E8M0 => crate::minifloat::decode_e8m0(crate::minifloat::encode_e8m0(x as f32, mode.saturate, mode.e8m0)) as f64,
+        DType::F8E8M0 => {
+            crate::minifloat::decode_e8m0(crate::minifloat::encode_e8m0(x as f32, mode.saturate, mode.e8m0)) as f64
+        }
         _ => match dtype.minifloat() {
             Some(f) => f.round(x as f32, mode.saturate) as f64,
             None => x,
@@ -346,9 +348,7 @@ fn wgsl_e8m0_fn(mode: CastMode) -> (String, String) {
     let round_up = match mode.e8m0 {
         E8M0Round::Up => "(b & 0x7fffffu) != 0u",
         E8M0Round::Down => "false",
-        E8M0Round::Nearest => {
-            "(b & 0x400000u) != 0u && ((b & 0x200000u) != 0u || (b & 0x1fffffu) != 0u || e > 0u)"
-        }
+        E8M0Round::Nearest => "(b & 0x400000u) != 0u && ((b & 0x200000u) != 0u || (b & 0x1fffffu) != 0u || e > 0u)",
     };
     let sat = if mode.saturate { "if (e == 0xfeu) { up = false; }" } else { "" };
     let text = format!(
@@ -375,10 +375,7 @@ pub fn wgsl_to_bits(dtype: DType, x: &str) -> (String, String) {
     match dtype {
         DType::F32 | DType::I32 => (format!("bitcast<u32>({x})"), String::new()),
         DType::BF16 => (format!("(bitcast<u32>({x}) >> 16u)"), String::new()),
-        DType::F8E8M0 => (
-            format!("select((bitcast<u32>({x}) >> 23u) & 0xffu, 0xffu, {x} != {x})"),
-            String::new(),
-        ),
+        DType::F8E8M0 => (format!("select((bitcast<u32>({x}) >> 23u) & 0xffu, 0xffu, {x} != {x})"), String::new()),
         DType::F16 => {
             let (name, text) = wgsl_minifloat_fn(MiniFloat::F16, false);
             (format!("enc_{name}({x})"), text)
@@ -400,7 +397,9 @@ pub fn wgsl_from_bits(dtype: DType, b: &str) -> (String, String) {
         DType::I32 => (format!("bitcast<i32>({b})"), String::new()),
         DType::BF16 => (format!("bitcast<f32>(({b}) << 16u)"), String::new()),
         DType::F8E8M0 => (
-            format!("select(select(bitcast<f32>(({b}) << 23u), bitcast<f32>(0x00400000u), ({b}) == 0u), bitcast<f32>(0x7fc00000u), ({b}) == 0xffu)"),
+            format!(
+                "select(select(bitcast<f32>(({b}) << 23u), bitcast<f32>(0x00400000u), ({b}) == 0u), bitcast<f32>(0x7fc00000u), ({b}) == 0xffu)"
+            ),
             String::new(),
         ),
         DType::F16 => {

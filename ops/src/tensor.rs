@@ -174,7 +174,9 @@ impl Tensor {
             DType::F4E2M1 => {
                 minifloat::pack_sub_byte(floats().map(|x| MiniFloat::E2M1.encode(x as f32, true)), 4, &mut out)
             }
-            d if d.bits() < 8 => minifloat::pack_sub_byte(self.to_i64().into_iter().map(|x| x as u32), d.bits(), &mut out),
+            d if d.bits() < 8 => {
+                minifloat::pack_sub_byte(self.to_i64().into_iter().map(|x| x as u32), d.bits(), &mut out)
+            }
             d => match d.minifloat() {
                 Some(f) => floats().for_each(|x| out.push(f.encode(x as f32, true) as u8)),
                 None => {

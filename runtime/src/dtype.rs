@@ -176,11 +176,8 @@ impl DType {
     /// Element `i` of logical bytes `data` as the 32-bit word the GPU
     /// holds, for types narrower than a byte or encoded as 8-bit floats.
     fn narrow_word(self, data: &[u8], i: usize) -> u32 {
-        let code = if self.bits() < 8 {
-            minifloat::unpack_sub_byte(data, self.bits() as u32, i)
-        } else {
-            u32::from(data[i])
-        };
+        let code =
+            if self.bits() < 8 { minifloat::unpack_sub_byte(data, self.bits() as u32, i) } else { u32::from(data[i]) };
         match self {
             DType::I4 | DType::I2 => minifloat::sign_extend(code, self.bits() as u32) as u32,
             DType::U4 | DType::U2 => code,
@@ -284,7 +281,9 @@ impl DType {
         let word = |w: &[u8]| u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
         let codes = words.chunks_exact(4).map(word);
         match self {
-            F8E8M0 => codes.for_each(|w| out.push(minifloat::encode_e8m0(f32::from_bits(w), true, E8M0Round::Up) as u8)),
+            F8E8M0 => {
+                codes.for_each(|w| out.push(minifloat::encode_e8m0(f32::from_bits(w), true, E8M0Round::Up) as u8))
+            }
             F4E2M1 => minifloat::pack_sub_byte(codes.map(|w| MiniFloat::E2M1.encode(f32::from_bits(w), true)), 4, out),
             U4 | I4 | U2 | I2 => minifloat::pack_sub_byte(codes, self.bits() as u32, out),
             F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ => {
@@ -381,7 +380,8 @@ mod tests {
         let (words, back) = round_trip(DType::I64, &src);
         assert_eq!(words, [(-7i32) as u32, i32::MAX as u32]);
         assert_eq!(back, src);
-        let err = DType::I64.to_physical(&3_000_000_000i64.to_le_bytes(), 1, "input 'idx'", &mut Vec::new()).unwrap_err();
+        let err =
+            DType::I64.to_physical(&3_000_000_000i64.to_le_bytes(), 1, "input 'idx'", &mut Vec::new()).unwrap_err();
         assert_eq!(err.to_string(), "value 3000000000 of input 'idx' does not fit int32 on the GPU");
         let err = DType::U64.to_physical(&u64::MAX.to_le_bytes(), 1, "input 'u'", &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("does not fit uint32"));

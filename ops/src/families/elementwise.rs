@@ -5,11 +5,11 @@
 //! generic kernel (`broadcast_kernel`) serves them all, so an op is just its
 //! CPU function and its WGSL expression side by side.
 
-use crate::wgsl::{broadcast_index, f32_lit, kernel_1d, unravel};
 use crate::minifloat::E8M0Round;
+use crate::wgsl::{broadcast_index, f32_lit, kernel_1d, unravel};
 use crate::{
-    Attrs, CastMode, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Tensor, TensorRef, TypeInfo, arg,
-    bail, ty, wgsl_round_fn,
+    Attrs, CastMode, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Tensor, TensorRef, TypeInfo,
+    arg, bail, ty, wgsl_round_fn,
 };
 
 /// The scalar function of an elementwise op.
@@ -983,7 +983,7 @@ pub fn build_clip(a: &Attrs) -> Result<Box<dyn Op>> {
 /// Cast's `saturate` and `round_mode` attributes (opsets 19 and 25).
 pub fn cast_mode(a: &Attrs) -> Result<CastMode> {
     let round = a.str("round_mode", "up")?;
-    let e8m0 = E8M0Round::parse(&round)
+    let e8m0 = E8M0Round::parse(round)
         .ok_or_else(|| Error::msg(format!("attribute 'round_mode' is '{round}', expected up, down or nearest")))?;
     Ok(CastMode { saturate: a.int("saturate", 1)? != 0, e8m0 })
 }
@@ -1021,7 +1021,13 @@ impl Op for BitCast {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
         let x = ty(inputs, 0)?;
         if x.dtype.bits() != self.to.bits() {
-            bail!("BitCast from {} ({} bits) to {} ({} bits): widths differ", x.dtype, x.dtype.bits(), self.to, self.to.bits());
+            bail!(
+                "BitCast from {} ({} bits) to {} ({} bits): widths differ",
+                x.dtype,
+                x.dtype.bits(),
+                self.to,
+                self.to.bits()
+            );
         }
         Ok(vec![TypeInfo::new(self.to, x.shape.clone())])
     }

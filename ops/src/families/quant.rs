@@ -40,9 +40,10 @@ pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {
             Ok(Box::new(Dequantize { layout: Layout::from_attrs(a)?, output_dtype: dtype_attr("output_dtype")? }))
         }
         "DynamicQuantizeLinear" => Ok(Box::new(DynamicQuantize)),
-        "QLinearMatMul" => {
-            Ok(Box::new(QLinear { inner: super::matmul::build("MatMulInteger", &Attrs::default(), opset)?, conv: false }))
-        }
+        "QLinearMatMul" => Ok(Box::new(QLinear {
+            inner: super::matmul::build("MatMulInteger", &Attrs::default(), opset)?,
+            conv: false,
+        })),
         "QLinearConv" => Ok(Box::new(QLinear { inner: super::conv::build("ConvInteger", a, opset)?, conv: true })),
         _ => Err(Error::unsupported(op_type)),
     }
@@ -107,9 +108,9 @@ impl ParamMap {
             .map(|e| match self {
                 ParamMap::One => 0,
                 ParamMap::Axis { axis } => coord(e, *axis),
-                ParamMap::Blocked { axis, block, strides } => (0..x.len())
-                    .map(|d| if d == *axis { coord(e, d) / block } else { coord(e, d) } * strides[d])
-                    .sum(),
+                ParamMap::Blocked { axis, block, strides } => {
+                    (0..x.len()).map(|d| if d == *axis { coord(e, d) / block } else { coord(e, d) } * strides[d]).sum()
+                }
             })
             .collect()
     }
@@ -120,7 +121,13 @@ impl ParamMap {
             ParamMap::One => "0u".into(),
             ParamMap::Axis { axis } => format!("c{axis}"),
             ParamMap::Blocked { axis, block, strides } => (0..rank)
-                .map(|d| if d == *axis { format!("(c{d} / {block}u) * {}u", strides[d]) } else { format!("c{d} * {}u", strides[d]) })
+                .map(|d| {
+                    if d == *axis {
+                        format!("(c{d} / {block}u) * {}u", strides[d])
+                    } else {
+                        format!("c{d} * {}u", strides[d])
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(" + "),
         }
@@ -186,10 +193,8 @@ impl Op for Quantize {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
         let (x, s) = (ty(inputs, 0)?, ty(inputs, 1)?);
         self.layout.map(&x.shape, &s.shape)?;
-        if let Some(z) = opt_ty(inputs, 2) {
-            if z.shape.iter().product::<usize>() != s.numel() {
-                bail!("zero point of shape {:?} does not match scale of shape {:?}", z.shape, s.shape);
-            }
+        if let Some(z) = opt_ty(inputs, 2).filter(|z| z.numel() != s.numel()) {
+            bail!("zero point of shape {:?} does not match scale of shape {:?}", z.shape, s.shape);
         }
         let out = self.out_dtype(opt_ty(inputs, 2).map(|z| z.dtype))?;
         Ok(vec![TypeInfo::new(out, x.shape.clone())])
@@ -417,9 +422,10 @@ impl Op for DynamicQuantize {
 }
 
 /// QLinearMatMul / QLinearConv: the integer product of `inner`
-/// (MatMulInteger or ConvInteger), then `clip(rint(acc * a_s * b_s / y_s)
-/// + y_zero_point)`. Inputs: a, a_scale, a_zero, b, b_scale, b_zero,
-/// y_scale, y_zero and, for QLinearConv, an int32 bias.
+/// (MatMulInteger or ConvInteger), then
+/// `clip(rint(acc * a_s * b_s / y_s) + y_zero_point)`.
+/// Inputs: a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero and,
+/// for QLinearConv, an int32 bias.
 #[derive(Debug)]
 struct QLinear {
     inner: Box<dyn Op>,
@@ -498,7 +504,8 @@ impl Op for QLinear {
         let accv = acc.to_f64();
         let y = (0..acc.len())
             .map(|e| {
-                let pick = |v: &Option<Vec<f64>>, k: usize| v.as_ref().map_or(0.0, |v| v[idx[k].as_ref().map_or(0, |x| x[e])]);
+                let pick =
+                    |v: &Option<Vec<f64>>, k: usize| v.as_ref().map_or(0.0, |v| v[idx[k].as_ref().map_or(0, |x| x[e])]);
                 let b = bias.as_ref().map_or(0.0, |b| b[(e / per_oc) % b.len()]);
                 let ab = round_float(scale_t, pick(&a_s, 0) * pick(&b_s, 1), mode) as f32;
                 let mult = round_float(scale_t, (ab / pick(&y_s, 2) as f32) as f64, mode) as f32;
@@ -561,7 +568,7 @@ impl QLinear {
         let mut acc_expr = "f32(ld_acc(i))".to_string();
         if self.conv && cx.has_input(8) {
             args.push(KernelArg::new("bias", TensorRef::Input(8)));
-            acc_expr = format!("f32(ld_acc(i) + ld_bias(c1))");
+            acc_expr = "f32(ld_acc(i) + ld_bias(c1))".to_string();
         }
         let mode = CastMode::default();
         let ab = wgsl_round(&format!("({a_s} * {b_s})"), scale_t, mode, &mut helpers);
@@ -570,5 +577,105 @@ impl QLinear {
         body += &format!("    st_y(i, {});\n", if out.phys() == Phys::U32 { "u32(q)" } else { "q" });
         args.push(KernelArg::new("y", TensorRef::Output(0)));
         Ok(kernel_1d("requantize", args, acc.iter().product(), &helpers, &body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Attr;
+
+    fn eval(op: &str, opset: i64, a: &[(&str, Attr)], ins: &[Option<Tensor>]) -> Vec<Tensor> {
+        let attrs = Attrs(a.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
+        let op = build(op, &attrs, opset).unwrap();
+        op.eval(&ins.iter().map(|t| t.as_ref()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn f32s(shape: Vec<usize>, v: &[f32]) -> Option<Tensor> {
+        Some(Tensor::from_f32(shape, v.to_vec()))
+    }
+
+    fn ints(dtype: DType, shape: Vec<usize>, v: &[i64]) -> Option<Tensor> {
+        Some(Tensor::from_i64(dtype, shape, v.to_vec()))
+    }
+
+    // Expected values below come from onnx.reference.ReferenceEvaluator
+    // (onnx 1.23.2) on the same inputs.
+
+    #[test]
+    fn quantize_blocked_int4_rounds_ties_to_even_and_clips() {
+        let x = f32s(vec![2, 4], &[-3.0, 2.5, 3.5, -0.5, 100.0, -100.0, 7.4, 0.49]);
+        let s = f32s(vec![2, 2], &[1.0, 0.5, 2.0, 1.0]);
+        let z = ints(DType::I4, vec![2, 2], &[1, -1, 0, 2]);
+        let y = eval("QuantizeLinear", 25, &[("axis", Attr::Int(1)), ("block_size", Attr::Int(2))], &[x, s, z]);
+        assert_eq!(y[0].dtype, DType::I4);
+        assert_eq!(y[0].to_i64(), [-2, 3, 6, -2, 7, -8, 7, 2]);
+    }
+
+    #[test]
+    fn quantize_float8_saturates_only_when_asked() {
+        let x = f32s(vec![5], &[1.0, -500.0, 1000.0, f32::INFINITY, 0.3]);
+        let s = f32s(vec![], &[2.0]);
+        let z = Some(Tensor::from_f64(DType::F8E4M3FN, vec![1], vec![0.0]));
+        let sat = eval("QuantizeLinear", 25, &[], &[x.clone(), s.clone(), z.clone()]);
+        assert_eq!(sat[0].to_f64(), [0.5, -256.0, 448.0, 448.0, 0.15625]);
+        let raw = eval("QuantizeLinear", 25, &[("saturate", Attr::Int(0))], &[x, s, z]);
+        let v = raw[0].to_f64();
+        assert_eq!((v[0], v[1], v[4]), (0.5, -256.0, 0.15625));
+        assert!(v[2].is_nan() && v[3].is_nan(), "{v:?}");
+    }
+
+    #[test]
+    fn dequantize_per_axis_to_float16() {
+        let x = ints(DType::I8, vec![2, 3], &[-128, 0, 127, 5, 6, 7]);
+        let s = Some(Tensor::from_f64(DType::F16, vec![3], vec![0.1, 0.25, 3.0]));
+        let z = ints(DType::I8, vec![3], &[1, -2, 0]);
+        let y = eval("DequantizeLinear", 25, &[("axis", Attr::Int(1))], &[x, s, z]);
+        assert_eq!(y[0].dtype, DType::F16);
+        assert_eq!(y[0].to_f64(), [-12.8984375, 0.5, 381.0, 0.39990234375, 2.0, 21.0]);
+    }
+
+    #[test]
+    fn dynamic_quantize_matches_reference() {
+        let x = f32s(vec![2, 3], &[1.0, -2.5, 0.3, 4.0, 0.0, -0.7]);
+        let y = eval("DynamicQuantizeLinear", 11, &[], &[x]);
+        assert_eq!(y[0].to_i64(), [137, 0, 110, 255, 98, 71]);
+        assert_eq!(y[1].to_f64()[0] as f32, 0.025490196);
+        assert_eq!(y[2].to_i64(), [98]);
+    }
+
+    #[test]
+    fn qlinear_matmul_matches_reference_and_lowers_through_a_temp() {
+        let a = ints(DType::U8, vec![2, 3], &[208, 236, 0, 30, 100, 255]);
+        let b = ints(DType::U8, vec![3, 2], &[152, 51, 244, 60, 26, 255]);
+        let sc = |v: f32| f32s(vec![1], &[v]);
+        let zp = |v: i64| ints(DType::U8, vec![1], &[v]);
+        let ins = [a, sc(0.0066), zp(113), b, sc(0.00705), zp(114), sc(0.0107), zp(118)];
+        let y = eval("QLinearMatMul", 21, &[], &ins);
+        assert_eq!(y[0].to_i64(), [246, 0, 43, 231]);
+
+        let op = build("QLinearMatMul", &Attrs::default(), 21).unwrap();
+        let tys: Vec<TypeInfo> = ins.iter().map(|t| t.as_ref().map(|t| TypeInfo::new(t.dtype, t.shape.clone())).unwrap()).collect();
+        let inputs: Vec<Option<Input>> = tys.iter().map(|ty| Some(Input { ty, value: None })).collect();
+        let out = op.infer(&inputs).unwrap();
+        let Lowering::Kernels { temps, kernels } = op.lower(&LowerCtx { inputs, outputs: out }).unwrap() else {
+            panic!("QLinearMatMul lowers to kernels");
+        };
+        assert_eq!(temps[0], TempSpec { elems: 4, phys: Phys::I32 });
+        let (last, inner) = kernels.split_last().unwrap();
+        // Only the requantizing pass writes the output; the product fills temp 0.
+        assert!(inner.iter().all(|k| k.args.iter().all(|a| a.tensor != TensorRef::Output(0))));
+        assert!(inner.iter().any(|k| k.args.iter().any(|a| a.tensor == TensorRef::Temp(0))));
+        assert!(last.args.iter().any(|a| a.tensor == TensorRef::Output(0)));
+    }
+
+    #[test]
+    fn mismatched_scale_shape_is_an_error() {
+        let attrs = Attrs::default();
+        let op = build("QuantizeLinear", &attrs, 25).unwrap();
+        let x = TypeInfo::new(DType::F32, vec![2, 3]);
+        let s = TypeInfo::new(DType::F32, vec![2]);
+        let err = op.infer(&[Some(Input { ty: &x, value: None }), Some(Input { ty: &s, value: None })]).unwrap_err();
+        assert!(err.to_string().contains("scale of shape [2]"), "{err}");
     }
 }
