@@ -158,7 +158,8 @@ impl Tensor {
     }
 
     /// Encodes as ONNX raw little-endian bytes of `self.dtype`. Values are
-    /// expected to be representable (as `from_f64` leaves them).
+    /// expected to be representable (as `from_f64` leaves them), so narrow
+    /// floats encode without saturating: an infinity stays one.
     pub fn to_raw(&self) -> Vec<u8> {
         let n = self.len();
         let mut out = Vec::with_capacity(self.dtype.byte_len(n).unwrap_or(0));
@@ -169,7 +170,8 @@ impl Tensor {
             DType::F16 => floats().for_each(|x| out.extend(f16::from_f64(x).to_le_bytes())),
             DType::BF16 => floats().for_each(|x| out.extend(bf16::from_f64(x).to_le_bytes())),
             DType::F8E8M0 => {
-                floats().for_each(|x| out.push(minifloat::encode_e8m0(x as f32, true, E8M0Round::Up) as u8))
+                // Exact powers of two: rounding down keeps 2^-127 (an f32 subnormal).
+                floats().for_each(|x| out.push(minifloat::encode_e8m0(x as f32, true, E8M0Round::Down) as u8))
             }
             DType::F4E2M1 => {
                 minifloat::pack_sub_byte(floats().map(|x| MiniFloat::E2M1.encode(x as f32, true)), 4, &mut out)
@@ -178,7 +180,7 @@ impl Tensor {
                 minifloat::pack_sub_byte(self.to_i64().into_iter().map(|x| x as u32), d.bits(), &mut out)
             }
             d => match d.minifloat() {
-                Some(f) => floats().for_each(|x| out.push(f.encode(x as f32, true) as u8)),
+                Some(f) => floats().for_each(|x| out.push(f.encode(x as f32, false) as u8)),
                 None => {
                     let sz = d.bits() as usize / 8;
                     self.to_i64().iter().for_each(|&x| out.extend(&x.to_le_bytes()[..sz]))
@@ -258,5 +260,35 @@ fn int_to_word(dtype: DType, x: i64) -> Result<u32> {
             .map_err(|_| Error::unsupported(format!("{dtype} value {x} does not fit the GPU's 32-bit integers"))),
         _ => u32::try_from(x)
             .map_err(|_| Error::unsupported(format!("{dtype} value {x} does not fit the GPU's 32-bit integers"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_byte_raw_data_packs_like_onnx() {
+        // onnx.numpy_helper.from_array(np.array([1, -2, 7, -8, 3], ml_dtypes.int4)).raw_data
+        let t = Tensor::from_raw(DType::I4, vec![5], &[225, 135, 3]).unwrap();
+        assert_eq!(t.to_i64(), [1, -2, 7, -8, 3]);
+        assert_eq!(t.to_raw(), [225, 135, 3]);
+        // ... and of np.array([0.5, -6, 1.5], ml_dtypes.float4_e2m1fn).
+        let t = Tensor::from_raw(DType::F4E2M1, vec![3], &[241, 3]).unwrap();
+        assert_eq!(t.to_f64(), [0.5, -6.0, 1.5]);
+        assert_eq!(t.to_raw(), [241, 3]);
+        let err = Tensor::from_raw(DType::U2, vec![5], &[0]).unwrap_err();
+        assert!(err.to_string().contains("need 2"), "{err}");
+    }
+
+    #[test]
+    fn float8_values_widen_exactly_and_encode_back() {
+        let raw = [0x38u8, 0x7e, 0xfe, 0x01, 0x7f];
+        let t = Tensor::from_raw(DType::F8E4M3FN, vec![5], &raw).unwrap();
+        let v = t.to_f64();
+        assert_eq!(&v[..4], [1.0, 448.0, -448.0, 0.001953125]);
+        assert!(v[4].is_nan());
+        assert_eq!(t.to_raw(), raw);
+        assert_eq!(t.to_phys_words().unwrap()[0], 1.0f32.to_bits());
     }
 }

@@ -274,21 +274,23 @@ impl DType {
     }
 
     /// Appends the logical bytes of the 32-bit GPU words `words` to `out`.
-    /// Narrow floats encode exactly (kernels rounded them already); 2- and
-    /// 4-bit elements keep their low bits and are packed.
+    /// Narrow floats encode exactly (kernels rounded them already), without
+    /// saturating so that an infinity stays one; 2- and 4-bit elements keep
+    /// their low bits and are packed.
     pub fn from_physical(self, words: &[u8], out: &mut Vec<u8>) {
         use DType::*;
         let word = |w: &[u8]| u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
         let codes = words.chunks_exact(4).map(word);
         match self {
             F8E8M0 => {
-                codes.for_each(|w| out.push(minifloat::encode_e8m0(f32::from_bits(w), true, E8M0Round::Up) as u8))
+                // Exact powers of two: rounding down keeps 2^-127 (an f32 subnormal).
+                codes.for_each(|w| out.push(minifloat::encode_e8m0(f32::from_bits(w), true, E8M0Round::Down) as u8))
             }
             F4E2M1 => minifloat::pack_sub_byte(codes.map(|w| MiniFloat::E2M1.encode(f32::from_bits(w), true)), 4, out),
             U4 | I4 | U2 | I2 => minifloat::pack_sub_byte(codes, self.bits() as u32, out),
             F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ => {
                 let f = self.minifloat().expect("float8");
-                codes.for_each(|w| out.push(f.encode(f32::from_bits(w), true) as u8))
+                codes.for_each(|w| out.push(f.encode(f32::from_bits(w), false) as u8))
             }
             F32 | I32 | U32 => out.extend_from_slice(words),
             F16 => decode(words, out, |w| f16::from_f32(f32::from_bits(w)).to_le_bytes()),
@@ -395,6 +397,31 @@ mod tests {
         let (words, back) = round_trip(DType::F64, &0.1f64.to_le_bytes());
         assert_eq!(f32::from_bits(words[0]), 0.1f32);
         assert_eq!(back, f64::from(0.1f32).to_le_bytes());
+    }
+
+    #[test]
+    fn packed_and_float8_types_unpack_to_words_and_pack_back() {
+        // onnx.numpy_helper.from_array(np.array([1, -2, 7, -8, 3], ml_dtypes.int4)).raw_data
+        let src = [225u8, 135, 3];
+        let mut phys = Vec::new();
+        DType::I4.to_physical(&src, 5, "t", &mut phys).expect("5 elements in 3 bytes");
+        let words: Vec<i32> = phys.chunks_exact(4).map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+        assert_eq!(words, [1, -2, 7, -8, 3]);
+        let mut back = Vec::new();
+        DType::I4.from_physical(&phys, &mut back);
+        assert_eq!(back, src);
+        assert_eq!(DType::I4.to_f64_values(&src, 5), [1.0, -2.0, 7.0, -8.0, 3.0]);
+        let err = DType::U2.to_physical(&src, 5, "input 'q'", &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("need 2"), "{err}");
+        // float8e5m2 0x7b is 57344, 0x7c infinity, 0x85 -1.25 * 2^-14 (ml_dtypes);
+        // e8m0 0x00 is 2^-127.
+        let (words, back) = round_trip(DType::F8E5M2, &[0x7b, 0x7c, 0x85]);
+        assert_eq!(words[..2], [57344f32.to_bits(), f32::INFINITY.to_bits()]);
+        assert_eq!(f32::from_bits(words[2]), -2f32.powi(-14) * 1.25);
+        assert_eq!(back, [0x7b, 0x7c, 0x85]);
+        let (words, back) = round_trip(DType::F8E8M0, &[0x00, 0x7f]);
+        assert_eq!(words, [0x0040_0000, 1f32.to_bits()]);
+        assert_eq!(back, [0x00, 0x7f]);
     }
 
     #[test]

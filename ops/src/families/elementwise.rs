@@ -1051,3 +1051,105 @@ impl Op for BitCast {
         Ok(Lowering::one(kernel_1d("bitcast", args, cx.output(0).numel(), &helpers, &format!("    st_y(i, {y});"))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Attr, Data};
+
+    fn run(op: &str, a: &[(&str, Attr)], ins: &[Tensor]) -> Tensor {
+        let attrs = Attrs(a.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
+        let op = build(op, &attrs).unwrap();
+        op.eval(&ins.iter().map(Some).collect::<Vec<_>>()).unwrap().remove(0)
+    }
+
+    fn f32s(v: &[f32]) -> Tensor {
+        Tensor::from_f32(vec![v.len()], v.to_vec())
+    }
+
+    fn ints(dtype: DType, v: &[i64]) -> Tensor {
+        Tensor::from_i64(dtype, vec![v.len()], v.to_vec())
+    }
+
+    fn same(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            let ok = (g.is_nan() && w.is_nan()) || (g == w && g.is_sign_negative() == w.is_sign_negative());
+            assert!(ok || (g - w).abs() <= 1e-6 * w.abs(), "{got:?} vs {want:?}");
+        }
+    }
+
+    // Expected values: onnx.reference.ReferenceEvaluator (onnx 1.23.2).
+
+    #[test]
+    fn mod_of_floats_takes_the_divisors_sign() {
+        let x = f32s(&[0.0, -0.0, -3.0, 3.0, 1.0, -1.0, 5.5, -5.5, f32::INFINITY]);
+        let inf = f32::INFINITY;
+        let y = f32s(&[-2.0, 2.0, inf, -inf, 0.0, inf, -2.0, 2.0, 2.0]);
+        let z = run("Mod", &[], &[x, y]);
+        same(&z.to_f64(), &[-0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, f64::INFINITY, -0.5, 0.5, f64::NAN]);
+    }
+
+    #[test]
+    fn bit_shift_follows_the_logical_width() {
+        let left = [("direction", Attr::Str("LEFT".into()))];
+        let right = [("direction", Attr::Str("RIGHT".into()))];
+        let z = run("BitShift", &left, &[ints(DType::I8, &[1, -1, 64, 3, 5]), ints(DType::I8, &[1, 7, 1, 8, -1])]);
+        assert_eq!(z.to_i64(), [2, -128, -128, 0, 0]);
+        let z = run("BitShift", &right, &[ints(DType::I8, &[-128, -1, 64, 3, -5]), ints(DType::I8, &[1, 7, 9, 8, -1])]);
+        assert_eq!(z.to_i64(), [-64, -1, 0, 0, -1]);
+        let z = run("BitShift", &left, &[ints(DType::U16, &[1, 0x8001, 3]), ints(DType::U16, &[15, 1, 16])]);
+        assert_eq!(z.to_i64(), [32768, 2, 0]);
+    }
+
+    #[test]
+    fn integer_pow_shrink_swish() {
+        let z = run("Pow", &[], &[ints(DType::I32, &[2, -3, 5]), ints(DType::I32, &[10, 3, 0])]);
+        assert_eq!(z.to_i64(), [1024, -27, 1]);
+        let z = run(
+            "Shrink",
+            &[("bias", Attr::Float(0.5)), ("lambd", Attr::Float(0.5))],
+            &[f32s(&[-2.0, -0.5, 0.2, 0.6, 3.0])],
+        );
+        same(&z.to_f64(), &[-1.5, 0.0, 0.0, 0.10000002384185791, 2.5]);
+        let z = run("Swish", &[("alpha", Attr::Float(0.5))], &[f32s(&[-2.0, 0.0, 1.0, 3.0])]);
+        let want = [-0.5378828048706055, 0.0, 0.622459352016449, 2.452723503112793];
+        z.to_f64().iter().zip(want).for_each(|(g, w)| assert!((g - w).abs() < 1e-6, "{g} vs {w}"));
+    }
+
+    #[test]
+    fn bitcast_reinterprets_narrow_types() {
+        let h = Tensor::from_f64(DType::F16, vec![4], vec![1.0, -2.5, 65504.0, f64::INFINITY]);
+        let z = run("BitCast", &[("to", Attr::Int(5))], &[h]);
+        assert_eq!(z.to_i64(), [15360, -16128, 31743, 31744]);
+        let z = run("BitCast", &[("to", Attr::Int(17))], &[ints(DType::U8, &[0x38, 0x7f, 0x80, 0x01])]);
+        same(&z.to_f64(), &[1.0, f64::NAN, -0.0, 0.001953125]);
+        let attrs = Attrs([("to".to_string(), Attr::Int(6))].into_iter().collect());
+        let op = build("BitCast", &attrs).unwrap();
+        let x = TypeInfo::new(DType::F16, vec![2]);
+        assert!(op.infer(&[Some(Input { ty: &x, value: None })]).unwrap_err().to_string().contains("widths differ"));
+    }
+
+    #[test]
+    fn cast_to_sub_byte_integers_wraps_like_ml_dtypes() {
+        let x = f32s(&[-9.0, 300.0, 7.6]);
+        assert_eq!(run("Cast", &[("to", Attr::Int(21))], &[x]).to_i64(), [7, 12, 7]);
+        let x = f32s(&[-3.0, 2.0, 1.9, -2.1]);
+        assert_eq!(run("Cast", &[("to", Attr::Int(26))], &[x]).to_i64(), [1, -2, 1, -2]);
+        // And the kernel goes through i32 for narrow unsigned targets.
+        let (e, helpers) = cast_expr("v", DType::F32, DType::U4, CastMode::default());
+        assert_eq!((e.as_str(), helpers.as_str()), ("((u32(i32(v))) & 0xfu)", ""));
+    }
+
+    #[test]
+    fn cast_to_float8_honours_saturate() {
+        let x = f32s(&[1e6, -1e6, 0.47892547]);
+        let sat = run("Cast", &[("to", Attr::Int(17))], std::slice::from_ref(&x));
+        assert_eq!(sat.data, Data::F32(vec![448.0, -448.0, 0.46875]));
+        let raw = run("Cast", &[("to", Attr::Int(17)), ("saturate", Attr::Int(0))], &[x]);
+        same(&raw.to_f64(), &[f64::NAN, f64::NAN, 0.46875]);
+        let e8 =
+            run("Cast", &[("to", Attr::Int(24)), ("round_mode", Attr::Str("up".into()))], &[f32s(&[0.0, 0.124, 1.1])]);
+        same(&e8.to_f64(), &[2f64.powi(-127), 0.125, 2.0]);
+    }
+}

@@ -655,7 +655,8 @@ mod tests {
         assert_eq!(y[0].to_i64(), [246, 0, 43, 231]);
 
         let op = build("QLinearMatMul", &Attrs::default(), 21).unwrap();
-        let tys: Vec<TypeInfo> = ins.iter().map(|t| t.as_ref().map(|t| TypeInfo::new(t.dtype, t.shape.clone())).unwrap()).collect();
+        let tys: Vec<TypeInfo> =
+            ins.iter().map(|t| t.as_ref().map(|t| TypeInfo::new(t.dtype, t.shape.clone())).unwrap()).collect();
         let inputs: Vec<Option<Input>> = tys.iter().map(|ty| Some(Input { ty, value: None })).collect();
         let out = op.infer(&inputs).unwrap();
         let Lowering::Kernels { temps, kernels } = op.lower(&LowerCtx { inputs, outputs: out }).unwrap() else {
