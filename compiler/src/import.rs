@@ -263,7 +263,7 @@ pub fn tensor_from_proto(t: &TensorProto, dir: &Path) -> std::result::Result<Ten
     }
     let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("element count overflows")?;
     if t.data_location.enum_value_or_default() == DataLocation::EXTERNAL {
-        let raw = read_external(t, dir, n.saturating_mul(dtype.size_bytes()))?;
+        let raw = read_external(t, dir, dtype.byte_len(n).ok_or("tensor size overflows")?)?;
         return Tensor::from_raw(dtype, shape, &raw).map_err(|e| e.to_string());
     }
     if !t.raw_data.is_empty() || n == 0 {
@@ -296,6 +296,19 @@ fn typed_fields(t: &TensorProto, dtype: DType, shape: Vec<usize>, n: usize) -> s
         DType::F16 | DType::BF16 => {
             check(t.int32_data.len())?;
             let raw: Vec<u8> = t.int32_data.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect();
+            Tensor::from_raw(dtype, shape, &raw).map_err(|e| e.to_string())?
+        }
+        // One bit pattern (8-bit floats) or one packed byte (2- and 4-bit
+        // types) per int32 entry.
+        d if d.bits() < 8 || d.minifloat().is_some() || d == DType::F8E8M0 => {
+            let bytes = d.byte_len(n).ok_or("tensor size overflows")?;
+            if t.int32_data.len() != bytes {
+                return Err(format!(
+                    "has {} int32 entries, {n} {d} elements of shape {shape:?} need {bytes}",
+                    t.int32_data.len()
+                ));
+            }
+            let raw: Vec<u8> = t.int32_data.iter().map(|&v| v as u8).collect();
             Tensor::from_raw(dtype, shape, &raw).map_err(|e| e.to_string())?
         }
         _ => {

@@ -91,7 +91,16 @@ pub fn write(path: &Path, t: &HostTensor) -> Result<(), String> {
         DType::F32 => "<f4",
         DType::F64 => "<f8",
         DType::F16 => "<f2",
-        DType::BF16 => return write(path, &to_f32(t)),
+        // numpy has no bfloat16, float8 or float4: written as float32.
+        DType::BF16
+        | DType::F8E4M3FN
+        | DType::F8E4M3FNUZ
+        | DType::F8E5M2
+        | DType::F8E5M2FNUZ
+        | DType::F4E2M1
+        | DType::F8E8M0 => return write(path, &to_f32(t)),
+        // nor 4- or 2-bit integers: written one byte per element.
+        DType::I4 | DType::I2 | DType::U4 | DType::U2 => return write(path, &to_bytes(t)),
         DType::I8 => "|i1",
         DType::I16 => "<i2",
         DType::I32 => "<i4",
@@ -119,4 +128,11 @@ pub fn write(path: &Path, t: &HostTensor) -> Result<(), String> {
 
 fn to_f32(t: &HostTensor) -> HostTensor {
     HostTensor::from_f32(t.shape.clone(), &t.to_f32_vec())
+}
+
+/// A 2- or 4-bit integer tensor widened to int8 or uint8.
+fn to_bytes(t: &HostTensor) -> HostTensor {
+    let dtype = if matches!(t.dtype, DType::I4 | DType::I2) { DType::I8 } else { DType::U8 };
+    let data = t.to_f64_vec().iter().map(|&v| v as i64 as u8).collect();
+    HostTensor { dtype, shape: t.shape.clone(), data }
 }

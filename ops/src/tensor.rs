@@ -1,11 +1,13 @@
 //! Host tensors: constants in the IR and the values CPU references compute.
 //!
 //! Storage is deliberately coarse: floats of every width are held as f32
-//! (f16/bf16 widen exactly) except f64, and integers of every width as i64.
+//! (f16/bf16/float8/float4 widen exactly) except f64, and integers of every
+//! width as i64. Raw data of 2- and 4-bit types is packed (`minifloat`).
 //! CPU references read values as f64 or i64 and build results with
 //! `Tensor::from_f64` / `from_i64`, which round to the target type.
 
-use crate::{DType, Error, Result, bail};
+use crate::minifloat::{self, E8M0Round, MiniFloat};
+use crate::{CastMode, DType, Error, Result, bail, round_float};
 use half::{bf16, f16};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -28,13 +30,18 @@ pub fn numel(shape: &[usize]) -> usize {
 }
 
 impl Tensor {
-    /// Builds a float or integer tensor from f64 values, rounding to `dtype`.
+    /// Builds a float or integer tensor from f64 values, rounding to `dtype`
+    /// (narrow floats as Cast does by default: saturating).
     pub fn from_f64(dtype: DType, shape: Vec<usize>, v: Vec<f64>) -> Tensor {
+        Tensor::from_f64_mode(dtype, shape, v, CastMode::default())
+    }
+
+    /// `from_f64` with an explicit rounding mode for narrow float types.
+    pub fn from_f64_mode(dtype: DType, shape: Vec<usize>, v: Vec<f64>, mode: CastMode) -> Tensor {
         let data = match dtype {
             DType::F64 => Data::F64(v),
             DType::F32 => Data::F32(v.into_iter().map(|x| x as f32).collect()),
-            DType::F16 => Data::F32(v.into_iter().map(|x| f16::from_f64(x).to_f32()).collect()),
-            DType::BF16 => Data::F32(v.into_iter().map(|x| bf16::from_f64(x).to_f32()).collect()),
+            d if d.is_float() => Data::F32(v.into_iter().map(|x| round_float(d, x, mode) as f32).collect()),
             _ => Data::I64(v.into_iter().map(|x| wrap_int(dtype, float_to_int(x))).collect()),
         };
         Tensor { dtype, shape, data }
@@ -117,49 +124,68 @@ impl Tensor {
         }
     }
 
-    /// Decodes little-endian raw bytes as ONNX lays them out.
+    /// Decodes little-endian raw bytes as ONNX lays them out (2- and 4-bit
+    /// elements packed, first element in the low bits).
     pub fn from_raw(dtype: DType, shape: Vec<usize>, raw: &[u8]) -> Result<Tensor> {
         let n = numel(&shape);
-        let need = n.checked_mul(dtype.size_bytes()).ok_or_else(|| Error::msg("tensor size overflows"))?;
+        let need = dtype.byte_len(n).ok_or_else(|| Error::msg("tensor size overflows"))?;
         if raw.len() != need {
             bail!("raw data has {} bytes, {} {} elements of shape {:?} need {}", raw.len(), n, dtype, shape, need);
         }
-        let sz = dtype.size_bytes();
-        let chunks = raw.chunks_exact(sz);
-        let t = match dtype {
-            DType::F32 => Tensor::from_f32(shape, chunks.map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            DType::F64 => Tensor {
-                dtype,
-                shape,
-                data: Data::F64(chunks.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()),
+        let bits = dtype.bits();
+        if bits < 8 {
+            let codes = (0..n).map(|i| minifloat::unpack_sub_byte(raw, bits, i));
+            let data = match dtype {
+                DType::F4E2M1 => Data::F32(codes.map(|c| MiniFloat::E2M1.decode(c)).collect()),
+                DType::I4 | DType::I2 => Data::I64(codes.map(|c| minifloat::sign_extend(c, bits) as i64).collect()),
+                _ => Data::I64(codes.map(i64::from).collect()),
+            };
+            return Ok(Tensor { dtype, shape, data });
+        }
+        let chunks = raw.chunks_exact(bits as usize / 8);
+        let data = match dtype {
+            DType::F32 => Data::F32(chunks.map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::F64 => Data::F64(chunks.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::F16 => Data::F32(chunks.map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+            DType::BF16 => Data::F32(chunks.map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+            DType::F8E8M0 => Data::F32(chunks.map(|c| minifloat::decode_e8m0(c[0].into())).collect()),
+            d => match d.minifloat() {
+                Some(f) => Data::F32(chunks.map(|c| f.decode(c[0].into())).collect()),
+                None => Data::I64(chunks.map(|c| raw_int(dtype, c)).collect()),
             },
-            DType::F16 => Tensor {
-                dtype,
-                shape,
-                data: Data::F32(chunks.map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-            },
-            DType::BF16 => Tensor {
-                dtype,
-                shape,
-                data: Data::F32(chunks.map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-            },
-            _ => Tensor { dtype, shape, data: Data::I64(chunks.map(|c| raw_int(dtype, c)).collect()) },
         };
-        Ok(t)
+        Ok(Tensor { dtype, shape, data })
     }
 
-    /// Encodes as ONNX raw little-endian bytes of `self.dtype`.
+    /// Encodes as ONNX raw little-endian bytes of `self.dtype`. Values are
+    /// expected to be representable (as `from_f64` leaves them), so narrow
+    /// floats encode without saturating: an infinity stays one.
     pub fn to_raw(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len() * self.dtype.size_bytes());
+        let n = self.len();
+        let mut out = Vec::with_capacity(self.dtype.byte_len(n).unwrap_or(0));
+        let floats = || self.to_f64().into_iter();
         match self.dtype {
-            DType::F32 => self.to_f64().iter().for_each(|&x| out.extend((x as f32).to_le_bytes())),
-            DType::F64 => self.to_f64().iter().for_each(|&x| out.extend(x.to_le_bytes())),
-            DType::F16 => self.to_f64().iter().for_each(|&x| out.extend(f16::from_f64(x).to_le_bytes())),
-            DType::BF16 => self.to_f64().iter().for_each(|&x| out.extend(bf16::from_f64(x).to_le_bytes())),
-            dt => {
-                let sz = dt.size_bytes();
-                self.to_i64().iter().for_each(|&x| out.extend(&x.to_le_bytes()[..sz]))
+            DType::F32 => floats().for_each(|x| out.extend((x as f32).to_le_bytes())),
+            DType::F64 => floats().for_each(|x| out.extend(x.to_le_bytes())),
+            DType::F16 => floats().for_each(|x| out.extend(f16::from_f64(x).to_le_bytes())),
+            DType::BF16 => floats().for_each(|x| out.extend(bf16::from_f64(x).to_le_bytes())),
+            DType::F8E8M0 => {
+                // Exact powers of two: rounding down keeps 2^-127 (an f32 subnormal).
+                floats().for_each(|x| out.push(minifloat::encode_e8m0(x as f32, true, E8M0Round::Down) as u8))
             }
+            DType::F4E2M1 => {
+                minifloat::pack_sub_byte(floats().map(|x| MiniFloat::E2M1.encode(x as f32, true)), 4, &mut out)
+            }
+            d if d.bits() < 8 => {
+                minifloat::pack_sub_byte(self.to_i64().into_iter().map(|x| x as u32), d.bits(), &mut out)
+            }
+            d => match d.minifloat() {
+                Some(f) => floats().for_each(|x| out.push(f.encode(x as f32, false) as u8)),
+                None => {
+                    let sz = d.bits() as usize / 8;
+                    self.to_i64().iter().for_each(|&x| out.extend(&x.to_le_bytes()[..sz]))
+                }
+            },
         }
         out
     }
@@ -174,12 +200,17 @@ impl Tensor {
 
     /// Converts values to another element type with ONNX Cast semantics.
     pub fn cast(&self, to: DType) -> Tensor {
+        self.cast_mode(to, CastMode::default())
+    }
+
+    /// `cast` with Cast's `saturate`/`round_mode` for narrow float targets.
+    pub fn cast_mode(&self, to: DType, mode: CastMode) -> Tensor {
         if to.is_float() || self.dtype.is_float() && to == DType::Bool {
             let v = self.to_f64();
             if to == DType::Bool {
                 return Tensor::from_i64(to, self.shape.clone(), v.iter().map(|&x| (x != 0.0) as i64).collect());
             }
-            return Tensor::from_f64(to, self.shape.clone(), v);
+            return Tensor::from_f64_mode(to, self.shape.clone(), v, mode);
         }
         if to == DType::Bool {
             return Tensor::from_i64(to, self.shape.clone(), self.to_i64().iter().map(|&x| (x != 0) as i64).collect());
@@ -201,6 +232,10 @@ fn wrap_int(dtype: DType, x: i64) -> i64 {
         DType::U16 => x as u16 as i64,
         DType::I32 => x as i32 as i64,
         DType::U32 => x as u32 as i64,
+        DType::I4 => minifloat::sign_extend(x as u32 & 0xf, 4) as i64,
+        DType::U4 => x & 0xf,
+        DType::I2 => minifloat::sign_extend(x as u32 & 3, 2) as i64,
+        DType::U2 => x & 3,
         DType::Bool => (x != 0) as i64,
         _ => x,
     }
@@ -225,5 +260,35 @@ fn int_to_word(dtype: DType, x: i64) -> Result<u32> {
             .map_err(|_| Error::unsupported(format!("{dtype} value {x} does not fit the GPU's 32-bit integers"))),
         _ => u32::try_from(x)
             .map_err(|_| Error::unsupported(format!("{dtype} value {x} does not fit the GPU's 32-bit integers"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_byte_raw_data_packs_like_onnx() {
+        // onnx.numpy_helper.from_array(np.array([1, -2, 7, -8, 3], ml_dtypes.int4)).raw_data
+        let t = Tensor::from_raw(DType::I4, vec![5], &[225, 135, 3]).unwrap();
+        assert_eq!(t.to_i64(), [1, -2, 7, -8, 3]);
+        assert_eq!(t.to_raw(), [225, 135, 3]);
+        // ... and of np.array([0.5, -6, 1.5], ml_dtypes.float4_e2m1fn).
+        let t = Tensor::from_raw(DType::F4E2M1, vec![3], &[241, 3]).unwrap();
+        assert_eq!(t.to_f64(), [0.5, -6.0, 1.5]);
+        assert_eq!(t.to_raw(), [241, 3]);
+        let err = Tensor::from_raw(DType::U2, vec![5], &[0]).unwrap_err();
+        assert!(err.to_string().contains("need 2"), "{err}");
+    }
+
+    #[test]
+    fn float8_values_widen_exactly_and_encode_back() {
+        let raw = [0x38u8, 0x7e, 0xfe, 0x01, 0x7f];
+        let t = Tensor::from_raw(DType::F8E4M3FN, vec![5], &raw).unwrap();
+        let v = t.to_f64();
+        assert_eq!(&v[..4], [1.0, 448.0, -448.0, 0.001953125]);
+        assert!(v[4].is_nan());
+        assert_eq!(t.to_raw(), raw);
+        assert_eq!(t.to_phys_words().unwrap()[0], 1.0f32.to_bits());
     }
 }

@@ -134,7 +134,7 @@ impl Session {
         for (slot, tensor) in self.inputs.iter().zip(order) {
             let what = format!("input '{}'", slot.info.name);
             self.scratch.clear();
-            tensor.dtype.to_physical(&tensor.data, &what, &mut self.scratch)?;
+            tensor.dtype.to_physical(&tensor.data, tensor.len(), &what, &mut self.scratch)?;
             if !self.scratch.is_empty() {
                 self.queue.write_buffer(&self.buffers[slot.buffer], slot.offset, &self.scratch);
             }

@@ -4,8 +4,6 @@
 //! bytes, exactly as ONNX's raw tensor data lays them out, so the CLI and the
 //! tests can move data between files and the runtime without conversions.
 
-use half::{bf16, f16};
-
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -14,7 +12,8 @@ use crate::error::{Error, Result};
 pub struct HostTensor {
     pub dtype: DType,
     pub shape: Vec<usize>,
-    /// `len() * dtype.size_bytes()` little-endian bytes, row major.
+    /// `dtype.byte_len(len())` little-endian bytes, row major (2- and 4-bit
+    /// elements packed).
     pub data: Vec<u8>,
 }
 
@@ -53,7 +52,7 @@ impl HostTensor {
     /// Checks that `data` holds exactly `len()` elements; `what` names the
     /// tensor in the error, e.g. "input 'x'".
     pub fn check_len(&self, what: &str) -> Result<()> {
-        let expected = self.len().saturating_mul(self.dtype.size_bytes());
+        let expected = self.dtype.byte_len(self.len());
         if self.data.len() == expected {
             Ok(())
         } else {
@@ -63,42 +62,12 @@ impl HostTensor {
 
     /// Every element as f64 (int64 and uint64 beyond 2^53 round; bool is 0/1).
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        let mut out = Vec::with_capacity(self.data.len() / self.dtype.size_bytes());
-        self.for_each_f64(|v| out.push(v));
-        out
+        self.dtype.to_f64_values(&self.data, self.len())
     }
 
     /// Every element as f32, for summaries and comparisons.
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.data.len() / self.dtype.size_bytes());
-        self.for_each_f64(|v| out.push(v as f32));
-        out
-    }
-
-    /// Calls `f` with each element widened to f64.
-    fn for_each_f64(&self, mut f: impl FnMut(f64)) {
-        use DType::*;
-        let n = self.dtype.size_bytes();
-        for c in self.data.chunks_exact(n) {
-            let mut b = [0u8; 8];
-            b[..n].copy_from_slice(c);
-            let [b0, b1, b2, b3, ..] = b;
-            let v = match self.dtype {
-                F32 => f64::from(f32::from_le_bytes([b0, b1, b2, b3])),
-                F64 => f64::from_le_bytes(b),
-                F16 => f64::from(f16::from_le_bytes([b0, b1])),
-                BF16 => f64::from(bf16::from_le_bytes([b0, b1])),
-                I8 => f64::from(b0 as i8),
-                I16 => f64::from(i16::from_le_bytes([b0, b1])),
-                I32 => f64::from(i32::from_le_bytes([b0, b1, b2, b3])),
-                I64 => i64::from_le_bytes(b) as f64,
-                U8 | Bool => f64::from(b0),
-                U16 => f64::from(u16::from_le_bytes([b0, b1])),
-                U32 => f64::from(u32::from_le_bytes([b0, b1, b2, b3])),
-                U64 => u64::from_le_bytes(b) as f64,
-            };
-            f(v);
-        }
+        self.to_f64_vec().into_iter().map(|v| v as f32).collect()
     }
 }
 

@@ -5,10 +5,11 @@
 //! generic kernel (`broadcast_kernel`) serves them all, so an op is just its
 //! CPU function and its WGSL expression side by side.
 
+use crate::minifloat::E8M0Round;
 use crate::wgsl::{broadcast_index, f32_lit, kernel_1d, unravel};
 use crate::{
-    Attrs, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Tensor, TensorRef, TypeInfo, arg,
-    bail, ty,
+    Attrs, CastMode, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Tensor, TensorRef, TypeInfo,
+    arg, bail, ty, wgsl_round_fn,
 };
 
 /// The scalar function of an elementwise op.
@@ -35,6 +36,12 @@ pub enum Func {
         beta: f32,
     },
     HardSwish,
+    /// Swish (opset 24): `x * sigmoid(alpha * x)`.
+    Swish(f32),
+    Shrink {
+        bias: f32,
+        lambd: f32,
+    },
     Softplus,
     Softsign,
     Mish,
@@ -182,6 +189,8 @@ impl Func {
             }
             HardSigmoid { alpha, beta } => (*alpha as f64 * x + *beta as f64).clamp(0.0, 1.0),
             HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Swish(al) => x / (1.0 + (-*al as f64 * x).exp()),
+            Shrink { bias, lambd } => shrink(x, *bias as f64, *lambd as f64),
             Softplus => (x.exp()).ln_1p(),
             Softsign => x / (1.0 + x.abs()),
             Mish => x * (x.exp().ln_1p()).tanh(),
@@ -223,7 +232,8 @@ impl Func {
             Mul => x * a[1],
             Div => x / a[1],
             Pow => x.powf(a[1]),
-            Mod { .. } => x % a[1],
+            Mod { fmod: true } => x % a[1],
+            Mod { fmod: false } => mod_floor(x, a[1]),
             Max => x.max(a[1]),
             Min => x.min(a[1]),
             Equal => b(x == a[1]),
@@ -274,7 +284,9 @@ impl Func {
                     x.wrapping_div(a[1])
                 }
             }
+            Pow if a[1] >= 0 => x.wrapping_pow(a[1].min(u32::MAX as i64) as u32),
             Pow => (x as f64).powf(a[1] as f64) as i64,
+            Shrink { bias, lambd } => shrink(x as f64, *bias as f64, *lambd as f64) as i64,
             Mod { fmod: true } => {
                 if a[1] == 0 {
                     0
@@ -313,8 +325,22 @@ impl Func {
                     a[2]
                 }
             }
-            BitShift { left: true } => ((x as u64) << (a[1] as u64 & 63)) as i64,
-            BitShift { left: false } => ((x as u64) >> (a[1] as u64 & 63)) as i64,
+            // Shifts past the width give 0 (left) or the sign (right); the
+            // result is wrapped to the logical width by the caller.
+            BitShift { left: true } => {
+                if (0..64).contains(&a[1]) {
+                    ((x as u64) << a[1]) as i64
+                } else {
+                    0
+                }
+            }
+            BitShift { left: false } => {
+                if a[1] < 0 {
+                    if x < 0 { -1 } else { 0 }
+                } else {
+                    x >> a[1].min(63)
+                }
+            }
             BitwiseAnd => x & a[1],
             BitwiseOr => x | a[1],
             BitwiseXor => x ^ a[1],
@@ -323,10 +349,12 @@ impl Func {
         })
     }
 
-    /// WGSL expression over operand expressions `a` of physical type `p`
-    /// (the type of the first data operand; Where's condition is u32).
-    fn wgsl(&self, a: &[String], p: Phys) -> Result<String> {
+    /// WGSL expression over operand expressions `a`; `t` is the logical
+    /// type of the first data operand (Where's condition is u32), whose
+    /// physical type the expression has. Pow's exponent may be of any type.
+    fn wgsl(&self, a: &[String], t: DType) -> Result<String> {
         use Func::*;
+        let p = t.phys();
         let x = &a[0];
         let fl = p == Phys::F32;
         let b2u = |c: String| format!("select(0u, 1u, {c})");
@@ -339,7 +367,7 @@ impl Func {
         Ok(match self {
             Relu => format!("max({x}, {zero})"),
             Sigmoid => need_float(format!("(1.0 / (1.0 + exp(-{x})))"))?,
-            Tanh => need_float(format!("tanh(clamp({x}, -15.0, 15.0))"))?,
+            Tanh => need_float(format!("tanh_f({x})"))?,
             Erf => need_float(format!("erf_f({x})"))?,
             Gelu { tanh: false } => need_float(format!("(0.5 * {x} * (1.0 + erf_f({x} * 0.70710678118654752)))"))?,
             Gelu { tanh: true } => need_float(format!(
@@ -360,9 +388,14 @@ impl Func {
                 need_float(format!("clamp({} * {x} + {}, 0.0, 1.0)", f32_lit(*alpha), f32_lit(*beta)))?
             }
             HardSwish => need_float(format!("({x} * clamp({x} / 6.0 + 0.5, 0.0, 1.0))"))?,
+            Swish(al) => need_float(format!("({x} / (1.0 + exp({} * {x})))", f32_lit(-*al)))?,
+            Shrink { bias, lambd } => {
+                let v = format!("shrink_f(f32({x}), {}, {})", f32_lit(*bias), f32_lit(*lambd));
+                if fl { v } else { format!("{}({v})", p.wgsl()) }
+            }
             Softplus => need_float(format!("softplus_f({x})"))?,
             Softsign => need_float(format!("({x} / (1.0 + abs({x})))"))?,
-            Mish => need_float(format!("({x} * tanh(clamp(softplus_f({x}), -15.0, 15.0)))"))?,
+            Mish => need_float(format!("({x} * tanh_f(softplus_f({x})))"))?,
             Abs => {
                 if p == Phys::U32 {
                     x.clone()
@@ -409,9 +442,14 @@ impl Func {
                 Phys::F32 => format!("({x} / {})", a[1]),
                 _ => format!("select({x} / {y}, {zero}, {y} == {zero})", y = a[1]),
             },
-            Pow => need_float(format!("pow_f({x}, {})", a[1]))?,
+            Pow => match p {
+                Phys::F32 => format!("pow_f({x}, f32({}))", a[1]),
+                Phys::I32 => format!("pow_i({x}, f32({}))", a[1]),
+                Phys::U32 => format!("u32(pow_i(i32({x}), f32({})))", a[1]),
+            },
             Mod { fmod } => match (p, fmod) {
-                (Phys::F32, _) => format!("fmod_f({x}, {})", a[1]),
+                (Phys::F32, true) => format!("fmod_f({x}, {})", a[1]),
+                (Phys::F32, false) => format!("mod_floor_f({x}, {})", a[1]),
                 (_, true) => format!("select({x} % {y}, {zero}, {y} == {zero})", y = a[1]),
                 (_, false) => format!("mod_floor_{}({x}, {})", p.wgsl(), a[1]),
             },
@@ -427,10 +465,7 @@ impl Func {
             Xor => b2u(format!("({x} != 0u) != ({} != 0u)", a[1])),
             PRelu => format!("select({x} * {y}, {x}, {x} >= {zero})", y = a[1]),
             Where => format!("select({}, {}, {x} != 0u)", a[2], a[1]),
-            BitShift { left } => {
-                let op = if *left { "<<" } else { ">>" };
-                format!("select(({x} {op} min({y}, 31u)), 0u, {y} >= 32u)", y = a[1])
-            }
+            BitShift { left } => bit_shift(x, &a[1], t, *left)?,
             BitwiseAnd => format!("({x} & {})", a[1]),
             BitwiseOr => format!("({x} | {})", a[1]),
             BitwiseXor => format!("({x} ^ {})", a[1]),
@@ -449,8 +484,46 @@ fn erf_f(x: f32) -> f32 {
     let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-a * a);
     return s * y;
 }
+fn log1p_f(u: f32) -> f32 {
+    // log(1 + u) without losing u's low bits (Goldberg's correction).
+    let w = 1.0 + u;
+    if (w == 1.0) { return u; }
+    return log(w) * (u / (w - 1.0));
+}
 fn softplus_f(x: f32) -> f32 {
-    return select(log(1.0 + exp(x)), x, x > 20.0);
+    // max(x, 0) + log1p(exp(-|x|)): accurate for large negative x too.
+    return max(x, 0.0) + log1p_f(exp(-abs(x)));
+}
+fn tanh_f(z: f32) -> f32 {
+    // tanh's exp-based form cancels near 0; the series is exact there.
+    if (abs(z) < 0.125) {
+        let z2 = z * z;
+        return z * (1.0 + z2 * (-0.33333333333 + z2 * (0.13333333333 - z2 * 0.05396825397)));
+    }
+    return tanh(clamp(z, -15.0, 15.0));
+}
+fn shrink_f(x: f32, bias: f32, lambd: f32) -> f32 {
+    return select(select(0.0, x - bias, x > lambd), x + bias, x < -lambd);
+}
+fn pow_i(x: i32, y: f32) -> i32 {
+    // Integral non-negative exponents: exact, wrapping like numpy's integer
+    // power; others go through floats and truncate like astype(int).
+    if (y < 0.0 || floor(y) != y || y > 2147483647.0) { return i32(pow_f(f32(x), y)); }
+    var n = u32(y);
+    var b = x;
+    var r = 1;
+    while (n > 0u) {
+        if ((n & 1u) == 1u) { r = r * b; }
+        b = b * b;
+        n = n >> 1u;
+    }
+    return r;
+}
+fn mod_floor_f(x: f32, y: f32) -> f32 {
+    // numpy.mod: the result takes the divisor's sign (zeros too).
+    let r = fmod_f(x, y);
+    if (r == 0.0) { return select(0.0, -0.0, y < 0.0); }
+    return select(r, r + y, (r < 0.0) != (y < 0.0));
 }
 fn is_nan_f(x: f32) -> bool {
     let b = bitcast<u32>(x);
@@ -466,6 +539,8 @@ fn pow_f(x: f32, y: f32) -> f32 {
     return select(m, -m, odd);
 }
 fn fmod_f(x: f32, y: f32) -> f32 {
+    // A finite x is its own remainder by an infinity (x - inf * 0 is NaN).
+    if (abs(y) == bitcast<f32>(0x7f800000u) && abs(x) < bitcast<f32>(0x7f800000u)) { return x; }
     return x - y * trunc(x / y);
 }
 fn mod_floor_i32(x: i32, y: i32) -> i32 {
@@ -477,6 +552,45 @@ fn mod_floor_u32(x: u32, y: u32) -> u32 {
     return select(x % y, 0u, y == 0u);
 }
 ";
+
+/// Shrink: `x + bias` below `-lambd`, `x - bias` above `lambd`, else 0.
+fn shrink(x: f64, bias: f64, lambd: f64) -> f64 {
+    if x < -lambd {
+        x + bias
+    } else if x > lambd {
+        x - bias
+    } else {
+        0.0
+    }
+}
+
+/// numpy.mod on floats: the remainder takes the divisor's sign.
+fn mod_floor(x: f64, y: f64) -> f64 {
+    let r = x % y;
+    if r == 0.0 {
+        0f64.copysign(y)
+    } else if (r < 0.0) != (y < 0.0) {
+        r + y
+    } else {
+        r
+    }
+}
+
+/// BitShift on the physical form of logical type `t`: shifts by a negative
+/// amount or by the logical width or more give 0 (left) or the sign
+/// (right), as ONNX's reference defines; left shifts wrap to the width.
+fn bit_shift(x: &str, y: &str, t: DType, left: bool) -> Result<String> {
+    let wrap = |e: String| narrow(&e, t, CastMode::default()).0;
+    Ok(match (t.phys(), left) {
+        (Phys::F32, _) => return Err(Error::unsupported(format!("BitShift on {t}"))),
+        (Phys::U32, true) => format!("select({}, 0u, {y} >= 32u)", wrap(format!("({x} << min({y}, 31u))"))),
+        (Phys::U32, false) => format!("select(({x} >> min({y}, 31u)), 0u, {y} >= 32u)"),
+        (Phys::I32, true) => {
+            format!("select({}, 0i, {y} < 0i || {y} >= 32i)", wrap(format!("({x} << u32(clamp({y}, 0i, 31i)))")))
+        }
+        (Phys::I32, false) => format!("({x} >> u32(select(clamp({y}, 0i, 31i), 31i, {y} < 0i)))"),
+    })
+}
 
 fn erf(x: f64) -> f64 {
     // erf via the complementary series is overkill for folding; use the
@@ -577,7 +691,6 @@ impl Op for Elementwise {
         let out = cx.output(0);
         let n_in = if self.variadic { cx.inputs.len() } else { self.func.arity() };
         let names: Vec<String> = (0..n_in).map(|i| format!("x{i}")).collect();
-        let phys = cx.input(self.data_operand())?.dtype.phys();
         let mut body = unravel("c", "i", &out.shape);
         let mut operands = Vec::new();
         let in_shapes: Vec<&[usize]> =
@@ -589,7 +702,7 @@ impl Op for Elementwise {
             body += &format!("    let a{k} = ld_{name}({index});\n");
             operands.push(format!("a{k}"));
         }
-        let expr = self.wgsl_fold(&operands, phys)?;
+        let expr = self.wgsl_fold(&operands, cx.input(self.data_operand())?.dtype)?;
         body += &format!("    st_y(i, {expr});\n");
         let mut args: Vec<KernelArg> =
             names.iter().enumerate().map(|(k, nm)| KernelArg::new(nm, TensorRef::Input(k))).collect();
@@ -640,13 +753,14 @@ impl Elementwise {
         Ok(if self.mean { acc / a.len() as i64 } else { acc })
     }
 
-    fn wgsl_fold(&self, a: &[String], p: Phys) -> Result<String> {
+    fn wgsl_fold(&self, a: &[String], t: DType) -> Result<String> {
+        let p = t.phys();
         if !self.variadic {
-            return self.func.wgsl(a, p);
+            return self.func.wgsl(a, t);
         }
         let mut acc = a[0].clone();
         for x in &a[1..] {
-            acc = self.func.wgsl(&[acc, x.clone()], p)?;
+            acc = self.func.wgsl(&[acc, x.clone()], t)?;
         }
         if self.mean {
             acc = format!("({acc} / {}({}))", p.wgsl(), a.len());
@@ -674,10 +788,12 @@ pub fn broadcast_indices(out_shape: &[usize], in_shape: &[usize], total: usize) 
         .collect()
 }
 
-/// Cast between element types.
+/// Cast between element types. `mode` carries the `saturate` and
+/// `round_mode` attributes, which only matter for float8 targets.
 #[derive(Debug)]
 pub struct Cast {
     pub to: DType,
+    pub mode: CastMode,
 }
 
 impl Op for Cast {
@@ -686,21 +802,21 @@ impl Op for Cast {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
-        Ok(vec![arg(inputs, 0)?.cast(self.to)])
+        Ok(vec![arg(inputs, 0)?.cast_mode(self.to, self.mode)])
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let from = cx.input(0)?.dtype;
-        let x = "ld_x(i)".to_string();
-        let expr = cast_expr(&x, from, self.to);
+        let (expr, helpers) = cast_expr("ld_x(i)", from, self.to, self.mode);
         let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
-        Ok(Lowering::one(kernel_1d("cast", args, cx.output(0).numel(), "", &format!("    st_y(i, {expr});"))))
+        Ok(Lowering::one(kernel_1d("cast", args, cx.output(0).numel(), &helpers, &format!("    st_y(i, {expr});"))))
     }
 }
 
 /// WGSL converting expression `x` of logical type `from` to `to`, both in
-/// their physical forms, rounding to the target's precision.
-pub fn cast_expr(x: &str, from: DType, to: DType) -> String {
+/// their physical forms, rounding to the target's precision as ONNX's Cast
+/// does. Returns the expression and the helper functions it calls.
+pub fn cast_expr(x: &str, from: DType, to: DType, mode: CastMode) -> (String, String) {
     let (pf, pt) = (from.phys(), to.phys());
     let converted = if to == DType::Bool {
         match pf {
@@ -710,25 +826,28 @@ pub fn cast_expr(x: &str, from: DType, to: DType) -> String {
         }
     } else if pf == pt {
         x.to_string()
+    } else if pf == Phys::F32 && pt == Phys::U32 && to.bits() < 32 {
+        // Narrow unsigned targets wrap like a C cast through a signed
+        // integer (numpy: -1.0 -> 255); WGSL's u32() would clamp to 0.
+        format!("u32(i32({x}))")
     } else {
         format!("{}({x})", pt.wgsl())
     };
-    narrow(&converted, to)
+    narrow(&converted, to, mode)
 }
 
-/// Rounds a physical value to a narrower logical type (f16, int8, ...).
-fn narrow(x: &str, to: DType) -> String {
-    match to {
-        DType::F16 => format!("unpack2x16float(pack2x16float(vec2<f32>({x}, 0.0))).x"),
-        DType::BF16 => {
-            format!("bitcast<f32>((bitcast<u32>({x}) + 0x7fffu + ((bitcast<u32>({x}) >> 16u) & 1u)) & 0xffff0000u)")
-        }
-        DType::I8 => format!("((({x}) << 24u) >> 24u)"),
-        DType::I16 => format!("((({x}) << 16u) >> 16u)"),
-        DType::U8 => format!("(({x}) & 0xffu)"),
-        DType::U16 => format!("(({x}) & 0xffffu)"),
-        _ => x.to_string(),
+/// Rounds a physical value to a narrower logical type (f16, float8, int8,
+/// ...): the expression and the helper functions it needs.
+pub fn narrow(x: &str, to: DType, mode: CastMode) -> (String, String) {
+    if let Some((name, helpers)) = wgsl_round_fn(to, mode) {
+        return (format!("{name}({x})"), helpers);
     }
+    let e = match to.bits() {
+        b if b >= 32 || to == DType::Bool => x.to_string(),
+        b if to.phys() == Phys::I32 => format!("((({x}) << {s}u) >> {s}u)", s = 32 - b),
+        b => format!("(({x}) & {:#x}u)", (1u32 << b) - 1),
+    };
+    (e, String::new())
 }
 
 /// Builds an elementwise op from its ONNX type and attributes.
@@ -749,6 +868,12 @@ pub fn build(op_type: &str, a: &Attrs) -> Result<Box<dyn Op>> {
         "ThresholdedRelu" => simple(ThresholdedRelu(a.float("alpha", 1.0)?)),
         "HardSigmoid" => simple(HardSigmoid { alpha: a.float("alpha", 0.2)?, beta: a.float("beta", 0.5)? }),
         "HardSwish" => simple(HardSwish),
+        "Swish" => simple(Swish(a.float("alpha", 1.0)?)),
+        "Shrink" => simple(Shrink { bias: a.float("bias", 0.0)?, lambd: a.float("lambd", 0.5)? }),
+        "BitCast" => {
+            let to = a.int_opt("to")?.ok_or_else(|| Error::msg("attribute 'to' is required"))?;
+            Ok(Box::new(BitCast { to: DType::from_onnx(to as i32)? }))
+        }
         "Softplus" => simple(Softplus),
         "Softsign" => simple(Softsign),
         "Mish" => simple(Mish),
@@ -801,10 +926,10 @@ pub fn build(op_type: &str, a: &Attrs) -> Result<Box<dyn Op>> {
         "Min" => variadic(Min, false),
         "Sum" => variadic(Add, false),
         "Mean" => variadic(Add, true),
-        "CastLike" => Ok(Box::new(CastLike)),
+        "CastLike" => Ok(Box::new(CastLike { mode: cast_mode(a)? })),
         "Cast" => {
             let to = a.int_opt("to")?.ok_or_else(|| Error::msg("attribute 'to' is required"))?;
-            Ok(Box::new(Cast { to: DType::from_onnx(to as i32)? }))
+            Ok(Box::new(Cast { to: DType::from_onnx(to as i32)?, mode: cast_mode(a)? }))
         }
         _ => Err(Error::unsupported(op_type.to_string())),
     }
@@ -855,20 +980,176 @@ pub fn build_clip(a: &Attrs) -> Result<Box<dyn Op>> {
     Ok(Box::new(ClipOp { attr_min: a.float_opt("min")?, attr_max: a.float_opt("max")? }))
 }
 
+/// Cast's `saturate` and `round_mode` attributes (opsets 19 and 25).
+pub fn cast_mode(a: &Attrs) -> Result<CastMode> {
+    let round = a.str("round_mode", "up")?;
+    let e8m0 = E8M0Round::parse(round)
+        .ok_or_else(|| Error::msg(format!("attribute 'round_mode' is '{round}', expected up, down or nearest")))?;
+    Ok(CastMode { saturate: a.int("saturate", 1)? != 0, e8m0 })
+}
+
 /// CastLike: Cast to the element type of input 1 (whose values are unused).
 #[derive(Debug)]
-pub struct CastLike;
+pub struct CastLike {
+    pub mode: CastMode,
+}
 
 impl Op for CastLike {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
-        Cast { to: ty(inputs, 1)?.dtype }.infer(inputs)
+        Cast { to: ty(inputs, 1)?.dtype, mode: self.mode }.infer(inputs)
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
-        Cast { to: arg(inputs, 1)?.dtype }.eval(inputs)
+        Cast { to: arg(inputs, 1)?.dtype, mode: self.mode }.eval(inputs)
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
-        Cast { to: cx.input(1)?.dtype }.lower(cx)
+        Cast { to: cx.input(1)?.dtype, mode: self.mode }.lower(cx)
+    }
+}
+
+/// BitCast (opset 26): reinterprets the bits of each element as another
+/// type of the same width. Exact on the GPU for types up to 32 bits: the
+/// element's logical bits are rebuilt from its 32-bit word (float16 and
+/// float8 re-encoded, narrow integers masked) and decoded as the target.
+#[derive(Debug)]
+pub struct BitCast {
+    pub to: DType,
+}
+
+impl Op for BitCast {
+    fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
+        let x = ty(inputs, 0)?;
+        if x.dtype.bits() != self.to.bits() {
+            bail!(
+                "BitCast from {} ({} bits) to {} ({} bits): widths differ",
+                x.dtype,
+                x.dtype.bits(),
+                self.to,
+                self.to.bits()
+            );
+        }
+        Ok(vec![TypeInfo::new(self.to, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        let x = arg(inputs, 0)?;
+        Ok(vec![Tensor::from_raw(self.to, x.shape.clone(), &x.to_raw())?])
+    }
+
+    fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
+        let from = cx.input(0)?.dtype;
+        if from.bits() > 32 {
+            return Err(Error::unsupported(format!("BitCast of 64-bit {from}: the GPU holds it in 32 bits")));
+        }
+        let (bits, mut helpers) = crate::dtype::wgsl_to_bits(from, "ld_x(i)");
+        let (y, more) = crate::dtype::wgsl_from_bits(self.to, &bits);
+        if !helpers.contains(&more) {
+            helpers += &more;
+        }
+        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+        Ok(Lowering::one(kernel_1d("bitcast", args, cx.output(0).numel(), &helpers, &format!("    st_y(i, {y});"))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Attr, Data};
+
+    fn run(op: &str, a: &[(&str, Attr)], ins: &[Tensor]) -> Tensor {
+        let attrs = Attrs(a.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
+        let op = build(op, &attrs).unwrap();
+        op.eval(&ins.iter().map(Some).collect::<Vec<_>>()).unwrap().remove(0)
+    }
+
+    fn f32s(v: &[f32]) -> Tensor {
+        Tensor::from_f32(vec![v.len()], v.to_vec())
+    }
+
+    fn ints(dtype: DType, v: &[i64]) -> Tensor {
+        Tensor::from_i64(dtype, vec![v.len()], v.to_vec())
+    }
+
+    fn same(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            let ok = (g.is_nan() && w.is_nan()) || (g == w && g.is_sign_negative() == w.is_sign_negative());
+            assert!(ok || (g - w).abs() <= 1e-6 * w.abs(), "{got:?} vs {want:?}");
+        }
+    }
+
+    // Expected values: onnx.reference.ReferenceEvaluator (onnx 1.23.2).
+
+    #[test]
+    fn mod_of_floats_takes_the_divisors_sign() {
+        let x = f32s(&[0.0, -0.0, -3.0, 3.0, 1.0, -1.0, 5.5, -5.5, f32::INFINITY]);
+        let inf = f32::INFINITY;
+        let y = f32s(&[-2.0, 2.0, inf, -inf, 0.0, inf, -2.0, 2.0, 2.0]);
+        let z = run("Mod", &[], &[x, y]);
+        same(&z.to_f64(), &[-0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, f64::INFINITY, -0.5, 0.5, f64::NAN]);
+    }
+
+    #[test]
+    fn bit_shift_follows_the_logical_width() {
+        let left = [("direction", Attr::Str("LEFT".into()))];
+        let right = [("direction", Attr::Str("RIGHT".into()))];
+        let z = run("BitShift", &left, &[ints(DType::I8, &[1, -1, 64, 3, 5]), ints(DType::I8, &[1, 7, 1, 8, -1])]);
+        assert_eq!(z.to_i64(), [2, -128, -128, 0, 0]);
+        let z = run("BitShift", &right, &[ints(DType::I8, &[-128, -1, 64, 3, -5]), ints(DType::I8, &[1, 7, 9, 8, -1])]);
+        assert_eq!(z.to_i64(), [-64, -1, 0, 0, -1]);
+        let z = run("BitShift", &left, &[ints(DType::U16, &[1, 0x8001, 3]), ints(DType::U16, &[15, 1, 16])]);
+        assert_eq!(z.to_i64(), [32768, 2, 0]);
+    }
+
+    #[test]
+    fn integer_pow_shrink_swish() {
+        let z = run("Pow", &[], &[ints(DType::I32, &[2, -3, 5]), ints(DType::I32, &[10, 3, 0])]);
+        assert_eq!(z.to_i64(), [1024, -27, 1]);
+        let z = run(
+            "Shrink",
+            &[("bias", Attr::Float(0.5)), ("lambd", Attr::Float(0.5))],
+            &[f32s(&[-2.0, -0.5, 0.2, 0.6, 3.0])],
+        );
+        same(&z.to_f64(), &[-1.5, 0.0, 0.0, 0.10000002384185791, 2.5]);
+        let z = run("Swish", &[("alpha", Attr::Float(0.5))], &[f32s(&[-2.0, 0.0, 1.0, 3.0])]);
+        let want = [-0.5378828048706055, 0.0, 0.622459352016449, 2.452723503112793];
+        z.to_f64().iter().zip(want).for_each(|(g, w)| assert!((g - w).abs() < 1e-6, "{g} vs {w}"));
+    }
+
+    #[test]
+    fn bitcast_reinterprets_narrow_types() {
+        let h = Tensor::from_f64(DType::F16, vec![4], vec![1.0, -2.5, 65504.0, f64::INFINITY]);
+        let z = run("BitCast", &[("to", Attr::Int(5))], &[h]);
+        assert_eq!(z.to_i64(), [15360, -16128, 31743, 31744]);
+        let z = run("BitCast", &[("to", Attr::Int(17))], &[ints(DType::U8, &[0x38, 0x7f, 0x80, 0x01])]);
+        same(&z.to_f64(), &[1.0, f64::NAN, -0.0, 0.001953125]);
+        let attrs = Attrs([("to".to_string(), Attr::Int(6))].into_iter().collect());
+        let op = build("BitCast", &attrs).unwrap();
+        let x = TypeInfo::new(DType::F16, vec![2]);
+        assert!(op.infer(&[Some(Input { ty: &x, value: None })]).unwrap_err().to_string().contains("widths differ"));
+    }
+
+    #[test]
+    fn cast_to_sub_byte_integers_wraps_like_ml_dtypes() {
+        let x = f32s(&[-9.0, 300.0, 7.6]);
+        assert_eq!(run("Cast", &[("to", Attr::Int(21))], &[x]).to_i64(), [7, 12, 7]);
+        let x = f32s(&[-3.0, 2.0, 1.9, -2.1]);
+        assert_eq!(run("Cast", &[("to", Attr::Int(26))], &[x]).to_i64(), [1, -2, 1, -2]);
+        // And the kernel goes through i32 for narrow unsigned targets.
+        let (e, helpers) = cast_expr("v", DType::F32, DType::U4, CastMode::default());
+        assert_eq!((e.as_str(), helpers.as_str()), ("((u32(i32(v))) & 0xfu)", ""));
+    }
+
+    #[test]
+    fn cast_to_float8_honours_saturate() {
+        let x = f32s(&[1e6, -1e6, 0.47892547]);
+        let sat = run("Cast", &[("to", Attr::Int(17))], std::slice::from_ref(&x));
+        assert_eq!(sat.data, Data::F32(vec![448.0, -448.0, 0.46875]));
+        let raw = run("Cast", &[("to", Attr::Int(17)), ("saturate", Attr::Int(0))], &[x]);
+        same(&raw.to_f64(), &[f64::NAN, f64::NAN, 0.46875]);
+        let e8 =
+            run("Cast", &[("to", Attr::Int(24)), ("round_mode", Attr::Str("up".into()))], &[f32s(&[0.0, 0.124, 1.1])]);
+        same(&e8.to_f64(), &[2f64.powi(-127), 0.125, 2.0]);
     }
 }
