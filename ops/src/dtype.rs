@@ -7,8 +7,8 @@
 //! (float16, float8, int4, ...) hold exactly representable values: kernels
 //! round every result to the logical type (`wgsl_round_fn`, `Tensor`).
 
-use crate::minifloat::{E8M0Round, MiniFloat};
 use crate::{Error, Result};
+use drift_numerics::{E8M0Round, MiniFloat};
 
 /// A logical element type; the discriminant is ONNX's `TensorProto.DataType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -233,7 +233,7 @@ pub fn round_float(dtype: DType, x: f64, mode: CastMode) -> f64 {
         DType::F16 => f16::from_f64(x).to_f64(),
         DType::BF16 => bf16::from_f64(x).to_f64(),
         DType::F8E8M0 => {
-            crate::minifloat::decode_e8m0(crate::minifloat::encode_e8m0(x as f32, mode.saturate, mode.e8m0)) as f64
+            drift_numerics::decode_e8m0(drift_numerics::encode_e8m0(x as f32, mode.saturate, mode.e8m0)) as f64
         }
         _ => match dtype.minifloat() {
             Some(f) => f.round(x as f32, mode.saturate) as f64,
@@ -268,7 +268,7 @@ pub fn wgsl_round_fn(dtype: DType, mode: CastMode) -> Option<(String, String)> {
 /// Encode-then-decode of a `MiniFloat` in WGSL, mirroring `MiniFloat::encode`
 /// and `MiniFloat::decode` line by line.
 fn wgsl_minifloat_fn(fmt: MiniFloat, saturate: bool) -> (String, String) {
-    use crate::minifloat::Specials;
+    use drift_numerics::Specials;
     let tag = format!("{fmt:?}").to_lowercase();
     let name = format!("round_{tag}{}", if saturate { "_sat" } else { "" });
     let (eb, mb, bias) = (fmt.exp_bits(), fmt.man_bits(), fmt.bias());

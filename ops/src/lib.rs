@@ -9,7 +9,6 @@
 mod attr;
 mod dtype;
 mod error;
-pub mod minifloat;
 mod op;
 mod registry;
 mod tensor;

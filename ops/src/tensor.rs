@@ -6,8 +6,8 @@
 //! CPU references read values as f64 or i64 and build results with
 //! `Tensor::from_f64` / `from_i64`, which round to the target type.
 
-use crate::minifloat::{self, E8M0Round, MiniFloat};
 use crate::{CastMode, DType, Error, Result, bail, round_float};
+use drift_numerics::{self as minifloat, E8M0Round, MiniFloat};
 use half::{bf16, f16};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -108,7 +108,7 @@ impl Tensor {
     pub fn to_phys_words(&self) -> Result<Vec<u32>> {
         match &self.data {
             Data::F32(v) => Ok(v.iter().map(|x| x.to_bits()).collect()),
-            Data::F64(v) => Ok(v.iter().map(|&x| (x as f32).to_bits()).collect()),
+            Data::F64(v) => v.iter().map(|&x| float_to_word(self.dtype, x)).collect(),
             Data::I64(v) => v.iter().map(|&x| int_to_word(self.dtype, x)).collect(),
         }
     }
@@ -251,6 +251,16 @@ fn raw_int(dtype: DType, c: &[u8]) -> i64 {
         DType::I32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64,
         _ => i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
     }
+}
+
+/// Floats are f32 on the GPU: precision may drop, but a finite value beyond
+/// f32's range would silently become infinity, so it is an error.
+fn float_to_word(dtype: DType, x: f64) -> Result<u32> {
+    let narrowed = x as f32;
+    if narrowed.is_infinite() && x.is_finite() {
+        return Err(Error::unsupported(format!("{dtype} value {x:e} is beyond the range of the GPU's 32-bit floats")));
+    }
+    Ok(narrowed.to_bits())
 }
 
 fn int_to_word(dtype: DType, x: i64) -> Result<u32> {

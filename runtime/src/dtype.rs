@@ -18,12 +18,11 @@
 //! their results to the logical type, encode back exactly. 2- and 4-bit
 //! types are packed on the host (ONNX's layout: first element in the low
 //! bits) and one element per word on the GPU. The narrow-float codecs are
-//! drift-ops' own `minifloat.rs`, compiled here too (see that file).
+//! crate `drift-numerics`, shared with drift-ops.
 
 use half::{bf16, f16};
 
-#[path = "../../ops/src/minifloat.rs"]
-mod minifloat;
+use drift_numerics as minifloat;
 use minifloat::{E8M0Round, MiniFloat};
 
 use crate::bundle::PhysType;
@@ -252,8 +251,16 @@ impl DType {
             }
             F16 => encode(src, out, |b| Ok(f16::from_le_bytes(b).to_f32().to_bits())),
             BF16 => encode(src, out, |b| Ok(bf16::from_le_bytes(b).to_f32().to_bits())),
-            // `as` rounds to nearest even and saturates to infinity.
-            F64 => encode(src, out, |b| Ok((f64::from_le_bytes(b) as f32).to_bits())),
+            // `as` rounds to nearest even; a finite value past f32's range
+            // would become infinity, which is an error rather than a guess.
+            F64 => encode(src, out, |b| {
+                let v = f64::from_le_bytes(b);
+                let narrowed = v as f32;
+                if narrowed.is_infinite() && v.is_finite() {
+                    return Err(does_not_fit(format!("{v:e}"), what, "float32"));
+                }
+                Ok(narrowed.to_bits())
+            }),
             I8 => encode(src, out, |b| Ok(i32::from(i8::from_le_bytes(b)) as u32)),
             I16 => encode(src, out, |b| Ok(i32::from(i16::from_le_bytes(b)) as u32)),
             U8 => encode(src, out, |b: [u8; 1]| Ok(u32::from(b[0]))),

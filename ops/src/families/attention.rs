@@ -769,8 +769,8 @@ impl Attention {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::testing::*;
     use crate::Attr;
+    use crate::testing::*;
 
     /// The test inputs the reference values were computed from (numpy):
     /// `((i * 7 + seed) % 11) / 10 - 0.5` over the flattened tensor.
@@ -778,7 +778,6 @@ pub(crate) mod tests {
         let n: usize = shape.iter().product();
         Tensor::from_f32(shape.to_vec(), (0..n).map(|i| ((i * 7 + seed) % 11) as f32 / 10.0 - 0.5).collect())
     }
-
 
     pub(crate) fn close(got: &Tensor, want: &[f64]) {
         let got = got.to_f64();

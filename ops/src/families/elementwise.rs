@@ -5,12 +5,12 @@
 //! generic kernel (`broadcast_kernel`) serves them all, so an op is just its
 //! CPU function and its WGSL expression side by side.
 
-use crate::minifloat::E8M0Round;
 use crate::wgsl::{broadcast_index, f32_lit, kernel_1d, unravel};
 use crate::{
     Attrs, CastMode, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Tensor, TensorRef, TypeInfo,
     arg, bail, ty, wgsl_round_fn,
 };
+use drift_numerics::E8M0Round;
 
 /// The scalar function of an elementwise op.
 #[derive(Clone, Debug, PartialEq)]

@@ -1466,9 +1466,8 @@ impl Op for ReverseSequence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::*;
     use crate::Attr;
-
+    use crate::testing::*;
 
     fn run(op: &str, a: Attrs, opset: i64, inputs: &[Option<&Tensor>]) -> Vec<Tensor> {
         build(op, &a, opset).unwrap().eval(inputs).unwrap()

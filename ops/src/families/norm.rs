@@ -727,9 +727,8 @@ fn map_rows(x: &Tensor, rows: &Rows, f: impl Fn(&[f64]) -> Vec<f64>) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::*;
     use crate::Attr;
-
+    use crate::testing::*;
 
     fn eval(op: &str, opset: i64, a: &[(&str, Attr)], ins: &[Option<Tensor>]) -> Vec<Tensor> {
         let op = build(op, &attrs(a), opset).unwrap();

@@ -414,9 +414,8 @@ impl Op for GlobalPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::*;
     use crate::Attr;
-
+    use crate::testing::*;
 
     fn ints(v: &[i64]) -> Attr {
         Attr::Ints(v.to_vec())

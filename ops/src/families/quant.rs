@@ -14,12 +14,12 @@
 //! tensor), then one requantizing pass.
 
 use crate::families::reduce::{Rows, row_kernel};
-use crate::minifloat::E8M0Round;
 use crate::wgsl::{kernel_1d, strides, unravel};
 use crate::{
     Attrs, CastMode, DType, Error, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Phys, Result, TempSpec, Tensor,
     TensorRef, TypeInfo, arg, bail, norm_axis, round_float, ty, wgsl_round_fn,
 };
+use drift_numerics::E8M0Round;
 
 /// Builds an op of this family.
 pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {

@@ -592,9 +592,8 @@ pub fn build(op_type: &str, a: &Attrs, opset: i64) -> Result<Box<dyn Op>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::*;
     use crate::Attr;
-
+    use crate::testing::*;
 
     fn run(op: &str, opset: i64, a: &[(&str, Attr)], x: Tensor, axes: Option<Vec<i64>>) -> Tensor {
         let op = build(op, &attrs(a), opset).unwrap();

@@ -657,7 +657,6 @@ mod tests {
     use crate::testing::*;
     use crate::{Attr, DType};
 
-
     fn x22() -> Tensor {
         Tensor::from_f32(vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0])
     }

@@ -681,10 +681,8 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {{
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::*;
     use crate::Attr;
-
-
+    use crate::testing::*;
 
     fn assert_close(got: &[f64], want: &[f64]) {
         assert_eq!(got.len(), want.len());
@@ -781,7 +779,8 @@ mod tests {
 
     #[test]
     fn gru_bidirectional_linear_before_reset_with_lengths() {
-        let (x, w, r, b) = (pattern(vec![3, 2, 2], 0), pattern(vec![2, 6, 2], 1), pattern(vec![2, 6, 2], 2), pattern(vec![2, 12], 3));
+        let (x, w, r, b) =
+            (pattern(vec![3, 2, 2], 0), pattern(vec![2, 6, 2], 1), pattern(vec![2, 6, 2], 2), pattern(vec![2, 12], 3));
         let sl = Tensor::from_i64(DType::I32, vec![2], vec![3, 2]);
         let h0 = pattern(vec![2, 2, 2], 4);
         let a = attrs(vec![
@@ -797,14 +796,16 @@ mod tests {
 
     #[test]
     fn gru_default_reset() {
-        let (x, w, r, b) = (pattern(vec![3, 2, 2], 0), pattern(vec![1, 6, 2], 1), pattern(vec![1, 6, 2], 2), pattern(vec![1, 12], 3));
+        let (x, w, r, b) =
+            (pattern(vec![3, 2, 2], 0), pattern(vec![1, 6, 2], 1), pattern(vec![1, 6, 2], 2), pattern(vec![1, 12], 3));
         let out = run("GRU", attrs(vec![("hidden_size", Attr::Int(2))]), &[Some(&x), Some(&w), Some(&r), Some(&b)]);
         assert_close(&out[0].to_f64(), &GRU_Y);
     }
 
     #[test]
     fn lstm_reverse_clip_peepholes_lengths() {
-        let (x, w, r, b) = (pattern(vec![3, 2, 2], 0), pattern(vec![1, 8, 2], 1), pattern(vec![1, 8, 2], 2), pattern(vec![1, 16], 3));
+        let (x, w, r, b) =
+            (pattern(vec![3, 2, 2], 0), pattern(vec![1, 8, 2], 1), pattern(vec![1, 8, 2], 2), pattern(vec![1, 16], 3));
         let sl = Tensor::from_i64(DType::I32, vec![2], vec![3, 2]);
         let (h0, c0, p) = (pattern(vec![1, 2, 2], 4), pattern(vec![1, 2, 2], 5), pattern(vec![1, 6], 6));
         let a = attrs(vec![

@@ -1131,9 +1131,8 @@ impl Op for DeformConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::*;
     use crate::Attr;
-
+    use crate::testing::*;
 
     fn run(op: &str, a: Attrs, inputs: &[Option<&Tensor>]) -> Tensor {
         build(op, &a, 22).unwrap().eval(inputs).unwrap().remove(0)

@@ -746,7 +746,6 @@ mod tests {
     use super::*;
     use crate::testing::*;
 
-
     fn run(op: &str, a: Attrs, opset: i64, inputs: &[Option<&Tensor>]) -> Vec<Tensor> {
         build(op, &a, opset).unwrap().eval(inputs).unwrap()
     }

@@ -643,10 +643,8 @@ impl Op for MelWeightMatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::*;
     use crate::Attr;
-
-
+    use crate::testing::*;
 
     fn int(v: i64) -> Tensor {
         Tensor::from_i64(DType::I64, vec![], vec![v])

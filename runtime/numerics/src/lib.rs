@@ -2,17 +2,17 @@
 //! the four float8 formats, float4e2m1 and float8e8m0 (a bare exponent),
 //! plus packing of 4- and 2-bit elements into bytes.
 //!
-//! This file has no dependencies on purpose: drift-runtime compiles the same
-//! file (`#[path]` in its `dtype.rs`) for its boundary conversions, so the
-//! compiler's constant folding and the runtime's input/output conversion can
-//! never disagree, while neither crate depends on the other.
+//! A crate of its own, with no dependencies, because two crates need the
+//! same definitions: drift-ops (constant folding, the WGSL rounding code it
+//! mirrors) and drift-runtime (input/output conversion at the boundary). So
+//! folding and the runtime can never disagree, while neither of those crates
+//! depends on the other.
 //!
 //! Rounding follows ONNX's Cast (`onnx/reference/ops/op_cast.py`, which
 //! defers to ml_dtypes): round to nearest, ties to even; out-of-range values
 //! and infinities go to the largest finite value when saturating, otherwise
 //! to infinity (E5M2) or NaN (formats without infinity). float4e2m1 has
 //! neither, so it always saturates.
-#![allow(dead_code)]
 
 /// A narrow IEEE-like binary float format: sign, `exp_bits`, `man_bits`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
