@@ -22,8 +22,9 @@ them under "non_tensor" so a runner that handles only tensors can skip the case.
 Usage:
     python3 scripts/gen_onnx_tests.py --out target/onnx-tests [--force]
 
-Output is deterministic (byte-identical across runs). A stamp file records the onnx
-version and this script's hash; when it matches, nothing is rewritten.
+Output is deterministic (byte-identical across runs) for given onnx, numpy and ml_dtypes
+versions (scripts/setup pins them). A stamp file records those versions and this script's
+hash; when it matches, nothing is rewritten.
 """
 from __future__ import annotations
 
@@ -188,7 +189,15 @@ def build_folder(out: Path, folder: str) -> None:
 
 def stamp_for_this_run() -> dict:
     script_hash = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    return {"onnx": onnx.__version__, "script_sha256": script_hash}
+    # The expected outputs are computed by numpy and ml_dtypes at generation time.
+    import ml_dtypes
+
+    return {
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+        "ml_dtypes": ml_dtypes.__version__,
+        "script_sha256": script_hash,
+    }
 
 
 def is_up_to_date(out: Path, stamp: dict) -> bool:

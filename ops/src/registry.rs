@@ -8,6 +8,9 @@ use crate::{Attrs, Error, Op, Result};
 /// `n_outputs` is the node's output count, which some ops imply rather
 /// than state (Split into equal parts before opset 18).
 pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs, n_outputs: usize) -> Result<Box<dyn Op>> {
+    if domain == "ai.onnx.preview.training" && matches!(op_type, "Adagrad" | "Adam" | "Momentum") {
+        return crate::families::training::build(op_type, attrs, opset);
+    }
     if !(domain.is_empty() || domain == "ai.onnx") {
         return Err(Error::unsupported(format!("domain '{domain}'")));
     }

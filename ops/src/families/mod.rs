@@ -19,4 +19,5 @@ pub mod select;
 pub mod shape;
 pub mod signal;
 pub mod sort;
+pub mod training;
 pub mod transformer;
