@@ -61,7 +61,9 @@ pub struct Shaders {
 /// Validates `source` and writes it as WGSL, SPIR-V and MSL.
 pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    // unpack2x16float (f16 weights and scales): every backend drift targets
+    // has it; only GLES lacks it.
+    let info = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32)
         .validate(&module)
         .map_err(|e| e.emit_to_string(source))?;
     let wgsl = naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty())

@@ -15,6 +15,7 @@ pub mod npy;
 pub mod passes;
 pub mod plan;
 pub mod program;
+pub mod quantize;
 
 pub use error::{Error, Result};
 pub use program::Limits;
@@ -32,6 +33,8 @@ pub struct Options {
     /// Values of inputs fixed at compile time (`--const-input name=file.npy`):
     /// shape-deciding operands such as Reshape's shape or Reduce's axes.
     pub const_inputs: BTreeMap<String, drift_ops::Tensor>,
+    /// Weight-only quantization of constant MatMul weights (`--quantize`).
+    pub quantize: Option<quantize::Quantize>,
     pub limits: Limits,
 }
 
@@ -63,6 +66,10 @@ pub fn compile_file(path: &Path, opts: &Options) -> Result<Compiled> {
 pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     passes::bind_inputs(&mut g, &opts.dims, &opts.input_shapes)?;
     passes::fix_input_values(&mut g, &opts.const_inputs)?;
+    quantize::repack_matmul_nbits(&mut g)?;
+    if let Some(q) = opts.quantize {
+        quantize::quantize_matmuls(&mut g, q)?;
+    }
     passes::build_ops(&mut g)?;
     let order = control::infer_with_control_flow(&mut g)?;
     let order = passes::split_oversized_weights(&mut g, &order, opts.limits.max_binding_bytes)?;

@@ -33,6 +33,13 @@ enum Command {
         /// The bundle checks that runs pass the same value.
         #[arg(long = "const-input", value_name = "NAME=FILE.npy")]
         const_inputs: Vec<String>,
+        /// Weight-only quantization of constant MatMul weights: int8, int4
+        /// (per-group scales) or f16. Dequantization is fused into the matmuls.
+        #[arg(long, value_name = "int8|int4|f16")]
+        quantize: Option<String>,
+        /// Weights per scale for --quantize int8/int4 (along K).
+        #[arg(long, default_value_t = 32, value_name = "32|64|128")]
+        group_size: usize,
     },
     /// Run a bundle on the GPU.
     Run {
@@ -54,8 +61,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compile { model, output, dims, input_shapes, const_inputs } => {
-            compile(&model, output, &dims, &input_shapes, &const_inputs)
+        Command::Compile { model, output, dims, input_shapes, const_inputs, quantize, group_size } => {
+            let quantize = quantize.map(|q| (q, group_size));
+            compile(&model, output, &dims, &input_shapes, &const_inputs, quantize)
         }
         Command::Run { bundle, inputs, random_inputs, output_dir } => {
             run(&bundle, &inputs, random_inputs, output_dir.as_deref())
@@ -77,8 +85,12 @@ fn compile(
     dims: &[String],
     shapes: &[String],
     const_inputs: &[String],
+    quantize: Option<(String, usize)>,
 ) -> Result<(), String> {
     let mut opts = Options::default();
+    if let Some((kind, group)) = quantize {
+        opts.quantize = Some(drift_compiler::quantize::Quantize::parse(&kind, group)?);
+    }
     for d in dims {
         let (k, v) = split_kv(d, "--dim")?;
         let n = v.parse().map_err(|_| format!("--dim {d}: '{v}' is not a non-negative integer"))?;

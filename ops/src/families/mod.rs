@@ -7,6 +7,7 @@ pub mod elementwise;
 pub mod loss;
 pub mod matmul;
 pub mod movement;
+pub mod nbits;
 pub mod norm;
 pub mod pool;
 pub mod quant;
