@@ -49,6 +49,13 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     s
 }
 
+/// The `dims` uniform that kernels of dynamic shapes read: the run's value
+/// of each symbol (`dims.s0`, ...), at the binding after the storage ones.
+pub fn dims_decl(binding: u32) -> String {
+    let fields: Vec<String> = (0..drift_ops::dims::MAX_SYMS).map(|k| format!("s{k}: u32")).collect();
+    format!("struct Dims {{ {} }}\n@group(0) @binding({binding}) var<uniform> dims: Dims;\n", fields.join(", "))
+}
+
 /// One kernel in every language.
 #[derive(Clone, Debug)]
 pub struct Shaders {

@@ -7,6 +7,7 @@
 
 pub mod codegen;
 pub mod control;
+pub mod dynamic;
 pub mod error;
 pub mod import;
 pub mod inspect;
@@ -16,6 +17,7 @@ pub mod passes;
 pub mod plan;
 pub mod program;
 pub mod quantize;
+pub mod stages;
 
 pub use error::{Error, Result};
 pub use program::Limits;
@@ -28,6 +30,8 @@ use std::path::Path;
 pub struct Options {
     /// Values of symbolic dimensions (`--dim batch=1`).
     pub dims: BTreeMap<String, usize>,
+    /// Bounded dynamic dims (`--dim seq=1..2048`): kernels read them at run time.
+    pub dim_ranges: BTreeMap<String, (usize, usize)>,
     /// Whole shapes for named inputs, overriding what the model declares.
     pub input_shapes: BTreeMap<String, Vec<usize>>,
     /// Values of inputs fixed at compile time (`--const-input name=file.npy`):
@@ -64,12 +68,15 @@ pub fn compile_file(path: &Path, opts: &Options) -> Result<Compiled> {
 
 /// The pipeline, one pass per line.
 pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
-    passes::bind_inputs(&mut g, &opts.dims, &opts.input_shapes)?;
-    passes::fix_input_values(&mut g, &opts.const_inputs)?;
     quantize::repack_matmul_nbits(&mut g)?;
     if let Some(q) = opts.quantize {
         quantize::quantize_matmuls(&mut g, q)?;
     }
+    if !opts.dim_ranges.is_empty() {
+        return stages::compile(g, opts);
+    }
+    passes::bind_inputs(&mut g, &opts.dims, &opts.input_shapes)?;
+    passes::fix_input_values(&mut g, &opts.const_inputs)?;
     passes::build_ops(&mut g)?;
     let order = control::infer_with_control_flow(&mut g)?;
     let order = passes::split_oversized_weights(&mut g, &order, opts.limits.max_binding_bytes)?;

@@ -22,7 +22,8 @@ enum Command {
         /// Output bundle (default: the model's name with .drift).
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Fix a symbolic dimension, e.g. --dim batch=1 (repeatable).
+        /// Fix a symbolic dimension, e.g. --dim batch=1, or bound it, e.g.
+        /// --dim seq=1..2048: kernels then read it at run time (repeatable).
         #[arg(long = "dim", value_name = "NAME=VALUE")]
         dims: Vec<String>,
         /// Give an input's whole shape, e.g. --input-shape x=1,3,224,224.
@@ -93,8 +94,15 @@ fn compile(
     }
     for d in dims {
         let (k, v) = split_kv(d, "--dim")?;
-        let n = v.parse().map_err(|_| format!("--dim {d}: '{v}' is not a non-negative integer"))?;
-        opts.dims.insert(k.to_string(), n);
+        let num = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("--dim {d}: '{x}' is not a non-negative integer"));
+        match v.split_once("..") {
+            Some((lo, hi)) => {
+                opts.dim_ranges.insert(k.to_string(), (num(lo)?, num(hi)?));
+            }
+            None => {
+                opts.dims.insert(k.to_string(), num(v)?);
+            }
+        }
     }
     for s in shapes {
         let (k, v) = split_kv(s, "--input-shape")?;

@@ -131,7 +131,8 @@ pub fn validate(bundle: &Bundle) -> Result<()> {
     }
     validate_io(bundle, "inputs", &bundle.inputs)?;
     validate_io(bundle, "outputs", &bundle.outputs)?;
-    validate_fixed_inputs(bundle)
+    validate_fixed_inputs(bundle)?;
+    crate::dims::validate(bundle)
 }
 
 /// A data-dependent extent: outputs only, a real axis, a u32 inside an
@@ -219,6 +220,7 @@ fn validate_kernel(i: usize, kernel: &Kernel) -> Result<()> {
         // Binding 0 is the params block and only binding 0 is.
         let ok = match kind {
             Some(BindingKind::Params) => b == 0,
+            Some(BindingKind::Dims) => b != 0 && b + 1 == kernel.bindings.len(),
             Some(_) => b != 0,
             None => false,
         };
@@ -274,7 +276,9 @@ fn validate_dispatch(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<(
             format!("= {} is out of range ({} kernels)", dispatch.kernel, bundle.kernels.len()),
         ));
     };
-    let storage = kernel.bindings.len() - 1;
+    let storage = binding_kinds(kernel)
+        .filter(|k| matches!(k, Some(BindingKind::StorageRead | BindingKind::StorageReadWrite)))
+        .count();
     if dispatch.buffers.len() != storage {
         return Err(bundle_err(
             field("buffers"),

@@ -23,6 +23,7 @@
 //! [`session`] (the GPU side), [`error`].
 
 pub mod bundle;
+pub mod dims;
 pub mod dtype;
 pub mod error;
 pub mod format;
@@ -37,5 +38,5 @@ pub use error::{Error, Result};
 pub use format::{parse, validate, write_bundle, write_bundle_to};
 pub use gpu::{Gpu, GpuInfo, GpuOptions, ShaderPath};
 pub use model::{Model, TensorInfo};
-pub use session::Session;
+pub use session::{Feed, Session};
 pub use tensor::HostTensor;

@@ -428,7 +428,7 @@ impl Op for QMatMul {
         if m == 0 {
             return Ok(Lowering::Kernels { temps: vec![], kernels: vec![] });
         }
-        let spec = QSpec { fmt: self.fmt, bias: cx.has_input(BIAS) };
+        let spec = QSpec { fmt: self.fmt, bias: cx.has_input(BIAS), custom_a: false };
         let kernel = if m <= GEMV_MAX_ROWS {
             gemv_kernel(&spec, m)
         } else {
@@ -450,12 +450,20 @@ fn to_f64_words(t: &Tensor) -> Vec<f64> {
 pub struct QSpec {
     pub fmt: WeightFormat,
     pub bias: bool,
+    /// The caller defines `fn a_at(m: u32, k: u32) -> f32` (row m, column
+    /// k of A, both in range) and binds A itself; otherwise A is argument
+    /// `a`, dense `[M, K]`.
+    pub custom_a: bool,
 }
 
 impl QSpec {
     /// Kernel arguments: a, w, scales, zero points, bias (as present), y.
     pub fn args(&self) -> Vec<KernelArg> {
-        let mut args = vec![KernelArg::new("a", TensorRef::Input(A)), KernelArg::new("w", TensorRef::Input(W))];
+        let mut args = vec![];
+        if !self.custom_a {
+            args.push(KernelArg::new("a", TensorRef::Input(A)));
+        }
+        args.push(KernelArg::new("w", TensorRef::Input(W)));
         if self.fmt.bits != 16 {
             args.push(KernelArg::new("s", TensorRef::Input(SCALES)));
         }
@@ -519,6 +527,9 @@ impl QSpec {
         );
         let bias = if self.bias { "ld_bias(n)" } else { "0.0" };
         s += &format!("fn bias_of(n: u32) -> f32 {{ return {bias}; }}\n");
+        if !self.custom_a {
+            s += "fn a_at(m: u32, k: u32) -> f32 { return ld_a(m * K + k); }\n";
+        }
         s
     }
 }
@@ -542,9 +553,9 @@ pub fn gemv_kernel(spec: &QSpec, m: usize) -> Kernel {
     let workgroups = grid_1d(groups, 1);
     let guard_k = !f.k.is_multiple_of(e);
     let load_a = if guard_k {
-        "fn la(m: u32, k: u32) -> f32 { if (k < K) { return ld_a(m * K + k); } return 0.0; }\n"
+        "fn la(m: u32, k: u32) -> f32 { if (k < K) { return a_at(m, k); } return 0.0; }\n"
     } else {
-        "fn la(m: u32, k: u32) -> f32 { return ld_a(m * K + k); }\n"
+        "fn la(m: u32, k: u32) -> f32 { return a_at(m, k); }\n"
     };
     let mut acc = String::new();
     for r in 0..m {
@@ -621,7 +632,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let row = m0 + r / TK;
             let k = k0 + r % TK;
             var v = 0.0;
-            if (row < M && k < K) {{ v = ld_a(row * K + k); }}
+            if (row < M && k < K) {{ v = a_at(row, k); }}
             As[r] = v;
         }}
         for (var r = li; r < 64u * (TK / E); r += 256u) {{
@@ -751,7 +762,7 @@ mod tests {
             (16, ZeroPoints::Default, false),
         ] {
             let fmt = WeightFormat { k: 70, n: 9, bits, group: 32, f16_scales, zero_points };
-            let spec = QSpec { fmt, bias: true };
+            let spec = QSpec { fmt, bias: true, custom_a: false };
             assert!(gemv_kernel(&spec, 3).body.contains("fn main"));
             assert!(gemm_kernel(&spec, "M_EXPR").body.contains("let M = M_EXPR;"));
         }
