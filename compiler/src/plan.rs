@@ -3,7 +3,7 @@
 //!
 //! The input is a [`Problem`]: every tensor's size and the inclusive range
 //! of dispatch steps during which it is live, pairs that may share memory
-//! in place, an alignment and optionally a binding window. [`plan`] returns
+//! in place, alignments and optionally a binding window. [`plan`] returns
 //! one offset per tensor. Two tensors whose lifetimes overlap never overlap
 //! in memory, except an in-place pair, which shares one block.
 //!
@@ -51,6 +51,10 @@ pub struct Problem {
     pub in_place: Vec<(usize, usize)>,
     /// Every offset is a multiple of this (a power of two, at least 4).
     pub align: u64,
+    /// `(bytes, align)`: tensors of at least `bytes` start at multiples of
+    /// `align` instead (say, GPU cache lines: on large tensors the padding
+    /// costs little).
+    pub big_align: Option<(u64, u64)>,
     /// When set (a power of two), no tensor of at most this many bytes may
     /// cross a multiple of it.
     pub window: Option<u64>,
@@ -58,6 +62,16 @@ pub struct Problem {
 
 /// The orders `Best` tries.
 pub const ORDERS: [Strategy; 3] = [Strategy::GreedyBySize, Strategy::GreedyInOrder, Strategy::GreedyByArea];
+
+impl Problem {
+    /// The alignment of a tensor of `bytes`.
+    pub fn align_of(&self, bytes: u64) -> u64 {
+        match self.big_align {
+            Some((min, align)) if bytes >= min => align.max(self.align),
+            _ => self.align,
+        }
+    }
+}
 
 /// How offsets are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,13 +168,13 @@ pub fn merge_in_place(p: &Problem) -> (Vec<Lifetime>, Vec<usize>, Vec<(usize, us
     // Renumber the blocks that still have members.
     let mut index = vec![usize::MAX; n];
     let mut kept = vec![];
-    for t in 0..n {
-        let root = block_of[t];
+    for block in block_of.iter_mut() {
+        let root = *block;
         if index[root] == usize::MAX {
             index[root] = kept.len();
             kept.push(blocks[root]);
         }
-        block_of[t] = index[root];
+        *block = index[root];
     }
     (kept, block_of, taken)
 }
@@ -191,11 +205,8 @@ pub fn plan(p: &Problem, strategy: Strategy) -> Plan {
 }
 
 fn plan_with(p: &Problem, order: Strategy, in_place: bool) -> Plan {
-    let (blocks, block_of, taken) = if in_place {
-        merge_in_place(p)
-    } else {
-        (p.tensors.clone(), (0..p.tensors.len()).collect(), vec![])
-    };
+    let (blocks, block_of, taken) =
+        if in_place { merge_in_place(p) } else { (p.tensors.clone(), (0..p.tensors.len()).collect(), vec![]) };
     let mut sequence: Vec<usize> = (0..blocks.len()).collect();
     let area = |b: &Lifetime| u128::from(b.bytes) * (b.last - b.first + 1) as u128;
     use std::cmp::Reverse;
@@ -204,14 +215,14 @@ fn plan_with(p: &Problem, order: Strategy, in_place: bool) -> Plan {
         Strategy::GreedyByArea => sequence.sort_by_key(|&b| (Reverse(area(&blocks[b])), blocks[b].first)),
         _ => sequence.sort_by_key(|&b| (Reverse(blocks[b].bytes), blocks[b].first)),
     }
-    let (block_offsets, total) = assign(&blocks, &sequence, p.align, p.window);
+    let (block_offsets, total) = assign(&blocks, &sequence, p);
     Plan { offsets: block_of.iter().map(|&b| block_offsets[b]).collect(), total, strategy: order, in_place: taken }
 }
 
 /// Places `blocks` in `sequence` order, each at the start of the smallest
 /// gap (among blocks already placed whose lifetimes overlap) that holds it,
 /// or after all of them.
-fn assign(blocks: &[Lifetime], sequence: &[usize], align: u64, window: Option<u64>) -> (Vec<u64>, u64) {
+fn assign(blocks: &[Lifetime], sequence: &[usize], p: &Problem) -> (Vec<u64>, u64) {
     let mut offsets = vec![0u64; blocks.len()];
     let mut placed: Vec<usize> = Vec::with_capacity(blocks.len());
     let mut total = 0;
@@ -223,7 +234,7 @@ fn assign(blocks: &[Lifetime], sequence: &[usize], align: u64, window: Option<u6
             placed.iter().filter(|&&q| blocks[q].overlaps(t)).map(|&q| (offsets[q], offsets[q] + blocks[q].bytes)),
         );
         busy.sort_unstable();
-        let off = best_fit(&busy, t.bytes, align, window);
+        let off = best_fit(&busy, t.bytes, p);
         offsets[b] = off;
         total = total.max(off + t.bytes);
         placed.push(b);
@@ -232,9 +243,9 @@ fn assign(blocks: &[Lifetime], sequence: &[usize], align: u64, window: Option<u6
 }
 
 /// The lowest legal offset at or after `off` for a tensor of `bytes`.
-fn legal(off: u64, bytes: u64, align: u64, window: Option<u64>) -> u64 {
-    let off = off.next_multiple_of(align);
-    match window {
+fn legal(off: u64, bytes: u64, p: &Problem) -> u64 {
+    let off = off.next_multiple_of(p.align_of(bytes));
+    match p.window {
         // Would cross a window boundary: start at the next window instead.
         Some(w) if bytes > 0 && bytes <= w && off / w != (off + bytes - 1) / w => off.next_multiple_of(w),
         _ => off,
@@ -243,11 +254,11 @@ fn legal(off: u64, bytes: u64, align: u64, window: Option<u64>) -> u64 {
 
 /// Start of the smallest gap between the `busy` ranges (sorted by start)
 /// that holds `bytes`; after the last range if none does.
-fn best_fit(busy: &[(u64, u64)], bytes: u64, align: u64, window: Option<u64>) -> u64 {
+fn best_fit(busy: &[(u64, u64)], bytes: u64, p: &Problem) -> u64 {
     let mut best: Option<(u64, u64)> = None; // (gap size, offset)
     let mut cursor = 0u64;
     for &(start, end) in busy {
-        let off = legal(cursor, bytes, align, window);
+        let off = legal(cursor, bytes, p);
         if off + bytes <= start {
             let gap = start - cursor;
             if best.is_none_or(|(g, _)| gap < g) {
@@ -258,7 +269,7 @@ fn best_fit(busy: &[(u64, u64)], bytes: u64, align: u64, window: Option<u64>) ->
     }
     match best {
         Some((_, off)) => off,
-        None => legal(cursor, bytes, align, window),
+        None => legal(cursor, bytes, p),
     }
 }
 
@@ -280,8 +291,8 @@ pub fn check(p: &Problem, plan: &Plan) -> Result<(), String> {
     }
     for (i, t) in p.tensors.iter().enumerate() {
         let off = plan.offsets[i];
-        if !off.is_multiple_of(p.align) {
-            return Err(format!("tensor {i} at {off} is not aligned to {}", p.align));
+        if !off.is_multiple_of(p.align_of(t.bytes)) {
+            return Err(format!("tensor {i} at {off} is not aligned to {}", p.align_of(t.bytes)));
         }
         if off + t.bytes > plan.total {
             return Err(format!("tensor {i} at {off} + {} runs past the total {}", t.bytes, plan.total));
@@ -343,6 +354,7 @@ mod tests {
             tensors: vec![t(0, 2, 100), t(1, 3, 300), t(2, 4, 100), t(3, 5, 200), t(4, 6, 50), t(0, 6, 8)],
             in_place: vec![(0, 2), (2, 4)],
             align: 16,
+            big_align: Some((200, 64)),
             window: Some(512),
         };
         for s in ORDERS.into_iter().chain([Strategy::Best]) {

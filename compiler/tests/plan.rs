@@ -9,6 +9,7 @@
 //! Input lines (`#` starts a comment):
 //! ```text
 //! align 16                 offsets are multiples of this (default 4)
+//! big_align 65536 256      tensors of at least 65536 bytes: multiples of 256
 //! window 1024              optional: tensors that fit must not cross multiples of it
 //! show greedy_in_order     whose offsets to list (default best)
 //! tensor NAME FIRST LAST BYTES
@@ -29,7 +30,7 @@ struct Case {
 
 fn parse(text: &str) -> Result<Case, String> {
     let mut names: Vec<String> = vec![];
-    let mut problem = Problem { tensors: vec![], in_place: vec![], align: 4, window: None };
+    let mut problem = Problem { tensors: vec![], in_place: vec![], align: 4, big_align: None, window: None };
     let mut show = Strategy::Best;
     let mut pairs: Vec<(String, String)> = vec![];
     for (n, line) in text.lines().enumerate() {
@@ -41,6 +42,7 @@ fn parse(text: &str) -> Result<Case, String> {
             [] => {}
             ["align", a] => problem.align = num(a)?,
             ["window", w] => problem.window = Some(num(w)?),
+            ["big_align", min, a] => problem.big_align = Some((num(min)?, num(a)?)),
             ["show", s] => show = Strategy::from_name(s).ok_or_else(|| bad("unknown strategy"))?,
             ["tensor", name, first, last, bytes] => {
                 names.push(name.to_string());
@@ -128,5 +130,10 @@ fn planner_cases_match_their_expected_plans() {
             failures.push(format!("{}: expected\n{expected}\ngot\n{got}", file.display()));
         }
     }
-    assert!(failures.is_empty(), "{} planner case(s) differ (DRIFT_BLESS=1 rewrites):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} planner case(s) differ (DRIFT_BLESS=1 rewrites):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -350,10 +350,7 @@ fn validate_windows(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<()
         if !fits || !w.offset.is_multiple_of(WINDOW_ALIGN) {
             return Err(bundle_err(
                 format!("dispatches[{i}].windows[{j}]"),
-                format!(
-                    "= {}+{} is empty, unaligned or runs past buffers[{buffer}] ({size} bytes)",
-                    w.offset, w.size
-                ),
+                format!("= {}+{} is empty, unaligned or runs past buffers[{buffer}] ({size} bytes)", w.offset, w.size),
             ));
         }
     }
