@@ -174,6 +174,24 @@ fn elementwise_chain_over_150_mib() {
     assert_close("y", &y, |i| f64::from((pattern(i) + 0.5).max(0.0) * 2.0), 0.0, 0.0);
 }
 
+/// An arena past the largest buffer is a compile error that says so.
+#[test]
+fn an_arena_past_the_largest_buffer_is_a_clear_error() {
+    let n = 150 * MIB / 4;
+    let g = Graph {
+        nodes: vec![node("Relu", &["x"], "y", vec![])],
+        inputs: vec![value_info("x", &[n])],
+        outputs: vec![value_info("y", &[n])],
+        constants: vec![],
+    };
+    let bytes = model_bytes(g);
+    let graph = drift_compiler::import::import_bytes(&bytes, Path::new("large.onnx"), Path::new(".")).expect("import");
+    let opts =
+        Options { limits: Limits { max_buffer_bytes: 100 * MIB as u64, ..Limits::default() }, ..Options::default() };
+    let err = drift_compiler::compile_graph(graph, &opts).err().expect("the arena cannot fit").to_string();
+    assert!(err.contains("arena of 157286400 bytes") && err.contains("104857600"), "{err}");
+}
+
 /// Concat along axis 1 of two 80 MiB matrices into a 160 MiB one: every
 /// output row interleaves both inputs, across window boundaries.
 #[test]

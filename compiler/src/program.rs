@@ -556,14 +556,15 @@ fn plan_arena(bld: &Builder, arena_slots: &[usize], limits: &Limits) -> Result<A
     }
     debug_assert_eq!(plan::check(&problem, &planned), Ok(()));
     let size = planned.total.next_multiple_of(4).max(4);
+    let lower_bound_bytes = plan::problem_lower_bound(&problem);
     if size > limits.max_buffer_bytes {
         return Err(Error::Other(format!(
-            "activations need {size} bytes at once, more than one buffer may hold ({})",
+            "the activations need an arena of {size} bytes ({lower_bound_bytes} live at once), more than one buffer may hold ({})",
             limits.max_buffer_bytes
         )));
     }
     let memory = b::MemoryStats {
-        lower_bound_bytes: plan::problem_lower_bound(&problem),
+        lower_bound_bytes,
         naive_bytes: plan::naive_bytes(&problem.tensors),
         strategy: planned.strategy.name().to_string(),
         in_place: planned.in_place.len() as u32,
