@@ -9,7 +9,7 @@
 
 use drift_compiler::Options;
 use drift_compiler::quantize::Quantize;
-use drift_runtime::{Gpu, HostTensor, Model, Session};
+use drift_runtime::{Feed, Gpu, HostTensor, Model, Session};
 use drift_tests::{Outcome, compare};
 use std::path::{Path, PathBuf};
 
@@ -105,4 +105,119 @@ fn static_steps_match_onnxruntime_in_every_weight_format() {
         println!("{:>18}: max |logits - f32 onnxruntime logits| = {worst_vs_f32:.3e}", v.name);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Bounds of the dynamic bundle: prompt up to 32 tokens, cache up to 64.
+const SEQ: (usize, usize) = (1, 32);
+const PAST: (usize, usize) = (0, 64);
+
+fn compile_dynamic(v: &Variant) -> Model {
+    let mut opts = Options { quantize: v.quantize, ..Options::default() };
+    opts.dims.insert("batch_size".into(), 1);
+    opts.dim_ranges.insert("seq".into(), SEQ);
+    opts.dim_ranges.insert("past".into(), PAST);
+    let compiled = drift_compiler::compile_file(&fixture_dir().join(v.model), &opts)
+        .unwrap_or_else(|e| panic!("{}: compile: {e}", v.name));
+    Model::from_bytes(compiled.to_bytes()).unwrap_or_else(|e| panic!("{}: load: {e}", v.name))
+}
+
+/// One bundle (`--dim seq=1..32 --dim past=0..64`) with a decode and a
+/// prefill stage runs all three steps from host inputs.
+#[test]
+fn one_dynamic_bundle_runs_prefill_decode_and_chunk() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let dir = fixture_dir();
+    let mut failures = vec![];
+    for v in variants() {
+        let model = compile_dynamic(&v);
+        assert_eq!(model.bundle().stages.len(), 2, "{}: a decode and a prefill stage", v.name);
+        let mut session = Session::new(&gpu, &model).expect("session");
+        for step in STEPS {
+            let inputs = read_dir(&dir.join(v.refs).join(step).join("inputs"));
+            let want = read_dir(&dir.join(v.refs).join(step).join("outputs"));
+            let args: Vec<(&str, &HostTensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let got = session.run(&args).unwrap_or_else(|e| panic!("{} {step}: {e}", v.name));
+            if let Outcome::Mismatch(m) = compare(&got, &want, RTOL, ATOL) {
+                failures.push(format!("{} {step}: {m}", v.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Prefill, then decode and chunk with the KV cache carried on the GPU:
+/// only the first run uploads a (empty) cache, only logits are read back
+/// until the end.
+#[test]
+fn kv_cache_is_carried_on_the_gpu_between_steps() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let dir = fixture_dir();
+    for v in [variants().remove(0), variants().remove(2)] {
+        let model = compile_dynamic(&v);
+        let mut session = Session::new(&gpu, &model).expect("session");
+        let pairs: Vec<(String, String)> =
+            session.state_pairs().iter().map(|(i, o)| (i.to_string(), o.to_string())).collect();
+        assert_eq!(pairs.len(), 4, "{}: 2 layers × key/value", v.name);
+        for (k, step) in STEPS.iter().enumerate() {
+            let inputs = read_dir(&dir.join(v.refs).join(step).join("inputs"));
+            let want = read_dir(&dir.join(v.refs).join(step).join("outputs"));
+            let feeds: Vec<(&str, Feed)> = inputs
+                .iter()
+                .map(|(n, t)| {
+                    let carried = k > 0 && pairs.iter().any(|(i, _)| i == n);
+                    (n.as_str(), if carried { Feed::Carried } else { Feed::Host(t) })
+                })
+                .collect();
+            let last = k + 1 == STEPS.len();
+            let names: Vec<String> = want.iter().map(|(n, _)| n.clone()).filter(|n| last || n == "logits").collect();
+            let fetch: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+            let got = session.run_with(&feeds, Some(&fetch)).unwrap_or_else(|e| panic!("{} {step}: {e}", v.name));
+            assert_eq!(got.len(), fetch.len());
+            let want: Vec<(String, HostTensor)> =
+                want.into_iter().filter(|(n, _)| fetch.contains(&n.as_str())).collect();
+            if let Outcome::Mismatch(m) = compare(&got, &want, RTOL, ATOL) {
+                panic!("{} {step} (carried cache): {m}", v.name);
+            }
+        }
+    }
+}
+
+/// Shapes outside the compiled bounds are a clear error naming the dim.
+#[test]
+fn runs_outside_the_bounds_are_errors() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let model = compile_dynamic(&variants().remove(0));
+    let mut session = Session::new(&gpu, &model).expect("session");
+    let long = SEQ.1 + 1;
+    let ids = HostTensor::new(drift_runtime::DType::I64, vec![1, long], vec![0; long * 8]).unwrap();
+    let mask = HostTensor::new(drift_runtime::DType::I64, vec![1, long], vec![0; long * 8]).unwrap();
+    let past = HostTensor::new(drift_runtime::DType::F32, vec![1, 2, 0, 16], vec![]).unwrap();
+    let mut args: Vec<(&str, &HostTensor)> =
+        vec![("input_ids", &ids), ("attention_mask", &mask), ("position_ids", &ids)];
+    let names: Vec<String> =
+        (0..2).flat_map(|i| ["key", "value"].map(|k| format!("past_key_values.{i}.{k}"))).collect();
+    args.extend(names.iter().map(|n| (n.as_str(), &past)));
+    let e = session.run(&args).expect_err("seq past its bound").to_string();
+    assert!(e.contains("sequence_length") && e.contains(&long.to_string()) && e.contains("1..32"), "{e}");
+    // A mask whose length disagrees with seq + past names the input.
+    let short = HostTensor::new(drift_runtime::DType::I64, vec![1, 3], vec![0; 24]).unwrap();
+    let ids4 = HostTensor::new(drift_runtime::DType::I64, vec![1, 4], vec![0; 32]).unwrap();
+    args[0] = ("input_ids", &ids4);
+    args[1] = ("attention_mask", &short);
+    args[2] = ("position_ids", &ids4);
+    let e = session.run(&args).expect_err("mask too short").to_string();
+    assert!(e.contains("attention_mask"), "{e}");
+}
+
+/// An op without a symbolic shape rule is a compile error naming the node.
+#[test]
+fn ops_without_symbolic_rules_are_named() {
+    let mut opts = Options::default();
+    opts.dim_ranges.insert("seq".into(), (1, 8));
+    let e = drift_compiler::compile_file(&fixture_dir().join("cumsum_dynamic.onnx"), &opts)
+        .err()
+        .expect("CumSum has no symbolic rule")
+        .to_string();
+    assert!(e.contains("running_sum") && e.contains("CumSum") && e.contains("symbolic"), "{e}");
+    assert!(e.contains("[1, sequence_length]"), "names the dynamic input's shape: {e}");
 }

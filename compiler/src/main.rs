@@ -56,7 +56,12 @@ enum Command {
         output_dir: Option<PathBuf>,
     },
     /// Describe a bundle: inputs, outputs, kernels, dispatches, memory.
-    Inspect { bundle: PathBuf },
+    Inspect {
+        bundle: PathBuf,
+        /// Print JSON (memory.arena_bytes, memory.lower_bound_bytes, ...).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,7 +74,7 @@ fn main() -> ExitCode {
         Command::Run { bundle, inputs, random_inputs, output_dir } => {
             run(&bundle, &inputs, random_inputs, output_dir.as_deref())
         }
-        Command::Inspect { bundle } => inspect(&bundle),
+        Command::Inspect { bundle, json } => inspect(&bundle, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,7 +99,8 @@ fn compile(
     }
     for d in dims {
         let (k, v) = split_kv(d, "--dim")?;
-        let num = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("--dim {d}: '{x}' is not a non-negative integer"));
+        let num =
+            |x: &str| x.trim().parse::<usize>().map_err(|_| format!("--dim {d}: '{x}' is not a non-negative integer"));
         match v.split_once("..") {
             Some((lo, hi)) => {
                 opts.dim_ranges.insert(k.to_string(), (num(lo)?, num(hi)?));
@@ -250,9 +256,13 @@ fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Result<HostTensor,
     )
 }
 
-fn inspect(path: &Path) -> Result<(), String> {
+fn inspect(path: &Path, json: bool) -> Result<(), String> {
     let model = load(path)?;
-    print!("{}", drift_compiler::inspect::describe(model.bundle()));
+    if json {
+        print!("{}", drift_compiler::inspect::to_json(model.bundle()));
+    } else {
+        print!("{}", drift_compiler::inspect::describe(model.bundle()));
+    }
     Ok(())
 }
 

@@ -193,7 +193,10 @@ fn pin_state(
         for s in 0..n_stages {
             let (vi, vo) = (g.inputs[s * n_inputs + i], g.outputs[s * n_outputs + o]);
             if g.values[vi].constant.is_some() || g.values[vo].constant.is_some() {
-                return Err(Error::Tensor { tensor: input_name.clone(), msg: "carried state cannot be a constant".into() });
+                return Err(Error::Tensor {
+                    tensor: input_name.clone(),
+                    msg: "carried state cannot be a constant".into(),
+                });
             }
             size = size.max(bytes(vi)).max(bytes(vo));
             pins.insert(vi, Pin { buffer: 0, offset });
@@ -224,7 +227,8 @@ fn split_stages(
     let mut out = vec![];
     for (s, stage) in stages.iter().enumerate() {
         let prefix = format!("{}/", stage.name);
-        let count = bundle.dispatches[first as usize..].iter().take_while(|d| d.label.starts_with(&prefix)).count() as u32;
+        let count =
+            bundle.dispatches[first as usize..].iter().take_while(|d| d.label.starts_with(&prefix)).count() as u32;
         let when = stage
             .bounds
             .iter()

@@ -24,6 +24,9 @@ pub const FILE_HEADER_LEN: usize = 24;
 /// Each dispatch's parameter block starts at a multiple of this (the
 /// WebGPU default `min_uniform_buffer_offset_alignment`).
 pub const PARAMS_ALIGN: u32 = 256;
+/// Window offsets are multiples of this (WebGPU's default
+/// `min_storage_buffer_offset_alignment`).
+pub const WINDOW_ALIGN: u64 = 256;
 
 /// The whole program: tensors at the boundary, buffers, kernels and the
 /// ordered dispatch list.
@@ -57,19 +60,23 @@ pub struct Bundle {
     /// Bounded dynamic dims (`drift compile --dim seq=1..2048`). Their run
     /// values are solved from the inputs' shapes (`IoTensor::dims`) and
     /// given to kernels in the `Dims` binding.
-    #[prost(message, repeated, tag = "30")]
+    #[prost(message, repeated, tag = "40")]
     pub symbols: Vec<Symbol>,
     /// Programs over parts of the dispatch list sharing buffers and weights
     /// (prefill and decode); empty: one program, all dispatches.
-    #[prost(message, repeated, tag = "31")]
+    #[prost(message, repeated, tag = "41")]
     pub stages: Vec<Stage>,
     /// Two buffers holding carried state: inputs of `state` pairs in the
     /// first, their outputs at the same offsets in the second. A run that
     /// carries state swaps them, so outputs become inputs without a copy.
-    #[prost(uint32, repeated, tag = "32")]
+    #[prost(uint32, repeated, tag = "42")]
     pub state_buffers: Vec<u32>,
-    #[prost(message, repeated, tag = "33")]
+    #[prost(message, repeated, tag = "43")]
     pub state: Vec<StatePair>,
+    /// What the memory planner achieved, for `drift inspect`; the runtime
+    /// ignores it.
+    #[prost(message, optional, tag = "30")]
+    pub memory: Option<MemoryStats>,
 }
 
 /// A bounded dynamic dim.
@@ -158,6 +165,27 @@ pub struct StatePair {
     pub input: String,
     #[prost(string, tag = "2")]
     pub output: String,
+}
+
+/// The memory plan's figures (all in bytes) next to the arena it produced.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemoryStats {
+    /// The most bytes of arena tensors live at once over the dispatch list:
+    /// no plan can be smaller.
+    #[prost(uint64, tag = "1")]
+    pub lower_bound_bytes: u64,
+    /// Bytes if every arena tensor had memory of its own.
+    #[prost(uint64, tag = "2")]
+    pub naive_bytes: u64,
+    /// The strategy whose plan was taken.
+    #[prost(string, tag = "3")]
+    pub strategy: String,
+    /// Tensors written over an input in place.
+    #[prost(uint32, tag = "4")]
+    pub in_place: u32,
+    /// Arena tensors planned (views share their input's).
+    #[prost(uint32, tag = "5")]
+    pub tensors: u32,
 }
 
 /// A graph input fixed at compile time (`drift compile --const-input`),
@@ -317,4 +345,20 @@ pub struct Dispatch {
     /// `workgroups` then holds their largest values.
     #[prost(message, repeated, tag = "6")]
     pub groups: Vec<Groups>,
+    /// Empty: each storage binding binds its whole buffer. Otherwise one
+    /// range per storage binding: buffers larger than one binding are bound
+    /// in windows (one buffer may appear at several bindings).
+    #[prost(message, repeated, tag = "30")]
+    pub windows: Vec<Window>,
+}
+
+/// The byte range of a buffer that one binding covers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Window {
+    /// A multiple of WINDOW_ALIGN.
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    /// Positive, a multiple of 4.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
 }

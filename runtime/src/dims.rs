@@ -4,7 +4,7 @@
 //! This is all the runtime knows of dynamic shapes: a few integer sums of
 //! products per run.
 
-use crate::bundle::{Bundle, BufferKind, DimExpr, Groups, IoTensor, Symbol};
+use crate::bundle::{BufferKind, Bundle, DimExpr, Groups, IoTensor, Symbol};
 use crate::error::{Error, Result, bundle_err, fmt_shape};
 
 /// The value of `e` for symbol values `vals`.
@@ -55,8 +55,12 @@ pub fn solve(symbols: &[Symbol], given: &[(&IoTensor, &[usize])]) -> Result<Vec<
         progress = false;
         for (t, shape) in given {
             for (e, &d) in t.dims.iter().zip(shape.iter()) {
-                let unknown: Vec<u32> =
-                    e.terms.iter().flat_map(|t| t.syms.iter().copied()).filter(|&s| vals[s as usize].is_none()).collect();
+                let unknown: Vec<u32> = e
+                    .terms
+                    .iter()
+                    .flat_map(|t| t.syms.iter().copied())
+                    .filter(|&s| vals[s as usize].is_none())
+                    .collect();
                 let Some(&s) = unknown.first() else { continue };
                 if unknown.iter().any(|&u| u != s) {
                     continue;
@@ -66,7 +70,8 @@ pub fn solve(symbols: &[Symbol], given: &[(&IoTensor, &[usize])]) -> Result<Vec<
                 let mut linear = true;
                 for term in &e.terms {
                     let n = term.syms.iter().filter(|&&x| x == s).count();
-                    let known: i64 = term.syms.iter().filter(|&&x| x != s).map(|&x| vals[x as usize].unwrap_or(0) as i64).product();
+                    let known: i64 =
+                        term.syms.iter().filter(|&&x| x != s).map(|&x| vals[x as usize].unwrap_or(0) as i64).product();
                     match n {
                         0 => rest += term.coeff * known,
                         1 => c += term.coeff * known,
@@ -99,7 +104,11 @@ pub fn solve(symbols: &[Symbol], given: &[(&IoTensor, &[usize])]) -> Result<Vec<
     }
     for (sym, &v) in symbols.iter().zip(&vals) {
         if v < sym.min || v > sym.max {
-            let input = given.iter().find(|(t, _)| t.dims.iter().any(|e| e.terms.iter().any(|x| x.syms.iter().any(|&s| symbols[s as usize].name == sym.name))));
+            let input = given.iter().find(|(t, _)| {
+                t.dims
+                    .iter()
+                    .any(|e| e.terms.iter().any(|x| x.syms.iter().any(|&s| symbols[s as usize].name == sym.name)))
+            });
             return Err(Error::DimOutOfBounds {
                 name: sym.name.clone(),
                 value: v,
@@ -176,7 +185,10 @@ pub(crate) fn validate(b: &Bundle) -> Result<()> {
     for (i, p) in b.state.iter().enumerate() {
         let known = b.inputs.iter().any(|t| t.name == p.input) && b.outputs.iter().any(|t| t.name == p.output);
         if !known || b.state_buffers.is_empty() {
-            return bad(format!("state[{i}]"), format!("pairs '{}' with '{}', which are not both IO tensors", p.input, p.output));
+            return bad(
+                format!("state[{i}]"),
+                format!("pairs '{}' with '{}', which are not both IO tensors", p.input, p.output),
+            );
         }
     }
     Ok(())
@@ -199,10 +211,8 @@ mod tests {
 
     #[test]
     fn solves_sums_and_checks_bounds() {
-        let symbols = vec![
-            Symbol { name: "seq".into(), min: 1, max: 8 },
-            Symbol { name: "past".into(), min: 0, max: 16 },
-        ];
+        let symbols =
+            vec![Symbol { name: "seq".into(), min: 1, max: 8 }, Symbol { name: "past".into(), min: 0, max: 16 }];
         let ids = IoTensor { name: "ids".into(), dims: vec![konst(1), sym(0)], ..Default::default() };
         let total = DimExpr { terms: vec![Term { coeff: 1, syms: vec![0] }, Term { coeff: 1, syms: vec![1] }] };
         let mask = IoTensor { name: "mask".into(), dims: vec![konst(1), total], ..Default::default() };

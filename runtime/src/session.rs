@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use crate::bundle::{
     BindingKind, Buffer, BufferKind, Bundle, Dispatch, Groups, IoTensor, Kernel, PARAMS_ALIGN, Symbol, SymbolRange,
+    WINDOW_ALIGN,
 };
 use crate::error::{Error, Result, fmt_shape};
 use crate::format::{binding_kinds, io_size};
@@ -312,7 +313,7 @@ impl Session {
     /// names, dtypes, shapes and data lengths; a carried input takes the
     /// shape its paired output had. Returns the host tensors to upload and
     /// every input's shape.
-    fn match_inputs<'a>(&self, given: &[(&str, Feed<'a>)]) -> Result<(Vec<Option<&'a HostTensor>>, Vec<Vec<usize>>)> {
+    fn match_inputs<'a>(&self, given: &[(&str, Feed<'a>)]) -> Result<Matched<'a>> {
         let mut order: Vec<Option<Feed>> = vec![None; self.inputs.len()];
         for &(name, feed) in given {
             if let (Some((_, fixed)), Feed::Host(tensor)) = (self.fixed_inputs.iter().find(|(n, _)| n == name), feed) {
@@ -348,13 +349,17 @@ impl Session {
 
     /// The shape the output paired with input `name` had in the last run.
     fn carried_shape(&self, name: &str) -> Result<Vec<usize>> {
-        let state = self.state.as_ref().ok_or_else(|| Error::Run(format!("input '{name}': the bundle carries no state")))?;
+        let state =
+            self.state.as_ref().ok_or_else(|| Error::Run(format!("input '{name}': the bundle carries no state")))?;
         let i = self.inputs.iter().position(|s| s.info.name == name).expect("matched above");
         let Some(&(_, o)) = state.pairs.iter().find(|(inp, _)| *inp == i) else {
             return Err(Error::Run(format!("input '{name}' is not carried state (state: {:?})", self.state_pairs())));
         };
         state.last.get(o).cloned().flatten().ok_or_else(|| {
-            Error::Run(format!("input '{name}': nothing to carry, '{}' has not been computed yet", self.outputs[o].info.name))
+            Error::Run(format!(
+                "input '{name}': nothing to carry, '{}' has not been computed yet",
+                self.outputs[o].info.name
+            ))
         })
     }
 
@@ -459,6 +464,9 @@ impl Session {
     }
 }
 
+/// The host tensors to upload (`None`: carried) and every input's shape.
+type Matched<'a> = (Vec<Option<&'a HostTensor>>, Vec<Vec<usize>>);
+
 /// Buffer `b` as a run sees it: with `swapped`, the two state buffers trade places.
 fn swap(st: &StateRt, b: usize, swapped: bool) -> usize {
     match (swapped, st.buffers) {
@@ -495,7 +503,8 @@ fn stages_of(bundle: &Bundle, inputs: &[Slot], outputs: &[Slot]) -> Vec<StageRt>
 fn state_of(bundle: &Bundle, inputs: &[Slot], outputs: &[Slot]) -> Option<StateRt> {
     let [s0, s1] = bundle.state_buffers[..] else { return None };
     let index = |slots: &[Slot], name: &str| slots.iter().position(|s| s.info.name == name);
-    let pairs = bundle.state.iter().filter_map(|p| Some((index(inputs, &p.input)?, index(outputs, &p.output)?))).collect();
+    let pairs =
+        bundle.state.iter().filter_map(|p| Some((index(inputs, &p.input)?, index(outputs, &p.output)?))).collect();
     Some(StateRt { buffers: [s0 as usize, s1 as usize], pairs, swapped: false, last: vec![None; outputs.len()] })
 }
 
@@ -598,12 +607,13 @@ fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
     if align == 0 || !PARAMS_ALIGN.is_multiple_of(align) {
         return unsupported(format!("its uniform offset alignment {align} does not divide {}", PARAMS_ALIGN));
     }
-    let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
     for (i, b) in bundle.buffers.iter().enumerate() {
-        if b.size > max_buffer {
-            return unsupported(format!("buffers[{i}] has {} bytes, the GPU binds at most {max_buffer}", b.size));
+        if b.size > limits.max_buffer_size {
+            let max = limits.max_buffer_size;
+            return unsupported(format!("buffers[{i}] has {} bytes, the GPU allows at most {max}", b.size));
         }
     }
+    check_binding_limits(&limits, bundle)?;
     for (i, k) in bundle.kernels.iter().enumerate() {
         check_kernel_limits(&limits, i, k)?;
     }
@@ -615,6 +625,27 @@ fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
             "dispatches[{i}] launches {} workgroups, the GPU allows {max_groups} per dimension",
             fmt_shape(&d.workgroups)
         ));
+    }
+    Ok(())
+}
+
+/// Every storage binding (a whole buffer or a window) against the largest
+/// binding and the window alignment the GPU allows.
+fn check_binding_limits(limits: &wgpu::Limits, bundle: &Bundle) -> Result<()> {
+    let align = u64::from(limits.min_storage_buffer_offset_alignment);
+    if bundle.dispatches.iter().any(|d| !d.windows.is_empty()) && (align == 0 || !WINDOW_ALIGN.is_multiple_of(align)) {
+        return Err(Error::Unsupported(format!("its storage offset alignment {align} does not divide {WINDOW_ALIGN}")));
+    }
+    let max = limits.max_storage_buffer_binding_size;
+    for (i, d) in bundle.dispatches.iter().enumerate() {
+        for (j, &b) in d.buffers.iter().enumerate() {
+            let size = d.windows.get(j).map_or(bundle.buffers[b as usize].size, |w| w.size);
+            if size > max {
+                return Err(Error::Unsupported(format!(
+                    "dispatches[{i}] binds {size} bytes of buffers[{b}] at once, the GPU binds at most {max}"
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -840,7 +871,15 @@ fn create_bind_group(
     let mut entries =
         vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(params_binding) }];
     for (j, &b) in dispatch.buffers.iter().enumerate() {
-        entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: buffers[b as usize].as_entire_binding() });
+        let resource = match dispatch.windows.get(j) {
+            Some(w) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &buffers[b as usize],
+                offset: w.offset,
+                size: wgpu::BufferSize::new(w.size),
+            }),
+            None => buffers[b as usize].as_entire_binding(),
+        };
+        entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource });
     }
     // Kernels of dynamic shapes end with the dims uniform.
     if kernel.bindings.last() == Some(&(BindingKind::Dims as i32)) {

@@ -103,6 +103,8 @@ fn dispatch(kernel: u32, buffers: Vec<u32>, block: u32, n: u32, label: &str) -> 
         params_offset: block * PARAMS_ALIGN,
         workgroups: vec![n.div_ceil(64), 1, 1],
         label: label.into(),
+        windows: vec![],
+        groups: vec![],
     }
 }
 
@@ -115,6 +117,7 @@ fn io(name: &str, dtype: DType, shape: &[u64], word: u32) -> IoTensor {
         offset: u64::from(word) * 4,
         phys: dtype.phys() as i32,
         extent: None,
+        dims: vec![],
     }
 }
 
@@ -168,6 +171,8 @@ fn test_bundle() -> (Bundle, Vec<u8>) {
             shape: vec![2],
             value: [0i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect(),
         }],
+        memory: None,
+        ..Default::default()
     };
     (bundle, weights)
 }

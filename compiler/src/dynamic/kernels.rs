@@ -280,7 +280,9 @@ impl<'a> Gen<'a> {
                 .values
                 .get(&v)
                 .cloned()
-                .or_else(|| self.g.values[v].constant.as_deref().map(|t| t.to_i64().into_iter().map(Poly::konst).collect()))
+                .or_else(|| {
+                    self.g.values[v].constant.as_deref().map(|t| t.to_i64().into_iter().map(Poly::konst).collect())
+                })
                 .ok_or(format!("input {i} must be known from shapes"))
         };
         let konst = |p: &Poly| p.as_const().ok_or_else(|| "Slice starts, axes and steps must be constant".to_string());
@@ -358,30 +360,29 @@ impl<'a> Gen<'a> {
     }
 
     /// The kernel body: its functions, then `main`.
-    fn finish(self, name: &str, main: &str, extra: &str, values: Vec<(String, ArgOf)>, groups: [Groups; 3]) -> DynStep {
+    fn finish(
+        self,
+        name: &str,
+        main: &str,
+        extra: &str,
+        values: Vec<(String, ArgOf)>,
+        wg: [u32; 3],
+        groups: [Groups; 3],
+    ) -> DynStep {
         let mut args: Vec<(String, ArgOf)> = self.args;
         args.extend(values);
         let body = format!("{extra}{}\n{main}", self.fns.join(""));
         let kernel_args = args.iter().map(|(n, _)| KernelArg::new(n, TensorRef::Input(0))).collect();
         let max: Vec<u32> = groups.iter().map(|g| g.max(self.info).max(1)).collect();
-        let [wx, wy, wz] = [0, 1, 2].map(|k| workgroup_size(main, k));
         let kernel = Kernel {
             name: name.to_string(),
             args: kernel_args,
             body,
-            workgroup_size: [wx, wy, wz],
+            workgroup_size: wg,
             workgroups: [max[0], max[1], max[2]],
         };
         DynStep { kernel, values: args.into_iter().map(|(_, v)| v).collect(), groups }
     }
-}
-
-/// The workgroup size a `main` declares along axis `k`.
-fn workgroup_size(main: &str, k: usize) -> u32 {
-    let Some(at) = main.find("@workgroup_size(") else { return 1 };
-    let rest = &main[at + 16..];
-    let inner = &rest[..rest.find(')').unwrap_or(0)];
-    inner.split(',').nth(k).and_then(|x| x.trim().parse().ok()).unwrap_or(1)
 }
 
 /// The scalar WGSL of an elementwise op over operand expressions.
@@ -446,7 +447,9 @@ fn scalar(
         "Not" => Ok(format!("(1u - {})", x(0)?)),
         "Where" => Ok(format!("select({}, {}, {} != 0u)", x(2)?, x(1)?, x(0)?)),
         "Cast" => cast(&x(0)?, dtypes[0], out),
-        _ => Err(format!("{op} on {} has no dynamic-shape kernel", dtypes.first().map_or("?".into(), |d| d.to_string()))),
+        _ => {
+            Err(format!("{op} on {} has no dynamic-shape kernel", dtypes.first().map_or("?".into(), |d| d.to_string())))
+        }
     }
 }
 
@@ -496,10 +499,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }}
 ",
         n.wgsl(),
-        unravel("c", "i", shape).replace("\n    ", "\n        ").replacen("    ", "        ", 1)
+        unravel("c", "i", shape)
     );
     let groups = [Groups { expr: n, div: 256, cap: MAX_GROUPS }, Groups::fixed(1), Groups::fixed(1)];
-    kg.finish("dyn_eltwise", &main, "", vec![("y".into(), ArgOf::Value(out))], groups)
+    kg.finish("dyn_eltwise", &main, "", vec![("y".into(), ArgOf::Value(out))], [256, 1, 1], groups)
 }
 
 /// One workgroup per row of the last axis: Softmax, LogSoftmax, and
@@ -571,7 +574,8 @@ fn row(mut kg: Gen, id: NodeId, out: ValueId) -> R<DynStep> {
             )
         }
         "ReduceMax" | "ReduceMin" => {
-            let (init, f) = if op == "ReduceMax" { (neg_inf.to_string(), "max") } else { (f32_lit(f32::INFINITY), "min") };
+            let (init, f) =
+                if op == "ReduceMax" { (neg_inf.to_string(), "max") } else { (f32_lit(f32::INFINITY), "min") };
             format!(
                 "{}
         if (lid.x == 0u) {{ st_y(row, red[0]); }}
@@ -588,8 +592,7 @@ fn row(mut kg: Gen, id: NodeId, out: ValueId) -> R<DynStep> {
                 reduce("0.0", "acc + x", "a + b")
             )
         }
-    }
-    .replace("\n    ", "\n        ");
+    };
     let main = format!(
         "var<workgroup> red: array<f32, 256>;
 
@@ -605,13 +608,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 ",
         rows = rows.wgsl(),
         len = len.wgsl(),
-        unr = unravel("oc", "row", outer).replace("    ", "        "),
+        unr = unravel("oc", "row", outer),
     );
     if kg.phys(x) != Phys::F32 {
         return Err(format!("{op} on non-float data with symbolic dims"));
     }
     let groups = [Groups { expr: rows, div: 1, cap: MAX_GROUPS }, Groups::fixed(1), Groups::fixed(1)];
-    Ok(kg.finish(&format!("dyn_{}", op.to_lowercase()), &main, &at, vec![("y".into(), ArgOf::Value(out))], groups))
+    let y = vec![("y".into(), ArgOf::Value(out))];
+    Ok(kg.finish(&format!("dyn_{}", op.to_lowercase()), &main, &at, y, [256, 1, 1], groups))
 }
 
 /// Helpers `fa(bc, m, k)` / `fb(bc, k, n)`: operand elements from the
@@ -621,9 +625,8 @@ fn operand_fn(kg: &mut Gen, name: &str, v: ValueId, batch_rank: usize) -> R<Stri
     let s = kg.shape(v);
     let own = s.len() - 2;
     let off = batch_rank - own;
-    let mut c: Vec<String> = (0..own)
-        .map(|k| if s[k] == Poly::konst(1) { "0u".into() } else { format!("bc[{}]", k + off) })
-        .collect();
+    let mut c: Vec<String> =
+        (0..own).map(|k| if s[k] == Poly::konst(1) { "0u".into() } else { format!("bc[{}]", k + off) }).collect();
     c.push("i".into());
     c.push("j".into());
     Ok(format!("fn {name}(bc: {}, i: u32, j: u32) -> f32 {{ return {f}({}); }}\n", arr(batch_rank), coords(&c)))
@@ -649,7 +652,7 @@ fn matmul(mut kg: Gen, id: NodeId, out: ValueId) -> R<DynStep> {
     let dims = format!("    let M = {};\n    let N = {};\n    let K = {};\n", m.wgsl(), n.wgsl(), k.wgsl());
     let bc = unravel("bc", "z", &os[..br]);
     let small = m.as_const().is_some_and(|m| m <= 4);
-    let (main, groups) = if small {
+    let (main, wg, groups) = if small {
         // Few rows (decode): one thread per output, looping over K.
         let main = format!(
             "@compute @workgroup_size(256)
@@ -666,9 +669,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }}
 ",
             total = numel(&os).wgsl(),
-            bc = bc.replace("    ", "        ")
+            bc = bc
         );
-        (main, [Groups { expr: numel(&os), div: 256, cap: MAX_GROUPS }, Groups::fixed(1), Groups::fixed(1)])
+        (
+            main,
+            [256, 1, 1],
+            [Groups { expr: numel(&os), div: 256, cap: MAX_GROUPS }, Groups::fixed(1), Groups::fixed(1)],
+        )
     } else {
         let mut fma = String::new();
         for i in 0..4 {
@@ -721,9 +728,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }}
 "
         );
-        (main, [Groups::ceil(n, 64), Groups::ceil(m, 64), Groups::ceil(batch, 1)])
+        (main, [16, 16, 1], [Groups::ceil(n, 64), Groups::ceil(m, 64), Groups::ceil(batch, 1)])
     };
-    Ok(kg.finish("dyn_matmul", &main, &helpers, vec![("y".into(), ArgOf::Value(out))], groups))
+    Ok(kg.finish("dyn_matmul", &main, &helpers, vec![("y".into(), ArgOf::Value(out))], wg, groups))
 }
 
 /// QMatMul with a symbolic row count: A's loads go through its function.
@@ -768,9 +775,7 @@ fn qmatmul(mut kg: Gen, id: NodeId) -> R<DynStep> {
         })
         .collect::<R<_>>()?;
     // nbits' kernels define `main` after their helpers; ours go first.
-    let mut step = kg.finish(&kernel.name, &kernel.body, &a_at, values, groups);
-    step.kernel.workgroup_size = kernel.workgroup_size;
-    Ok(step)
+    Ok(kg.finish(&kernel.name, &kernel.body, &a_at, values, kernel.workgroup_size, groups))
 }
 
 /// The weight format of a QMatMul node.

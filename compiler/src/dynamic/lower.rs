@@ -63,7 +63,10 @@ pub enum DynLowering {
     Skip,
     /// The output aliases input 0.
     Alias,
-    Steps { temps: Vec<TempSpec>, steps: Vec<DynStep> },
+    Steps {
+        temps: Vec<TempSpec>,
+        steps: Vec<DynStep>,
+    },
 }
 
 fn is_view(op: &str) -> bool {
@@ -93,7 +96,8 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
         }
         let node = &g.nodes[id];
         let outs: Vec<ValueId> = node.outputs.iter().flatten().copied().collect();
-        let c = if !outs.is_empty() && outs.iter().all(|v| info.values.contains_key(v) || g.values[*v].constant.is_some())
+        let c = if !outs.is_empty()
+            && outs.iter().all(|v| info.values.contains_key(v) || g.values[*v].constant.is_some())
         {
             Class::ShapeOnly
         } else if is_view(&node.op_type) {
@@ -109,21 +113,17 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
     // Inlined values are computed by their one consumer; anything else
     // reading them (several nodes, outputs, static nodes) needs a tensor.
     // Views pass their reads on, so count through them, last node first.
-    let node_of: HashMap<ValueId, NodeId> =
-        live.iter().flat_map(|&id| g.nodes[id].outputs.iter().flatten().map(move |&v| (v, id))).collect();
     for &id in live.iter().rev() {
         if class.get(&id) != Some(&Class::Inline) {
             continue;
         }
         let v = g.nodes[id].outputs[0].expect("injective ops have an output");
-        let readers = readers(g, &class, &consumers, &node_of, v);
+        let readers = readers(g, &class, &consumers, v);
         let keep = outputs.contains(&v)
             || readers.len() != 1
             || readers.iter().any(|r| !class.contains_key(r) || class[r] == Class::Kernel && !reads_inline(g, *r));
         if keep {
             class.insert(id, Class::Kernel);
-            // A view of it is now a view of a tensor.
-            let _ = node_of;
         }
     }
     // Views of values that became tensors alias them.
@@ -157,7 +157,6 @@ fn readers(
     g: &Graph,
     class: &HashMap<NodeId, Class>,
     consumers: &HashMap<ValueId, Vec<NodeId>>,
-    node_of: &HashMap<ValueId, NodeId>,
     v: ValueId,
 ) -> Vec<NodeId> {
     let mut out = vec![];
@@ -166,11 +165,15 @@ fn readers(
         if matches!(node.op_type.as_str(), "Shape" | "Size") || class.get(&c) == Some(&Class::ShapeOnly) {
             continue;
         }
-        if is_view(&node.op_type) && node.inputs.first() == Some(&Some(v)) {
-            if let Some(o) = node.outputs[0] {
-                out.extend(readers(g, class, consumers, node_of, o));
-                continue;
-            }
+        // Views of the dynamic part pass reads on; a static one lowers on
+        // its own and needs the tensor.
+        if is_view(&node.op_type)
+            && class.contains_key(&c)
+            && node.inputs.first() == Some(&Some(v))
+            && let Some(o) = node.outputs[0]
+        {
+            out.extend(readers(g, class, consumers, o));
+            continue;
         }
         out.push(c);
     }

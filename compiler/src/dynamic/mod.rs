@@ -189,7 +189,11 @@ fn match_name(user: &str, names: &BTreeSet<String>) -> Result<String> {
 }
 
 /// Resolves `--dim` values and ranges against the model's dim names.
-pub fn resolve(g: &Graph, fixed: &BTreeMap<String, usize>, ranges: &BTreeMap<String, (usize, usize)>) -> Result<DimSpec> {
+pub fn resolve(
+    g: &Graph,
+    fixed: &BTreeMap<String, usize>,
+    ranges: &BTreeMap<String, (usize, usize)>,
+) -> Result<DimSpec> {
     let names = dim_names(g);
     let mut spec = DimSpec::default();
     for (user, &(lo, hi)) in ranges {
@@ -197,6 +201,11 @@ pub fn resolve(g: &Graph, fixed: &BTreeMap<String, usize>, ranges: &BTreeMap<Str
             return Err(Error::Other(format!("--dim {user}={lo}..{hi}: the range is empty")));
         }
         let name = match_name(user, &names)?;
+        // A range of one value is a fixed dim.
+        if lo == hi {
+            spec.fixed.insert(name, lo as i64);
+            continue;
+        }
         spec.symbols.push(Symbol { name, min: lo as i64, max: hi as i64 });
     }
     if spec.symbols.len() > MAX_SYMS {

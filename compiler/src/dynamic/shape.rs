@@ -499,11 +499,8 @@ fn matmul(ins: &[Option<SymIn>]) -> R<Vec<SymOut>> {
 fn reduce(a: &Attrs, opset: i64, ins: &[Option<SymIn>]) -> R<Vec<SymOut>> {
     let i = req(ins, 0)?;
     let rank = i.shape.len();
-    let axes = if opset >= 18 && opt(ins, 1).is_some() {
-        Some(const_ints(ins, 1, "axes")?)
-    } else {
-        attr_ints(a, "axes")?
-    };
+    let axes =
+        if opset >= 18 && opt(ins, 1).is_some() { Some(const_ints(ins, 1, "axes")?) } else { attr_ints(a, "axes")? };
     let axes: Vec<usize> = match axes {
         Some(ax) if !ax.is_empty() => ax.iter().map(|&x| axis(x, rank)).collect::<R<_>>()?,
         _ => (0..rank).collect(),
