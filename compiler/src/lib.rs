@@ -9,6 +9,7 @@ pub mod codegen;
 pub mod control;
 pub mod dynamic;
 pub mod error;
+pub mod generate;
 pub mod import;
 pub mod inspect;
 pub mod ir;
@@ -39,6 +40,8 @@ pub struct Options {
     pub const_inputs: BTreeMap<String, drift_ops::Tensor>,
     /// Weight-only quantization of constant MatMul weights (`--quantize`).
     pub quantize: Option<quantize::Quantize>,
+    /// Append GPU token sampling to a decoder's logits (`--sampler`).
+    pub sampler: bool,
     pub limits: Limits,
 }
 
@@ -68,6 +71,9 @@ pub fn compile_file(path: &Path, opts: &Options) -> Result<Compiled> {
 
 /// The pipeline, one pass per line.
 pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
+    if opts.sampler {
+        stages::add_sampler(&mut g)?;
+    }
     quantize::repack_matmul_nbits(&mut g)?;
     if let Some(q) = opts.quantize {
         quantize::quantize_matmuls(&mut g, q)?;

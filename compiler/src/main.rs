@@ -41,6 +41,35 @@ enum Command {
         /// Weights per scale for --quantize int8/int4 (along K).
         #[arg(long, default_value_t = 32, value_name = "32|64|128")]
         group_size: usize,
+        /// Append GPU token sampling to the model's `logits` (input
+        /// `sampling`, output `next_token`), as `drift generate` needs.
+        #[arg(long)]
+        sampler: bool,
+    },
+    /// Generate tokens with an LLM bundle (compiled with --dim ranges and --sampler).
+    Generate {
+        bundle: PathBuf,
+        /// Prompt token ids, e.g. --tokens 1,2,3.
+        #[arg(long, value_delimiter = ',')]
+        tokens: Vec<i64>,
+        /// Prompt text (needs --tokenizer).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// A Hugging Face tokenizer.json for text in and out.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        #[arg(long, default_value_t = 16)]
+        max_new_tokens: usize,
+        /// 0 (the default) samples greedily.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 40)]
+        top_k: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop after this token id.
+        #[arg(long)]
+        stop: Option<i64>,
     },
     /// Run a bundle on the GPU.
     Run {
@@ -67,9 +96,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compile { model, output, dims, input_shapes, const_inputs, quantize, group_size } => {
+        Command::Compile { model, output, dims, input_shapes, const_inputs, quantize, group_size, sampler } => {
             let quantize = quantize.map(|q| (q, group_size));
-            compile(&model, output, &dims, &input_shapes, &const_inputs, quantize)
+            compile(&model, output, &dims, &input_shapes, &const_inputs, quantize, sampler)
+        }
+        Command::Generate { bundle, tokens, prompt, tokenizer, max_new_tokens, temperature, top_k, seed, stop } => {
+            let settings = drift_compiler::generate::Settings { max_new_tokens, temperature, top_k, seed, stop };
+            generate(&bundle, tokens, prompt, tokenizer.as_deref(), &settings)
         }
         Command::Run { bundle, inputs, random_inputs, output_dir } => {
             run(&bundle, &inputs, random_inputs, output_dir.as_deref())
@@ -92,8 +125,9 @@ fn compile(
     shapes: &[String],
     const_inputs: &[String],
     quantize: Option<(String, usize)>,
+    sampler: bool,
 ) -> Result<(), String> {
-    let mut opts = Options::default();
+    let mut opts = Options { sampler, ..Options::default() };
     if let Some((kind, group)) = quantize {
         opts.quantize = Some(drift_compiler::quantize::Quantize::parse(&kind, group)?);
     }
@@ -254,6 +288,46 @@ fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Result<HostTensor,
             .map_err(|e| e.to_string())?,
         dtype,
     )
+}
+
+fn generate(
+    bundle: &Path,
+    mut tokens: Vec<i64>,
+    prompt: Option<String>,
+    tokenizer: Option<&Path>,
+    settings: &drift_compiler::generate::Settings,
+) -> Result<(), String> {
+    let tok = match tokenizer {
+        Some(p) => Some(tokenizers::Tokenizer::from_file(p).map_err(|e| format!("tokenizer {}: {e}", p.display()))?),
+        None => None,
+    };
+    if let Some(text) = &prompt {
+        let tok = tok.as_ref().ok_or("--prompt needs --tokenizer")?;
+        let enc = tok.encode(text.as_str(), true).map_err(|e| format!("tokenizer: {e}"))?;
+        tokens = enc.get_ids().iter().map(|&t| t as i64).collect();
+    }
+    if tokens.is_empty() {
+        return Err("give the prompt with --tokens 1,2,3 or --prompt TEXT --tokenizer tokenizer.json".into());
+    }
+    let model = load(bundle)?;
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let mut session = Session::new(&gpu, &model).map_err(|e| e.to_string())?;
+    let r = drift_compiler::generate::generate(&mut session, &tokens, settings)?;
+    let ids: Vec<String> = r.tokens.iter().map(|t| t.to_string()).collect();
+    println!("{}", ids.join(","));
+    if let Some(tok) = &tok {
+        let ids: Vec<u32> = r.tokens.iter().map(|&t| t as u32).collect();
+        println!("{}", tok.decode(&ids, true).map_err(|e| format!("tokenizer: {e}"))?);
+    }
+    let prefill_ms = r.prefill.as_secs_f64() * 1e3;
+    eprintln!(
+        "prefill {} tokens in {prefill_ms:.2} ms; decode {} tokens at {:.1} tokens/s on {}",
+        tokens.len(),
+        r.decode.len(),
+        r.decode_tokens_per_s(),
+        gpu.info()
+    );
+    Ok(())
 }
 
 fn inspect(path: &Path, json: bool) -> Result<(), String> {

@@ -23,6 +23,35 @@ use crate::{Compiled, Options, passes, program};
 use drift_runtime::bundle as b;
 use std::collections::HashMap;
 
+/// Appends token sampling to a decoder (`drift compile --sampler`): input
+/// `sampling` (f32 [4]: temperature, top-k, a uniform number, 0) and output
+/// `next_token` (int64 [batch, 1]) sampled from the last position of
+/// `logits` by `SampleToken` (`drift_ops::families::sampling`).
+pub fn add_sampler(g: &mut Graph) -> Result<()> {
+    let Some(&logits) = g.outputs.iter().find(|&&v| g.values[v].name == "logits") else {
+        return Err(Error::Other("--sampler: the model has no output named 'logits'".into()));
+    };
+    let float = drift_ops::DType::F32.onnx();
+    let params = g.add_value(crate::ir::Value {
+        name: "sampling".into(),
+        declared: Some((float, vec![crate::ir::Dim::Fixed(4)])),
+        ..Default::default()
+    });
+    let out = g.add_value(crate::ir::Value { name: "next_token".into(), ..Default::default() });
+    g.nodes.push(Node {
+        name: "sample_token".into(),
+        op_type: "SampleToken".into(),
+        domain: "ai.drift".into(),
+        opset: 1,
+        inputs: vec![Some(logits), Some(params)],
+        outputs: vec![Some(out)],
+        ..Default::default()
+    });
+    g.inputs.push(params);
+    g.outputs.push(out);
+    Ok(())
+}
+
 /// One stage: its name and each symbol's bounds while it runs.
 struct StageSpec {
     name: &'static str,

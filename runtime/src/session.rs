@@ -207,6 +207,13 @@ impl Session {
         self.symbols.iter().map(|s| (s.name.as_str(), s.min, s.max))
     }
 
+    /// Input `name`'s shape for the given symbol values (in [`Session::symbols`]
+    /// order), e.g. an empty KV cache with every dynamic dim 0.
+    pub fn input_shape_at(&self, name: &str, values: &[u64]) -> Option<Vec<usize>> {
+        let slot = self.inputs.iter().find(|s| s.info.name == name)?;
+        (values.len() >= self.symbols.len()).then(|| crate::dims::shape(&slot.desc, values))
+    }
+
     /// The (input, output) names a run can carry over on the GPU.
     pub fn state_pairs(&self) -> Vec<(&str, &str)> {
         let Some(st) = &self.state else { return vec![] };

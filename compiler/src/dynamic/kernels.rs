@@ -473,6 +473,7 @@ pub fn lower_node(mut kg: Gen, id: NodeId) -> R<DynLowering> {
     let step = match node.op_type.as_str() {
         "MatMul" => matmul(kg, id, out)?,
         "QMatMul" => qmatmul(kg, id)?,
+        "SampleToken" => sample(kg, id)?,
         "Softmax" | "LogSoftmax" | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => row(kg, id, out)?,
         op if super::lower::is_injective(op) || matches!(op, "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten") => {
             let body = kg.compute(id)?;
@@ -776,6 +777,25 @@ fn qmatmul(mut kg: Gen, id: NodeId) -> R<DynStep> {
         .collect::<R<_>>()?;
     // nbits' kernels define `main` after their helpers; ours go first.
     Ok(kg.finish(&kernel.name, &kernel.body, &a_at, values, kernel.workgroup_size, groups))
+}
+
+/// Token sampling over the last position of logits of a dynamic length.
+fn sample(kg: Gen, id: NodeId) -> R<DynStep> {
+    let node = &kg.g.nodes[id];
+    let logits = node.inputs[0].ok_or("no logits")?;
+    let ls = kg.shape(logits);
+    let (batch, vocab) = match (ls[0].as_const(), ls[2].as_const()) {
+        (Some(b), Some(v)) => (b as usize, v as usize),
+        _ => return Err("SampleToken needs a fixed batch and vocabulary".into()),
+    };
+    let kernel = drift_ops::families::sampling::sample_kernel(batch, &ls[1].wgsl(), vocab);
+    let values = vec![
+        ("logits".to_string(), ArgOf::Value(logits)),
+        ("params".to_string(), ArgOf::Value(node.inputs[1].ok_or("no params")?)),
+        ("y".to_string(), ArgOf::Value(node.outputs[0].ok_or("no output")?)),
+    ];
+    let groups = [Groups::fixed(batch as u32), Groups::fixed(1), Groups::fixed(1)];
+    Ok(kg.finish(&kernel.name, &kernel.body, "", values, kernel.workgroup_size, groups))
 }
 
 /// The weight format of a QMatMul node.

@@ -15,6 +15,7 @@ pub mod reduce;
 pub mod resize;
 pub mod rnn;
 pub mod sample;
+pub mod sampling;
 pub mod scatter;
 pub mod select;
 pub mod shape;
