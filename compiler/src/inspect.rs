@@ -1,6 +1,7 @@
 //! Human-readable description of a bundle for `drift inspect`.
 
-use drift_runtime::bundle::{BufferKind, Bundle, IoTensor};
+use drift_runtime::bundle::{BufferKind, Bundle, IoTensor, Need};
+use drift_runtime::model::target_name;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -14,11 +15,48 @@ pub fn describe(b: &Bundle) -> String {
             let _ = writeln!(s, "  {}", io_line(t));
         }
     }
+    let sets: Vec<&Bundle> = [b].into_iter().chain(&b.variants).collect();
+    let _ = writeln!(
+        s,
+        "kernel sets ({}; the first is the fallback, the runtime takes the first other one made for the GPU):",
+        sets.len()
+    );
+    for set in &sets {
+        let _ = writeln!(s, "  {}", set_line(set));
+    }
+    for set in sets {
+        let _ = writeln!(s, "[{}]", target_name(set));
+        program(&mut s, set);
+    }
+    s
+}
+
+/// One kernel set: target, vendors, needs and size.
+fn set_line(b: &Bundle) -> String {
+    let vendors: Vec<String> = b.vendors.iter().map(|v| format!("{v:#06x}")).collect();
+    let needs: Vec<String> = b
+        .needs
+        .iter()
+        .map(|&n| Need::try_from(n).map(|n| format!("{n:?}")).unwrap_or_else(|_| n.to_string()))
+        .collect();
+    format!(
+        "{:<8} vendors [{}] needs [{}] {} kernels, {} dispatches",
+        target_name(b),
+        vendors.join(", "),
+        needs.join(", "),
+        b.kernels.len(),
+        b.dispatches.len()
+    )
+}
+
+/// Memory, shaders and kernels of one program.
+fn program(s: &mut String, b: &Bundle) {
     let arena: u64 = b.buffers.iter().filter(|x| x.kind == BufferKind::Arena as i32).map(|x| x.size).sum();
     let weights: u64 = b.buffers.iter().filter(|x| x.kind == BufferKind::Weights as i32).map(|x| x.size).sum();
     let _ = writeln!(s, "memory:");
     let _ = writeln!(s, "  arena      {:>12} bytes", arena);
-    let _ = writeln!(s, "  weights    {:>12} bytes in {} buffer(s)", weights, b.buffers.len() - 1);
+    let n_weights = b.buffers.iter().filter(|x| x.kind == BufferKind::Weights as i32).count();
+    let _ = writeln!(s, "  weights    {:>12} bytes in {} buffer(s)", weights, n_weights);
     let _ = writeln!(s, "  params     {:>12} bytes", b.params.len());
     for (i, buf) in b.buffers.iter().enumerate() {
         let kind = if buf.kind == BufferKind::Arena as i32 { "arena" } else { "weights" };
@@ -53,7 +91,9 @@ pub fn describe(b: &Bundle) -> String {
     for (name, (variants, n)) in per_kernel {
         let _ = writeln!(s, "  {name:<24} {variants:>8} {n:>10}");
     }
-    s
+    let flops: u64 = b.dispatches.iter().map(|d| d.flops).sum();
+    let bytes: u64 = b.dispatches.iter().map(|d| d.bytes).sum();
+    let _ = writeln!(s, "work       {:.3} GFLOP, {:.1} MB moved (at least)", flops as f64 / 1e9, bytes as f64 / 1e6);
 }
 
 fn io_line(t: &IoTensor) -> String {

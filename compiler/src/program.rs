@@ -6,9 +6,9 @@ use crate::codegen::{self, ArgBinding, StorageBinding};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, ValueId};
 use crate::plan::{self, Lifetime};
-use drift_ops::{Input, Kernel, KernelArg, LowerCtx, Lowering, Phys, Tensor, TensorRef, TypeInfo};
+use drift_ops::{Input, Kernel, KernelArg, LowerCtx, Lowering, Phys, Target, Tensor, TensorRef, TypeInfo};
 use drift_runtime::bundle::{self as b, BindingKind, BufferKind, PARAMS_ALIGN};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Byte alignment of tensors inside arena and weight buffers.
@@ -64,11 +64,19 @@ struct Builder<'g> {
     steps: Vec<Step>,
     /// Outputs of data-dependent length: value → (axis, slot of the count).
     extents: HashMap<ValueId, (usize, usize)>,
+    target: Target,
 }
 
-/// Lowers the live nodes of `g` (in `order`) into a program.
-pub fn build(g: &Graph, order: &[NodeId], limits: &Limits) -> Result<Program> {
-    let mut bld = Builder { g, slots: vec![], value_slot: HashMap::new(), steps: vec![], extents: HashMap::new() };
+/// Lowers the live nodes of `g` (in `order`) into a program for `target`.
+pub fn build(g: &Graph, order: &[NodeId], limits: &Limits, target: &Target) -> Result<Program> {
+    let mut bld = Builder {
+        g,
+        slots: vec![],
+        value_slot: HashMap::new(),
+        steps: vec![],
+        extents: HashMap::new(),
+        target: *target,
+    };
     for &v in g.inputs.iter().filter(|&&v| g.values[v].constant.is_none()) {
         bld.slot_of(v);
     }
@@ -120,7 +128,7 @@ impl<'g> Builder<'g> {
             .iter()
             .map(|v| v.map(|v| g.ty(v).clone()).unwrap_or_else(|| TypeInfo::new(drift_ops::DType::F32, vec![0])))
             .collect();
-        let cx = LowerCtx { inputs, outputs };
+        let cx = LowerCtx { inputs, outputs, target: self.target };
         let extents = op.data_dependent_dims(&cx);
         let lowering = op.lower(&cx).map_err(|e| match e {
             drift_ops::Error::Unsupported(reason) => Error::Unsupported(vec![crate::error::UnsupportedNode {
@@ -228,13 +236,23 @@ impl<'g> Builder<'g> {
             let params_offset = params.len() as u32;
             params.extend(offsets.iter().flat_map(|o| o.to_le_bytes()));
             params.resize(params.len().next_multiple_of(PARAMS_ALIGN as usize), 0);
+            let touched: HashSet<usize> = step.slots.iter().copied().collect();
             dispatches.push(b::Dispatch {
                 kernel: k,
                 buffers,
                 params_offset,
                 workgroups: step.kernel.workgroups.iter().map(|&w| w.max(1)).collect(),
                 label: step.node.clone(),
+                bytes: touched.iter().map(|&s| layout.sizes[s]).sum(),
+                flops: step.kernel.flops,
             });
+        }
+        let mut needs = vec![];
+        if kernel_index.keys().any(|src| src.contains("enable f16;")) {
+            needs.push(b::Need::F16 as i32);
+        }
+        if kernel_index.keys().any(|src| src.contains("enable wgpu_cooperative_matrix;")) {
+            needs.push(b::Need::CooperativeMatrix as i32);
         }
         let io = |v: &ValueId| {
             let mut t = layout.io_tensor(self.g, &self.value_slot, *v);
@@ -261,9 +279,60 @@ impl<'g> Builder<'g> {
             dispatches,
             params,
             weights_size: layout.weights.len() as u64,
+            variants: vec![],
+            target: self.target.name.to_string(),
+            vendors: self.target.vendors.to_vec(),
+            needs,
         };
         Ok(Program { bundle, weights: layout.weights })
     }
+}
+
+/// One bundle from the programs of several targets: the `generic` one (or
+/// the last) is the top level, the others its variants. Weights buffers
+/// with the same bytes are stored once, so targets sharing a weight layout
+/// cost no extra file size.
+pub fn with_variants(mut programs: Vec<Program>) -> Program {
+    let top = programs.iter().position(|p| p.bundle.target == "generic").unwrap_or(programs.len() - 1);
+    let mut main = programs.remove(top);
+    let mut known: HashMap<&[u8], u64> = HashMap::new();
+    let weights_of = |p: &Program, buf: &b::Buffer| {
+        let start = buf.weights_offset as usize;
+        p.weights[start..start + buf.size as usize].to_vec()
+    };
+    let mut appended: Vec<u8> = main.weights.clone();
+    for buf in main.bundle.buffers.iter().filter(|x| x.kind == BufferKind::Weights as i32) {
+        let start = buf.weights_offset as usize;
+        known.entry(&main.weights[start..start + buf.size as usize]).or_insert(buf.weights_offset);
+    }
+    let mut variants = vec![];
+    for mut p in programs {
+        for i in 0..p.bundle.buffers.len() {
+            if p.bundle.buffers[i].kind != BufferKind::Weights as i32 {
+                continue;
+            }
+            let bytes = weights_of(&p, &p.bundle.buffers[i]);
+            let offset = match known.get(bytes.as_slice()) {
+                Some(&o) => o,
+                None => {
+                    appended.resize(appended.len().next_multiple_of(TENSOR_ALIGN as usize), 0);
+                    let o = appended.len() as u64;
+                    appended.extend_from_slice(&bytes);
+                    o
+                }
+            };
+            p.bundle.buffers[i].weights_offset = offset;
+        }
+        variants.push(p.bundle);
+    }
+    drop(known);
+    for v in &mut variants {
+        v.weights_size = appended.len() as u64;
+    }
+    main.bundle.weights_size = appended.len() as u64;
+    main.bundle.variants = variants;
+    main.weights = appended;
+    main
 }
 
 fn elem_bytes(n: usize) -> u64 {
@@ -300,27 +369,50 @@ struct Layout {
     place: Vec<(u32, u64)>,
     weights: Vec<u8>,
     phys: Vec<Phys>,
+    /// Bytes each slot occupies, for the dispatches' traffic figures.
+    sizes: Vec<u64>,
+    /// The arena of f16 activations (`--precision f16`), if any.
+    half_buffer: Option<u32>,
 }
 
 impl Layout {
     fn new(bld: &Builder, limits: &Limits) -> Result<Layout> {
         let n = bld.slots.len();
         let mut place = vec![(0u32, 0u64); n];
+        let mut sizes = vec![0u64; n];
         let mut buffers = vec![];
-        // Arena: lifetimes over the step list.
+        // Arenas: lifetimes over the step list; f16 activations in their own.
         let arena_slots: Vec<usize> = (0..n).filter(|&s| matches!(bld.slots[s].home, Home::Arena { .. })).collect();
-        let lifetimes = arena_lifetimes(bld, &arena_slots);
-        let planned = plan::greedy_by_size(&lifetimes, TENSOR_ALIGN);
-        let arena_size = planned.total.max(4);
-        if arena_size > limits.max_binding_bytes {
-            return Err(Error::Other(format!(
-                "activations need {arena_size} bytes, more than one binding may hold ({}); splitting the arena is not supported yet",
-                limits.max_binding_bytes
-            )));
-        }
-        buffers.push(b::Buffer { kind: BufferKind::Arena as i32, size: arena_size, weights_offset: 0 });
-        for (i, &s) in arena_slots.iter().enumerate() {
-            place[s] = (0, planned.offsets[i]);
+        let half = half_slots(bld);
+        let (halves, fulls): (Vec<usize>, Vec<usize>) = arena_slots.iter().partition(|&&s| half.contains(&s));
+        let mut half_buffer = None;
+        for (slots, is_half) in [(fulls, false), (halves, true)] {
+            if is_half && slots.is_empty() {
+                continue;
+            }
+            let mut lifetimes = arena_lifetimes(bld, &slots);
+            if is_half {
+                for l in &mut lifetimes {
+                    l.bytes = (l.bytes / 2).next_multiple_of(4);
+                }
+            }
+            let planned = plan::greedy_by_size(&lifetimes, TENSOR_ALIGN);
+            let arena_size = planned.total.max(4);
+            if arena_size > limits.max_binding_bytes {
+                return Err(Error::Other(format!(
+                    "activations need {arena_size} bytes, more than one binding may hold ({}); splitting the arena is not supported yet",
+                    limits.max_binding_bytes
+                )));
+            }
+            let index = buffers.len() as u32;
+            buffers.push(b::Buffer { kind: BufferKind::Arena as i32, size: arena_size, weights_offset: 0 });
+            if is_half {
+                half_buffer = Some(index);
+            }
+            for (i, &s) in slots.iter().enumerate() {
+                place[s] = (index, planned.offsets[i]);
+                sizes[s] = lifetimes[i].bytes;
+            }
         }
         // Weights: packed in order into buffers no larger than one binding.
         let mut weights: Vec<u8> = vec![];
@@ -356,9 +448,10 @@ impl Layout {
             }
             buffers[c].size = off + bytes;
             place[s] = (c as u32, off);
+            sizes[s] = bytes;
         }
         let phys = bld.slots.iter().map(|s| s.phys).collect();
-        Ok(Layout { buffers, place, weights, phys })
+        Ok(Layout { buffers, place, weights, phys, sizes, half_buffer })
     }
 
     /// The kernel's full WGSL, the buffer bound at each storage binding and
@@ -379,11 +472,15 @@ impl Layout {
                 + 1;
             let writable = self.buffers[buf as usize].kind == BufferKind::Arena as i32;
             args.push(ArgBinding { name: a.name.clone(), phys: self.phys[s], binding, writable });
-            offsets.push((off / 4) as u32);
+            let elem = if Some(buf) == self.half_buffer { 2 } else { 4 };
+            offsets.push((off / elem) as u32);
         }
         let storage: Vec<StorageBinding> = buffers
             .iter()
-            .map(|&buf| StorageBinding { read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32 })
+            .map(|&buf| StorageBinding {
+                read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32,
+                half: Some(buf) == self.half_buffer,
+            })
             .collect();
         let source = codegen::prelude(&args, &storage) + &step.kernel.body;
         (source, buffers, offsets)
@@ -407,6 +504,25 @@ impl Layout {
             extent: None,
         }
     }
+}
+
+/// Slots stored as f16 under `--precision f16`: float activations between
+/// nodes. Graph inputs and outputs stay f32 (the runtime's boundary), and
+/// so do kernels' temps (partial sums keep f32 accumulation).
+fn half_slots(bld: &Builder) -> HashSet<usize> {
+    if !bld.target.f16 {
+        return HashSet::new();
+    }
+    let io: HashSet<usize> =
+        bld.g.inputs.iter().chain(&bld.g.outputs).filter_map(|v| bld.value_slot.get(v).copied()).collect();
+    bld.value_slot
+        .values()
+        .copied()
+        .filter(|&s| {
+            let slot = &bld.slots[s];
+            slot.phys == Phys::F32 && matches!(slot.home, Home::Arena { .. }) && !io.contains(&s)
+        })
+        .collect()
 }
 
 /// A value of data-dependent length has its actual shape only at run time,
