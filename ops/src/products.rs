@@ -278,11 +278,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     s += &prefetch_loop(&a, &b, t.bk);
     s += &format!("        for (var kk = 0u; kk < {}u; kk = kk + 1u) {{\n", t.bk);
     // Row i and column j of this thread, and the expression reading them.
-    let (row, col): (Box<dyn Fn(usize) -> String>, Box<dyn Fn(usize) -> String>) = if vec {
-        (Box::new(move |i| format!("ty * {}u + {i}u", t.tm)), Box::new(move |j| format!("tx * {}u + {j}u", t.tn)))
-    } else {
-        (Box::new(move |i| format!("ty + {}u", i * gm)), Box::new(move |j| format!("tx + {}u", j * gn)))
-    };
+    let row = |i: usize| if vec { format!("ty * {}u + {i}u", t.tm) } else { format!("ty + {}u", i * gm) };
+    let col = |j: usize| if vec { format!("tx * {}u + {j}u", t.tn) } else { format!("tx + {}u", j * gn) };
     if vec {
         for q in 0..t.tm / 4 {
             s += &format!("            let ua{q} = ta[(kk * {sa}u + ty * {}u) / 4u + {q}u];\n", t.tm);

@@ -88,7 +88,8 @@ impl Model {
     pub fn program_for(&self, vendor: u32, has: impl Fn(Need) -> bool) -> Result<&Bundle> {
         let programs = || self.bundle.variants.iter().chain([&self.bundle]);
         if let Some(name) = std::env::var("DRIFT_TARGET").ok().filter(|n| !n.is_empty()) {
-            return programs().find(|p| target_name(p) == name).ok_or_else(|| Error::BadEnv {
+            let found = programs().find(|p| target_name(p) == name);
+            return found.ok_or(Error::BadEnv {
                 var: "DRIFT_TARGET",
                 value: name,
                 allowed: "a target of the bundle (drift inspect lists them)",
