@@ -137,5 +137,5 @@ fn bundles_carry_one_kernel_set_per_target() {
     assert_eq!(pick(0x5143, false), "adreno");
     assert_eq!(pick(0x1234, true), "generic");
     let text = drift_compiler::inspect::describe(all.bundle());
-    assert!(text.contains("nvidia   vendors [0x10de] needs [F16, CooperativeMatrix]"), "{text}");
+    assert!(text.contains("nvidia   vendors [0x10de] needs [F16, CooperativeMatrix] "), "{text}");
 }

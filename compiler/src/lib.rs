@@ -79,7 +79,10 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     for target in targets {
         let target = drift_ops::Target { f16: opts.f16, ..target };
         // Targets of big GPUs bind more than WebGPU's default.
-        let limits = Limits { max_binding_bytes: opts.limits.max_binding_bytes.max(target.max_binding_bytes) };
+        let limits = Limits {
+            max_binding_bytes: opts.limits.max_binding_bytes.max(target.max_binding_bytes),
+            ..opts.limits.clone()
+        };
         let limits = if target.name == "generic" { opts.limits.clone() } else { limits };
         programs.push(program::build(&g, &order, &limits, &target)?);
     }

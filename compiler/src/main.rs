@@ -63,7 +63,12 @@ enum Command {
         output_dir: Option<PathBuf>,
     },
     /// Describe a bundle: inputs, outputs, kernels, dispatches, memory.
-    Inspect { bundle: PathBuf },
+    Inspect {
+        bundle: PathBuf,
+        /// Print JSON (memory.arena_bytes, memory.lower_bound_bytes, ...).
+        #[arg(long)]
+        json: bool,
+    },
     /// Time a bundle on the GPU: median and p90 latency, CPU cost per
     /// dispatch, and with --profile the GPU time of every kernel.
     Bench {
@@ -96,7 +101,7 @@ fn main() -> ExitCode {
         Command::Run { bundle, inputs, random_inputs, output_dir } => {
             run(&bundle, &inputs, random_inputs, output_dir.as_deref())
         }
-        Command::Inspect { bundle } => inspect(&bundle),
+        Command::Inspect { bundle, json } => inspect(&bundle, json),
         Command::Bench { bundle, iters, warmup, json, profile, inputs } => {
             let args = bench::BenchArgs { iters, warmup, json, profile };
             load(&bundle).and_then(|model| {
@@ -324,9 +329,13 @@ fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Result<HostTensor,
     )
 }
 
-fn inspect(path: &Path) -> Result<(), String> {
+fn inspect(path: &Path, json: bool) -> Result<(), String> {
     let model = load(path)?;
-    print!("{}", drift_compiler::inspect::describe(model.bundle()));
+    if json {
+        print!("{}", drift_compiler::inspect::to_json(model.bundle()));
+    } else {
+        print!("{}", drift_compiler::inspect::describe(model.bundle()));
+    }
     Ok(())
 }
 

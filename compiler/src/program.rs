@@ -11,8 +11,18 @@ use drift_runtime::bundle::{self as b, BindingKind, BufferKind, PARAMS_ALIGN};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// Byte alignment of tensors inside arena and weight buffers.
-const TENSOR_ALIGN: u64 = 256;
+/// Byte alignment of tensors inside weights buffers.
+const WEIGHTS_ALIGN: u64 = 256;
+/// Byte alignment of tensors inside the arena. Kernels index 32-bit words
+/// from an offset in their params and copies need 4-byte alignment, so this
+/// only keeps tensors off each other's 16-byte lines; 256 for all would
+/// waste more than the planner's 5% budget on models of many small tensors.
+const ARENA_ALIGN: u64 = 16;
+/// Arena tensors of at least ARENA_BIG_BYTES start at multiples of
+/// ARENA_BIG_ALIGN, so streaming kernels read whole cache lines; on such
+/// tensors the padding is under 0.4%.
+const ARENA_BIG_BYTES: u64 = 64 << 10;
+const ARENA_BIG_ALIGN: u64 = 256;
 
 /// Where a tensor lives before buffers are assigned.
 #[derive(Clone, Debug)]
@@ -40,14 +50,19 @@ struct Step {
 /// Limits the plan must respect.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Largest buffer one binding may cover (the arena and each weights buffer).
+    /// Most bytes one binding may cover. A larger buffer is bound in windows.
     pub max_binding_bytes: u64,
+    /// Largest buffer (the arena, or a weights buffer holding one constant
+    /// larger than a binding).
+    pub max_buffer_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        // WebGPU's default maxStorageBufferBindingSize, also lavapipe's.
-        Limits { max_binding_bytes: 128 << 20 }
+        // WebGPU's default maxStorageBufferBindingSize, also lavapipe's; and
+        // lavapipe's max_buffer_size (NVIDIA allows 4 GiB, WebGPU by default
+        // 256 MiB: the runtime checks the device at load).
+        Limits { max_binding_bytes: 128 << 20, max_buffer_bytes: 2 << 30 }
     }
 }
 
@@ -224,7 +239,7 @@ impl<'g> Builder<'g> {
         let mut dispatches = vec![];
         let mut params: Vec<u8> = vec![];
         for step in &self.steps {
-            let (source, buffers, offsets) = layout.kernel_source(step);
+            let (source, binds, offsets) = layout.kernel_source(step);
             let k = match kernel_index.get(&source) {
                 Some(&k) => k,
                 None => {
@@ -233,7 +248,7 @@ impl<'g> Builder<'g> {
                         node: step.node.clone(),
                         msg,
                     })?;
-                    kernels.push(bundle_kernel(step, &buffers, &layout, shaders, offsets.len()));
+                    kernels.push(bundle_kernel(step, &binds.buffers, &layout, shaders, offsets.len()));
                     kernel_index.insert(source, kernels.len() as u32 - 1);
                     kernels.len() as u32 - 1
                 }
@@ -244,12 +259,13 @@ impl<'g> Builder<'g> {
             let touched: HashSet<usize> = step.slots.iter().copied().collect();
             dispatches.push(b::Dispatch {
                 kernel: k,
-                buffers,
+                buffers: binds.buffers,
                 params_offset,
                 workgroups: step.kernel.workgroups.iter().map(|&w| w.max(1)).collect(),
                 label: step.node.clone(),
-                bytes: touched.iter().map(|&s| layout.sizes[s]).sum(),
+                bytes: touched.iter().map(|&s| layout.bytes[s]).sum(),
                 flops: step.kernel.flops,
+                windows: binds.windows,
             });
         }
         let mut needs = vec![];
@@ -288,6 +304,7 @@ impl<'g> Builder<'g> {
             target: self.target.name.to_string(),
             vendors: self.target.vendors.to_vec(),
             needs,
+            memory: Some(layout.memory.clone()),
         };
         Ok(Program { bundle, weights: layout.weights })
     }
@@ -320,7 +337,7 @@ pub fn with_variants(mut programs: Vec<Program>) -> Program {
             let offset = match known.get(bytes.as_slice()) {
                 Some(&o) => o,
                 None => {
-                    appended.resize(appended.len().next_multiple_of(TENSOR_ALIGN as usize), 0);
+                    appended.resize(appended.len().next_multiple_of(WEIGHTS_ALIGN as usize), 0);
                     let o = appended.len() as u64;
                     appended.extend_from_slice(&bytes);
                     o
@@ -377,125 +394,173 @@ fn bundle_kernel(step: &Step, buffers: &[u32], layout: &Layout, s: codegen::Shad
 /// Final placement: each slot's buffer and byte offset.
 struct Layout {
     buffers: Vec<b::Buffer>,
+    /// Per buffer: the window size when it is larger than one binding.
+    window: Vec<Option<u64>>,
     /// (buffer, byte offset) per slot.
     place: Vec<(u32, u64)>,
+    /// Bytes per slot.
+    bytes: Vec<u64>,
     weights: Vec<u8>,
     phys: Vec<Phys>,
-    /// Bytes each slot occupies, for the dispatches' traffic figures.
-    sizes: Vec<u64>,
     /// The arena of f16 activations (`--precision f16`), if any.
     half_buffer: Option<u32>,
+    memory: b::MemoryStats,
+}
+
+/// The storage bindings of one dispatch.
+struct Binds {
+    /// Buffer per binding (bindings 1..).
+    buffers: Vec<u32>,
+    /// Range per binding; empty when every binding is a whole buffer.
+    windows: Vec<b::Window>,
+}
+
+/// The arena's plan: offsets per arena slot and what the planner reports.
+struct ArenaPlan {
+    offsets: Vec<u64>,
+    size: u64,
+    window: Option<u64>,
+    memory: b::MemoryStats,
 }
 
 impl Layout {
     fn new(bld: &Builder, limits: &Limits) -> Result<Layout> {
         let n = bld.slots.len();
         let mut place = vec![(0u32, 0u64); n];
-        let mut sizes = vec![0u64; n];
-        let mut buffers = vec![];
-        // Arenas: lifetimes over the step list; f16 activations in their own.
+        let mut bytes = vec![0u64; n];
         let arena_slots: Vec<usize> = (0..n).filter(|&s| matches!(bld.slots[s].home, Home::Arena { .. })).collect();
+        // f16 activations (`--precision f16`) get an arena of their own.
         let half = half_slots(bld);
         let (halves, fulls): (Vec<usize>, Vec<usize>) = arena_slots.iter().partition(|&&s| half.contains(&s));
-        let mut half_buffer = None;
-        for (slots, is_half) in [(fulls, false), (halves, true)] {
-            if is_half && slots.is_empty() {
-                continue;
-            }
-            let mut lifetimes = arena_lifetimes(bld, &slots);
-            if is_half {
-                for l in &mut lifetimes {
-                    l.bytes = (l.bytes / 2).next_multiple_of(4);
-                }
-            }
-            let planned = plan::greedy_by_size(&lifetimes, TENSOR_ALIGN);
-            let arena_size = planned.total.max(4);
-            if arena_size > limits.max_binding_bytes {
-                return Err(Error::Other(format!(
-                    "activations need {arena_size} bytes, more than one binding may hold ({}); splitting the arena is not supported yet",
-                    limits.max_binding_bytes
-                )));
-            }
-            let index = buffers.len() as u32;
-            buffers.push(b::Buffer { kind: BufferKind::Arena as i32, size: arena_size, weights_offset: 0 });
-            if is_half {
-                half_buffer = Some(index);
-            }
-            for (i, &s) in slots.iter().enumerate() {
-                place[s] = (index, planned.offsets[i]);
-                sizes[s] = lifetimes[i].bytes;
+        let arena = plan_arena(bld, &fulls, limits, false)?;
+        let mut buffers = vec![b::Buffer { kind: BufferKind::Arena as i32, size: arena.size, weights_offset: 0 }];
+        let mut window = vec![arena.window];
+        for (i, &s) in fulls.iter().enumerate() {
+            place[s] = (0, arena.offsets[i]);
+            if let Home::Arena { bytes: b } = bld.slots[s].home {
+                bytes[s] = b;
             }
         }
-        // Weights: packed in order into buffers no larger than one binding.
+        let mut half_buffer = None;
+        if !halves.is_empty() {
+            let plan = plan_arena(bld, &halves, limits, true)?;
+            half_buffer = Some(buffers.len() as u32);
+            buffers.push(b::Buffer { kind: BufferKind::Arena as i32, size: plan.size, weights_offset: 0 });
+            window.push(None);
+            for (i, &s) in halves.iter().enumerate() {
+                place[s] = (1, plan.offsets[i]);
+                if let Home::Arena { bytes: b } = bld.slots[s].home {
+                    bytes[s] = half_bytes(b);
+                }
+            }
+        }
+        // Weights: packed in order into buffers no larger than one binding;
+        // a constant larger than that gets a buffer of its own, bound in windows.
         let mut weights: Vec<u8> = vec![];
         let mut cur: Option<usize> = None;
         for (s, slot) in bld.slots.iter().enumerate() {
             let Home::Weight(t) = &slot.home else { continue };
             let words = t.to_phys_words().map_err(|e| Error::Other(format!("constant: {e}")))?;
-            let bytes = elem_bytes(words.len());
-            if bytes > limits.max_binding_bytes {
+            let size = elem_bytes(words.len());
+            if size > limits.max_buffer_bytes {
                 return Err(Error::Other(format!(
-                    "a constant of shape {:?} needs {bytes} bytes, more than one binding may hold ({})",
-                    t.shape, limits.max_binding_bytes
+                    "a constant of shape {:?} needs {size} bytes, more than one buffer may hold ({})",
+                    t.shape, limits.max_buffer_bytes
                 )));
             }
-            let fits =
-                cur.is_some_and(|c| buffers[c].size.next_multiple_of(TENSOR_ALIGN) + bytes <= limits.max_binding_bytes);
+            let oversized = size > limits.max_binding_bytes;
+            let fits = !oversized
+                && cur.is_some_and(|c| {
+                    buffers[c].size.next_multiple_of(WEIGHTS_ALIGN) + size <= limits.max_binding_bytes
+                });
             if !fits {
-                weights.resize(weights.len().next_multiple_of(TENSOR_ALIGN as usize), 0);
+                weights.resize(weights.len().next_multiple_of(WEIGHTS_ALIGN as usize), 0);
                 buffers.push(b::Buffer {
                     kind: BufferKind::Weights as i32,
                     size: 0,
                     weights_offset: weights.len() as u64,
                 });
+                window.push(oversized.then(|| window_bytes(limits)).transpose()?);
                 cur = Some(buffers.len() - 1);
             }
             let c = cur.expect("set above");
-            let off = buffers[c].size.next_multiple_of(TENSOR_ALIGN);
+            let off = buffers[c].size.next_multiple_of(WEIGHTS_ALIGN);
             let start = buffers[c].weights_offset + off;
             weights.resize(start as usize, 0);
             weights.extend(words.iter().flat_map(|w| w.to_le_bytes()));
             if words.is_empty() {
                 weights.extend([0u8; 4]);
             }
-            buffers[c].size = off + bytes;
+            buffers[c].size = off + size;
             place[s] = (c as u32, off);
-            sizes[s] = bytes;
+            bytes[s] = size;
+            if oversized {
+                // Nothing else goes into a windowed buffer.
+                cur = None;
+            }
         }
         let phys = bld.slots.iter().map(|s| s.phys).collect();
-        Ok(Layout { buffers, place, weights, phys, sizes, half_buffer })
+        Ok(Layout { buffers, window, place, bytes, weights, phys, memory: arena.memory, half_buffer })
     }
 
-    /// The kernel's full WGSL, the buffer bound at each storage binding and
-    /// each argument's element offset.
-    fn kernel_source(&self, step: &Step) -> (String, Vec<u32>, Vec<u32>) {
-        let mut buffers: Vec<u32> = vec![];
+    /// The kernel's full WGSL, its storage bindings and each argument's
+    /// element offset (relative to the start of its first binding).
+    fn kernel_source(&self, step: &Step) -> (String, Binds, Vec<u32>) {
+        // Distinct (buffer, window) pairs in order of first use; `None` is
+        // the whole buffer.
+        let mut bound: Vec<(u32, Option<u64>)> = vec![];
+        let mut binding_of = |key: (u32, Option<u64>)| {
+            let k = bound.iter().position(|&x| x == key).unwrap_or_else(|| {
+                bound.push(key);
+                bound.len() - 1
+            });
+            k as u32 + 1
+        };
         let mut args = vec![];
         let mut offsets = vec![];
         for (a, &s) in step.kernel.args.iter().zip(&step.slots) {
             let (buf, off) = self.place[s];
-            let binding = match buffers.iter().position(|&x| x == buf) {
-                Some(k) => k,
-                None => {
-                    buffers.push(buf);
-                    buffers.len() - 1
-                }
-            } as u32
-                + 1;
             let writable = self.buffers[buf as usize].kind == BufferKind::Arena as i32;
-            args.push(ArgBinding { name: a.name.clone(), phys: self.phys[s], binding, writable });
+            let (first, spanned, local) = match self.window[buf as usize] {
+                None => (None, 1, off),
+                Some(w) => {
+                    let end = off + self.bytes[s].max(1) - 1;
+                    (Some(off / w), end / w - off / w + 1, off % w)
+                }
+            };
+            let bindings: Vec<u32> = (0..spanned).map(|k| binding_of((buf, first.map(|f| f + k)))).collect();
+            let windows = (spanned > 1).then(|| codegen::Windows {
+                bindings: bindings.clone(),
+                shift: (self.window[buf as usize].unwrap_or(4) / 4).trailing_zeros(),
+            });
+            let phys = self.phys[s];
+            args.push(ArgBinding { name: a.name.clone(), phys, binding: bindings[0], writable, windows });
             let elem = if Some(buf) == self.half_buffer { 2 } else { 4 };
-            offsets.push((off / elem) as u32);
+            offsets.push((local / elem) as u32);
         }
-        let storage: Vec<StorageBinding> = buffers
+        let storage: Vec<StorageBinding> = bound
             .iter()
-            .map(|&buf| StorageBinding {
+            .map(|&(buf, _)| StorageBinding {
                 read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32,
                 half: Some(buf) == self.half_buffer,
             })
             .collect();
         let source = codegen::prelude(&args, &storage) + &step.kernel.body;
-        (source, buffers, offsets)
+        let windows = if bound.iter().any(|(_, w)| w.is_some()) {
+            bound.iter().map(|&(buf, w)| self.window_range(buf, w)).collect()
+        } else {
+            vec![]
+        };
+        (source, Binds { buffers: bound.iter().map(|&(buf, _)| buf).collect(), windows }, offsets)
+    }
+
+    /// The byte range that window `w` (or the whole buffer) of `buf` covers.
+    fn window_range(&self, buf: u32, w: Option<u64>) -> b::Window {
+        let size = self.buffers[buf as usize].size;
+        match (w, self.window[buf as usize]) {
+            (Some(k), Some(bytes)) => b::Window { offset: k * bytes, size: bytes.min(size - k * bytes) },
+            _ => b::Window { offset: 0, size },
+        }
     }
 
     fn io_tensor(&self, g: &Graph, value_slot: &HashMap<ValueId, usize>, v: ValueId) -> b::IoTensor {
@@ -516,6 +581,11 @@ impl Layout {
             extent: None,
         }
     }
+}
+
+/// Bytes of a tensor of `word_bytes` (4 per element) stored as f16.
+fn half_bytes(word_bytes: u64) -> u64 {
+    (word_bytes / 2).next_multiple_of(4)
 }
 
 /// Slots stored as f16 under `--precision f16`: float activations between
@@ -570,6 +640,92 @@ fn fixed_input(g: &Graph, v: ValueId) -> b::FixedInput {
         shape: t.shape.iter().map(|&d| d as u64).collect(),
         value: t.to_raw(),
     }
+}
+
+/// The window size for buffers larger than one binding: the largest power
+/// of two that one binding may cover.
+fn window_bytes(limits: &Limits) -> Result<u64> {
+    let w = 1u64 << (63 - limits.max_binding_bytes.max(1).leading_zeros());
+    if w < b::WINDOW_ALIGN {
+        return Err(Error::Other(format!(
+            "a binding of at most {} bytes cannot hold a {}-byte window",
+            limits.max_binding_bytes,
+            b::WINDOW_ALIGN
+        )));
+    }
+    Ok(w)
+}
+
+/// Plans the arena over the step list with the best strategy. When the
+/// arena outgrows one binding it is planned again with windows, so that
+/// tensors that fit one window stay inside one.
+/// `half`: the arena of f16 activations, whose tensors take 2 bytes an
+/// element and which is never windowed (windowed accessors read words).
+fn plan_arena(bld: &Builder, arena_slots: &[usize], limits: &Limits, half: bool) -> Result<ArenaPlan> {
+    let mut tensors = arena_lifetimes(bld, arena_slots);
+    if half {
+        for t in &mut tensors {
+            t.bytes = half_bytes(t.bytes);
+        }
+    }
+    let in_place = in_place_pairs(bld, arena_slots);
+    let big_align = Some((ARENA_BIG_BYTES, ARENA_BIG_ALIGN));
+    let mut problem = plan::Problem { tensors, in_place, align: ARENA_ALIGN, big_align, window: None };
+    let mut planned = plan::plan(&problem, plan::Strategy::Best);
+    if planned.total > limits.max_binding_bytes && half {
+        return Err(Error::Other(format!(
+            "the f16 activations need {} bytes, more than one binding may hold ({}); compile with --precision f32",
+            planned.total, limits.max_binding_bytes
+        )));
+    }
+    if planned.total > limits.max_binding_bytes {
+        problem.window = Some(window_bytes(limits)?);
+        planned = plan::plan(&problem, plan::Strategy::Best);
+    }
+    debug_assert_eq!(plan::check(&problem, &planned), Ok(()));
+    let size = planned.total.next_multiple_of(4).max(4);
+    let lower_bound_bytes = plan::problem_lower_bound(&problem);
+    if size > limits.max_buffer_bytes {
+        return Err(Error::Other(format!(
+            "the activations need an arena of {size} bytes ({lower_bound_bytes} live at once), more than one buffer may hold ({})",
+            limits.max_buffer_bytes
+        )));
+    }
+    let memory = b::MemoryStats {
+        lower_bound_bytes,
+        naive_bytes: plan::naive_bytes(&problem.tensors),
+        strategy: planned.strategy.name().to_string(),
+        in_place: planned.in_place.len() as u32,
+        tensors: problem.tensors.len() as u32,
+    };
+    Ok(ArenaPlan { offsets: planned.offsets, size, window: problem.window, memory })
+}
+
+/// Pairs (input, output), as indices into `arena_slots`, of a step whose
+/// kernel touches both only pointwise: the output may be written over the
+/// input if the input dies there (the planner checks lifetimes and sizes).
+fn in_place_pairs(bld: &Builder, arena_slots: &[usize]) -> Vec<(usize, usize)> {
+    let index: HashMap<usize, usize> = arena_slots.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    let mut pairs = vec![];
+    for step in &bld.steps {
+        let args = step.kernel.args.iter().zip(&step.slots);
+        // A tensor qualifies only if every argument naming it is pointwise.
+        let pointwise = |slot: usize| args.clone().all(|(a, &s)| s != slot || a.pointwise);
+        for (out, &o) in args.clone().filter(|(a, _)| matches!(a.tensor, TensorRef::Output(_))) {
+            for (inp, &i) in args.clone().filter(|(a, _)| matches!(a.tensor, TensorRef::Input(_))) {
+                if out.pointwise
+                    && inp.pointwise
+                    && i != o
+                    && pointwise(i)
+                    && pointwise(o)
+                    && let (Some(&a), Some(&b)) = (index.get(&i), index.get(&o))
+                {
+                    pairs.push((a, b));
+                }
+            }
+        }
+    }
+    pairs
 }
 
 /// First and last step touching each arena slot; graph inputs live from
