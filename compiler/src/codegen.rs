@@ -36,16 +36,25 @@ pub struct Windows {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StorageBinding {
     pub read_write: bool,
+    /// The buffer holds f16 activations (`--precision f16`): bound as
+    /// `array<f16>`, its accessors convert to and from f32, so kernel
+    /// bodies compute in f32 whatever the storage.
+    pub half: bool,
 }
 
 /// The prelude for `args` over `storage` bindings (binding k+1 = storage[k]).
 pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     let vecs = args.len().div_ceil(4).max(1);
-    let mut s = format!("struct Params {{ o: array<vec4<u32>, {vecs}> }}\n");
+    let mut s = String::new();
+    if storage.iter().any(|b| b.half) {
+        s += "enable f16;\n";
+    }
+    s += &format!("struct Params {{ o: array<vec4<u32>, {vecs}> }}\n");
     s += "@group(0) @binding(0) var<uniform> p: Params;\n";
     for (k, b) in storage.iter().enumerate() {
         let access = if b.read_write { "read_write" } else { "read" };
-        s += &format!("@group(0) @binding({}) var<storage, {access}> b{}: array<u32>;\n", k + 1, k + 1);
+        let elem = if b.half { "f16" } else { "u32" };
+        s += &format!("@group(0) @binding({}) var<storage, {access}> b{}: array<{elem}>;\n", k + 1, k + 1);
     }
     for (k, a) in args.iter().enumerate() {
         let off = format!("p.o[{}].{}", k / 4, ["x", "y", "z", "w"][k % 4]);
@@ -54,6 +63,13 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
             continue;
         }
         let (t, b) = (a.phys.wgsl(), a.binding);
+        if storage.get(b as usize - 1).is_some_and(|s| s.half) {
+            s += &format!("fn ld_{}(i: u32) -> f32 {{ return f32(b{b}[{off} + i]); }}\n", a.name);
+            if a.writable {
+                s += &format!("fn st_{}(i: u32, v: f32) {{ b{b}[{off} + i] = f16(v); }}\n", a.name);
+            }
+            continue;
+        }
         let load =
             if a.phys == Phys::U32 { format!("b{b}[{off} + i]") } else { format!("bitcast<{t}>(b{b}[{off} + i])") };
         s += &format!("fn ld_{}(i: u32) -> {t} {{ return {load}; }}\n", a.name);
@@ -113,16 +129,56 @@ pub struct Shaders {
     pub msl_entry_point: String,
 }
 
-/// Validates `source` and writes it as WGSL, SPIR-V and MSL.
-pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
-    let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
+/// WGSL requires `enable` directives before everything else, but kernel
+/// bodies (which follow the prelude) may need some: moves them to the top,
+/// once each.
+pub fn hoist_enables(source: &str) -> String {
+    let mut enables: Vec<&str> = vec![];
+    let mut rest = String::with_capacity(source.len());
+    for line in source.lines() {
+        if line.starts_with("enable ") {
+            if !enables.contains(&line) {
+                enables.push(line);
+            }
+        } else {
+            rest += line;
+            rest += "\n";
+        }
+    }
+    if enables.is_empty() {
+        return source.to_string();
+    }
+    enables.join("\n") + "\n" + &rest
+}
+
+/// The validator capabilities a kernel's `enable` directives ask for.
+fn capabilities(source: &str) -> Capabilities {
     // unpack2x16float (f16 weights and scales): every backend drift targets
     // has it; only GLES lacks it.
-    let info = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32)
-        .validate(&module)
-        .map_err(|e| e.emit_to_string(source))?;
-    let wgsl = naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty())
-        .map_err(|e| format!("WGSL writer: {e}"))?;
+    let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    if source.contains("enable f16;") {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    if source.contains("enable wgpu_cooperative_matrix;") {
+        caps |= Capabilities::COOPERATIVE_MATRIX;
+    }
+    caps
+}
+
+/// Validates `source` and writes it as WGSL, SPIR-V and MSL. Kernels using
+/// cooperative matrices get no MSL (Metal has only 8x8 simdgroup matrices)
+/// and, where naga cannot write them back, no WGSL: SPIR-V is their form.
+pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
+    let source = &hoist_enables(source);
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
+    let caps = capabilities(source);
+    let info = Validator::new(ValidationFlags::all(), caps).validate(&module).map_err(|e| e.emit_to_string(source))?;
+    let optional = caps.contains(Capabilities::COOPERATIVE_MATRIX);
+    let wgsl = match naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty()) {
+        Ok(w) => w,
+        Err(_) if optional => String::new(),
+        Err(e) => return Err(format!("WGSL writer: {e}")),
+    };
     let spv_options = spv::Options {
         lang_version: (1, 3),
         // Kernels never read workgroup memory before writing it, and guard
@@ -145,9 +201,13 @@ pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
         entry_point: Some((naga::ShaderStage::Compute, "main".to_string())),
         ..msl::PipelineOptions::default()
     };
-    let (msl, tinfo) =
-        msl::write_string(&module, &info, &msl_options, &pipeline).map_err(|e| format!("MSL writer: {e}"))?;
-    let msl_entry_point =
-        tinfo.entry_point_names.first().cloned().and_then(|r| r.ok()).unwrap_or_else(|| "main_".into());
+    let (msl, msl_entry_point) = match msl::write_string(&module, &info, &msl_options, &pipeline) {
+        Ok((msl, tinfo)) => {
+            let entry = tinfo.entry_point_names.first().cloned().and_then(|r| r.ok()).unwrap_or_else(|| "main_".into());
+            (msl, entry)
+        }
+        Err(_) if optional => (String::new(), String::new()),
+        Err(e) => return Err(format!("MSL writer: {e}")),
+    };
     Ok(Shaders { wgsl, spirv, msl, msl_entry_point })
 }

@@ -152,7 +152,9 @@ pub fn compile(g0: Graph, opts: &Options) -> Result<Compiled> {
     m.info.bounds = spec.symbols.iter().map(|s| (s.min, s.max)).collect();
     let (pins, state_bytes, pairs) = pin_state(&m, n_inputs, n_outputs, stages.len())?;
     let extras = Extras { dynamic: Some(&m.info), pins, state_bytes };
-    let mut program = program::build_with(&m.g, &m.order, &opts.limits, &extras)?;
+    // Dynamic kernels are the same on every GPU: one generic program.
+    let target = drift_ops::Target { f16: false, ..drift_ops::Target::GENERIC };
+    let mut program = program::build_with(&m.g, &m.order, &opts.limits, &target, &extras)?;
     split_stages(&mut program.bundle, &stages, n_inputs, n_outputs, &spec)?;
     program.bundle.state = pairs;
     Ok(Compiled { program })

@@ -11,7 +11,9 @@ pub mod dims;
 mod dtype;
 mod error;
 mod op;
+mod products;
 mod registry;
+mod target;
 mod tensor;
 pub mod wgsl;
 
@@ -28,4 +30,5 @@ pub use op::{
     norm_axis, ty, value,
 };
 pub use registry::{build_op, is_supported};
+pub use target::{Target, Tile};
 pub use tensor::{Data, Tensor, numel};

@@ -60,23 +60,48 @@ pub struct Bundle {
     /// Bounded dynamic dims (`drift compile --dim seq=1..2048`). Their run
     /// values are solved from the inputs' shapes (`IoTensor::dims`) and
     /// given to kernels in the `Dims` binding.
-    #[prost(message, repeated, tag = "40")]
+    #[prost(message, repeated, tag = "50")]
     pub symbols: Vec<Symbol>,
     /// Programs over parts of the dispatch list sharing buffers and weights
     /// (prefill and decode); empty: one program, all dispatches.
-    #[prost(message, repeated, tag = "41")]
+    #[prost(message, repeated, tag = "51")]
     pub stages: Vec<Stage>,
     /// Two buffers holding carried state: inputs of `state` pairs in the
     /// first, their outputs at the same offsets in the second. A run that
     /// carries state swaps them, so outputs become inputs without a copy.
-    #[prost(uint32, repeated, tag = "42")]
+    #[prost(uint32, repeated, tag = "52")]
     pub state_buffers: Vec<u32>,
-    #[prost(message, repeated, tag = "43")]
+    #[prost(message, repeated, tag = "53")]
     pub state: Vec<StatePair>,
     /// What the memory planner achieved, for `drift inspect`; the runtime
     /// ignores it.
     #[prost(message, optional, tag = "30")]
     pub memory: Option<MemoryStats>,
+    /// Other kernel sets of the same model, one per device target (`drift
+    /// compile --target`), each a whole program over the same weights
+    /// section: the runtime runs the first whose vendors and needs match the
+    /// adapter, else this top-level program. Variants have no variants.
+    #[prost(message, repeated, tag = "40")]
+    pub variants: Vec<Bundle>,
+    /// The target this program was compiled for ("" or "generic": any GPU).
+    #[prost(string, tag = "41")]
+    pub target: String,
+    /// PCI vendor ids of the GPUs the program is for; empty: any.
+    #[prost(uint32, repeated, tag = "42")]
+    pub vendors: Vec<u32>,
+    /// Device features the kernels use.
+    #[prost(enumeration = "Need", repeated, tag = "43")]
+    pub needs: Vec<i32>,
+}
+
+/// A device feature a program's kernels need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Need {
+    /// f16 arithmetic and 16-bit storage buffers (`Features::SHADER_F16`).
+    F16 = 0,
+    /// Cooperative-matrix (tensor-core) operations.
+    CooperativeMatrix = 1,
 }
 
 /// A bounded dynamic dim.
@@ -345,6 +370,14 @@ pub struct Dispatch {
     /// `workgroups` then holds their largest values.
     #[prost(message, repeated, tag = "6")]
     pub groups: Vec<Groups>,
+    /// Bytes of the tensors the dispatch reads and writes (each counted
+    /// once), for achieved-bandwidth figures in profiles.
+    #[prost(uint64, tag = "40")]
+    pub bytes: u64,
+    /// Arithmetic operations (a multiply-add counts 2); 0 when only bytes
+    /// matter.
+    #[prost(uint64, tag = "41")]
+    pub flops: u64,
     /// Empty: each storage binding binds its whole buffer. Otherwise one
     /// range per storage binding: buffers larger than one binding are bound
     /// in windows (one buffer may appear at several bindings).

@@ -13,7 +13,7 @@ use std::ops::Range;
 use prost::Message;
 
 use crate::bundle::{
-    BindingKind, BufferKind, Bundle, Dispatch, Extent, FILE_HEADER_LEN, FORMAT_VERSION, IoTensor, Kernel, MAGIC,
+    BindingKind, BufferKind, Bundle, Dispatch, Extent, FILE_HEADER_LEN, FORMAT_VERSION, IoTensor, Kernel, MAGIC, Need,
     PARAMS_ALIGN, PhysType, WEIGHTS_ALIGN, WINDOW_ALIGN,
 };
 use crate::dtype::DType;
@@ -132,7 +132,43 @@ pub fn validate(bundle: &Bundle) -> Result<()> {
     validate_io(bundle, "inputs", &bundle.inputs)?;
     validate_io(bundle, "outputs", &bundle.outputs)?;
     validate_fixed_inputs(bundle)?;
-    crate::dims::validate(bundle)
+    crate::dims::validate(bundle)?;
+    validate_needs(bundle, "needs")?;
+    for (i, v) in bundle.variants.iter().enumerate() {
+        validate_variant(bundle, v).map_err(|e| match e {
+            Error::Bundle { field, problem } => bundle_err(format!("variants[{i}].{field}"), problem),
+            e => e,
+        })?;
+    }
+    Ok(())
+}
+
+/// A variant is a whole program over the same weights section with the
+/// same inputs and outputs as the top level (their places may differ).
+fn validate_variant(top: &Bundle, v: &Bundle) -> Result<()> {
+    if !v.variants.is_empty() {
+        return Err(bundle_err("variants", "is not empty (variants do not nest)"));
+    }
+    if v.weights_size != top.weights_size {
+        return Err(bundle_err(
+            "weights_size",
+            format!("= {} differs from the top level's {}", v.weights_size, top.weights_size),
+        ));
+    }
+    let same = |a: &[IoTensor], b: &[IoTensor]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name == y.name && x.dtype == y.dtype && x.shape == y.shape)
+    };
+    if !same(&v.inputs, &top.inputs) || !same(&v.outputs, &top.outputs) || v.fixed_inputs != top.fixed_inputs {
+        return Err(bundle_err("inputs", "and outputs differ from the top level's"));
+    }
+    validate(v)
+}
+
+fn validate_needs(bundle: &Bundle, field: &str) -> Result<()> {
+    match bundle.needs.iter().find(|&&n| Need::try_from(n).is_err()) {
+        Some(n) => Err(bundle_err(field, format!("has {n}, which is not a known device feature"))),
+        None => Ok(()),
+    }
 }
 
 /// A data-dependent extent: outputs only, a real axis, a u32 inside an

@@ -8,15 +8,16 @@
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use crate::bundle::{
-    BindingKind, Buffer, BufferKind, Bundle, Dispatch, Groups, IoTensor, Kernel, PARAMS_ALIGN, Symbol, SymbolRange,
-    WINDOW_ALIGN,
+    BindingKind, Buffer, BufferKind, Bundle, Dispatch, Groups, IoTensor, Kernel, Need, PARAMS_ALIGN, Symbol,
+    SymbolRange, WINDOW_ALIGN,
 };
 use crate::error::{Error, Result, fmt_shape};
 use crate::format::{binding_kinds, io_size};
 use crate::gpu::{Gpu, ShaderPath, take_error};
-use crate::model::{Model, TensorInfo};
+use crate::model::{Model, TensorInfo, target_name};
 use crate::tensor::HostTensor;
 
 /// A model instantiated on a GPU, ready to run repeatedly.
@@ -36,11 +37,15 @@ pub struct Session {
     staging: Option<wgpu::Buffer>,
     /// Reused for converting inputs to their GPU form.
     scratch: Vec<u8>,
+    /// The target of the program this session runs (`Model::program_for`).
+    target: String,
     /// Bounded dynamic dims, and the uniform their run values go to.
     symbols: Vec<Symbol>,
     dims: wgpu::Buffer,
     stages: Vec<StageRt>,
     state: Option<StateRt>,
+    /// The stage and symbol values of the last run (what `replay` repeats).
+    last: (usize, Vec<u64>),
 }
 
 /// One dispatch, ready to record.
@@ -122,7 +127,8 @@ const DIMS_BYTES: u64 = 32;
 impl Session {
     /// Creates every GPU object `model` needs on `gpu`.
     pub fn new(gpu: &Gpu, model: &Model) -> Result<Session> {
-        let bundle = model.bundle();
+        let bundle = model.program_for(gpu.vendor(), |n| gpu.has(n))?;
+        check_needs(gpu, bundle)?;
         check_limits(gpu, bundle)?;
         let device = &gpu.device;
 
@@ -186,10 +192,97 @@ impl Session {
             outputs,
             staging,
             scratch: Vec::new(),
+            target: target_name(bundle).to_string(),
             symbols: bundle.symbols.clone(),
             dims,
             state,
+            last: (0, vec![0; bundle.symbols.len()]),
         })
+    }
+
+    /// The target of the kernel set this session runs ("generic", "nvidia", ...).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Number of dispatches one run records.
+    pub fn dispatches(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Replays every dispatch on the inputs of the last run (no uploads, no
+    /// readback) and waits for the GPU. Returns the CPU time spent
+    /// recording and submitting, for benchmarks.
+    pub fn replay(&mut self) -> Result<Duration> {
+        let start = Instant::now();
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        let (stage, vals) = self.last.clone();
+        self.record_pass(&mut encoder, None, stage, &vals);
+        self.queue.submit([encoder.finish()]);
+        let cpu = start.elapsed();
+        self.wait()?;
+        Ok(cpu)
+    }
+
+    /// GPU nanoseconds of every dispatch of one replay, in dispatch order,
+    /// from timestamps written between dispatches (needs the adapter's
+    /// TIMESTAMP_QUERY_INSIDE_PASSES; not on Apple GPUs).
+    pub fn profile(&mut self) -> Result<Vec<f64>> {
+        let features = self.device.features();
+        if !features.contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
+            return Err(Error::Unsupported("this GPU cannot write timestamps between dispatches".into()));
+        }
+        let (stage, vals) = self.last.clone();
+        let count = self.stages[stage].steps.len() as u32 + 1;
+        if count > wgpu::QUERY_SET_MAX_QUERIES {
+            return Err(Error::Unsupported(format!(
+                "profiling {} dispatches needs more than {} timestamps",
+                self.steps.len(),
+                wgpu::QUERY_SET_MAX_QUERIES
+            )));
+        }
+        let bytes = u64::from(count) * wgpu::QUERY_SIZE as u64;
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let buffer = |usage| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile"),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let resolved = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        let readback = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        self.record_pass(&mut encoder, Some(&queries), stage, &vals);
+        encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
+        encoder.copy_buffer_to_buffer(&resolved, 0, &readback, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        let view = self.map(&readback)?;
+        let ticks: Vec<u64> =
+            view.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+        drop(view);
+        readback.unmap();
+        if let Some(e) = take_error(&self.errors) {
+            return Err(Error::Gpu(e));
+        }
+        let period = f64::from(self.queue.get_timestamp_period());
+        Ok(ticks.windows(2).map(|w| w[1].saturating_sub(w[0]) as f64 * period).collect())
+    }
+
+    /// Waits for submitted work; reports what wgpu reported meanwhile.
+    fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        match take_error(&self.errors) {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
     }
 
     /// The inputs `run` expects, in bundle order.
@@ -275,6 +368,7 @@ impl Session {
         }
         let out_shapes: Vec<Vec<usize>> = self.outputs.iter().map(|o| crate::dims::shape(&o.desc, &vals)).collect();
         self.queue.submit([self.record(stage, &vals, &out_shapes, &wanted)]);
+        self.last = (stage, vals);
         let result = self.read_outputs(&out_shapes, &wanted);
         if let Some(st) = &mut self.state {
             st.last = out_shapes.into_iter().map(Some).collect();
@@ -374,24 +468,7 @@ impl Session {
     /// the copies of the fetched outputs (their actual size) into staging.
     fn record(&self, stage: usize, vals: &[u64], shapes: &[Vec<usize>], wanted: &[bool]) -> wgpu::CommandBuffer {
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        let swapped = self.state.as_ref().is_some_and(|s| s.swapped);
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for step in &self.steps[self.stages[stage].steps.clone()] {
-                let [x, y, z] = if step.groups.is_empty() {
-                    step.workgroups
-                } else {
-                    [0, 1, 2].map(|k| crate::dims::groups(&step.groups[k], vals))
-                };
-                if x == 0 || y == 0 || z == 0 {
-                    continue;
-                }
-                let bind_group = &step.bind_groups[if swapped { step.bind_groups.len() - 1 } else { 0 }];
-                pass.set_pipeline(&self.pipelines[step.pipeline]);
-                pass.set_bind_group(0, bind_group, &[step.params_offset]);
-                pass.dispatch_workgroups(x, y, z);
-            }
-        }
+        self.record_pass(&mut encoder, None, stage, vals);
         if let Some(staging) = &self.staging {
             for (i, out) in self.outputs.iter().enumerate().filter(|(i, o)| o.size > 0 && wanted[*i]) {
                 let (b, off, size) = self.place(stage, false, i);
@@ -405,6 +482,43 @@ impl Session {
             }
         }
         encoder.finish()
+    }
+
+    /// The compute pass of every dispatch; with `timestamps`, query `i`
+    /// is written before dispatch `i` and the last after all of them.
+    /// One compute pass over the dispatches of `stage`, their workgroup
+    /// counts evaluated for the symbol values `vals` (empty ones skipped),
+    /// the state buffers bound as the current run sees them.
+    fn record_pass(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<&wgpu::QuerySet>,
+        stage: usize,
+        vals: &[u64],
+    ) {
+        let swapped = self.state.as_ref().is_some_and(|s| s.swapped);
+        let range = self.stages[stage].steps.clone();
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for (i, step) in self.steps[range.clone()].iter().enumerate() {
+            if let Some(q) = timestamps {
+                pass.write_timestamp(q, i as u32);
+            }
+            let [x, y, z] = if step.groups.is_empty() {
+                step.workgroups
+            } else {
+                [0, 1, 2].map(|k| crate::dims::groups(&step.groups[k], vals))
+            };
+            if x == 0 || y == 0 || z == 0 {
+                continue;
+            }
+            let bind_group = &step.bind_groups[if swapped { step.bind_groups.len() - 1 } else { 0 }];
+            pass.set_pipeline(&self.pipelines[step.pipeline]);
+            pass.set_bind_group(0, bind_group, &[step.params_offset]);
+            pass.dispatch_workgroups(x, y, z);
+        }
+        if let Some(q) = timestamps {
+            pass.write_timestamp(q, range.len() as u32);
+        }
     }
 
     /// Waits for the submitted work, maps the staging buffer once and
@@ -604,6 +718,20 @@ fn catch<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> (T, Option<String>)
         }
     }
     (value, first)
+}
+
+/// Fails with `Error::Unsupported` when the program's kernels use device
+/// features the GPU lacks (a bundle compiled for other targets only).
+fn check_needs(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
+    for need in bundle.needs.iter().filter_map(|&n| Need::try_from(n).ok()) {
+        if !gpu.has(need) {
+            return Err(Error::Unsupported(format!(
+                "the '{}' kernels need {need:?}, which the GPU lacks (compile with --target generic)",
+                target_name(bundle)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Fails with `Error::Unsupported` when the bundle needs more than the device allows.

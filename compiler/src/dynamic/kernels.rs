@@ -380,6 +380,7 @@ impl<'a> Gen<'a> {
             body,
             workgroup_size: wg,
             workgroups: [max[0], max[1], max[2]],
+            flops: 0,
         };
         DynStep { kernel, values: args.into_iter().map(|(_, v)| v).collect(), groups }
     }

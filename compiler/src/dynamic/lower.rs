@@ -91,7 +91,7 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
     let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
     let mut class: HashMap<NodeId, Class> = HashMap::new();
     for &id in &live {
-        if !info.node_is_dynamic(g, id) {
+        if !info.node_is_dynamic(g, id) && !fusable(g, id) {
             continue;
         }
         let node = &g.nodes[id];
@@ -136,6 +136,38 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
         }
     }
     info.plan = Plan { class };
+}
+
+/// Whether a node with concrete shapes also takes the fused lowering of the
+/// dynamic part (so the decode stage, whose shapes are mostly concrete,
+/// fuses like prefill does): the ops whose kernels here cover every case.
+fn fusable(g: &Graph, id: NodeId) -> bool {
+    let node = &g.nodes[id];
+    let float = |i: usize| node.inputs.get(i).copied().flatten().is_some_and(|v| g.ty(v).dtype == drift_ops::DType::F32);
+    let rank = |i: usize| node.inputs.get(i).copied().flatten().map_or(0, |v| g.ty(v).rank());
+    let last_axis = |a: i64| a == -1 || a == rank(0) as i64 - 1;
+    if node.outputs.iter().flatten().any(|&v| g.values[v].constant.is_some()) {
+        return false;
+    }
+    match (node.domain.as_str(), node.op_type.as_str()) {
+        ("ai.drift", "QMatMul") => float(0),
+        ("", "MatMul") => float(0) && float(1) && rank(0) >= 2 && rank(1) >= 2,
+        ("", "Softmax" | "LogSoftmax") => node.opset >= 13 && float(0) && last_axis(node.attrs.int("axis", -1).unwrap_or(0)),
+        ("", "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin") => {
+            let axes = match node.attrs.ints_opt("axes") {
+                Ok(Some(a)) => a.to_vec(),
+                _ => match node.inputs.get(1).copied().flatten().and_then(|v| g.values[v].constant.clone()) {
+                    Some(t) => t.to_i64(),
+                    None => return false,
+                },
+            };
+            float(0) && axes.len() == 1 && last_axis(axes[0])
+        }
+        ("", "Erf" | "Gelu" | "Softplus") => false,
+        ("", "Cast") => node.attrs.int("to", 0).is_ok_and(|t| !matches!(t, 10 | 16)),
+        ("", op) => is_injective(op) || is_view(op),
+        _ => false,
+    }
 }
 
 /// Whether an anchor can compute its operands on the fly.

@@ -434,6 +434,7 @@ impl Op for QMatMul {
         } else {
             let mut k = gemm_kernel(&spec, &format!("{m}u"));
             k.workgroups = [self.fmt.n.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1];
+            k.flops = 2 * (m * self.fmt.n * self.fmt.k) as u64;
             k
         };
         Ok(Lowering::one(kernel))
@@ -598,7 +599,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         red = 256 * m,
         gx = workgroups[0],
     );
-    Kernel { name: format!("qgemv_{}", fmt_name(f)), args: spec.args(), body, workgroup_size: [256, 1, 1], workgroups }
+    Kernel {
+        name: format!("qgemv_{}", fmt_name(f)),
+        args: spec.args(),
+        body,
+        workgroup_size: [256, 1, 1],
+        workgroups,
+        flops: 2 * (m * f.n * f.k) as u64,
+    }
 }
 
 /// A 64×64 output tile per workgroup of 16×16 threads (4×4 outputs each),
@@ -677,6 +685,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         body,
         workgroup_size: [16, 16, 1],
         workgroups: [1, 1, 1],
+        flops: 0,
     }
 }
 

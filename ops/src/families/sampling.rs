@@ -241,6 +241,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         body,
         workgroup_size: [256, 1, 1],
         workgroups: [batch.max(1) as u32, 1, 1],
+        flops: 0,
     }
 }
 
