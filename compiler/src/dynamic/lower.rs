@@ -143,7 +143,8 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
 /// fuses like prefill does): the ops whose kernels here cover every case.
 fn fusable(g: &Graph, id: NodeId) -> bool {
     let node = &g.nodes[id];
-    let float = |i: usize| node.inputs.get(i).copied().flatten().is_some_and(|v| g.ty(v).dtype == drift_ops::DType::F32);
+    let float =
+        |i: usize| node.inputs.get(i).copied().flatten().is_some_and(|v| g.ty(v).dtype == drift_ops::DType::F32);
     let rank = |i: usize| node.inputs.get(i).copied().flatten().map_or(0, |v| g.ty(v).rank());
     let last_axis = |a: i64| a == -1 || a == rank(0) as i64 - 1;
     if node.outputs.iter().flatten().any(|&v| g.values[v].constant.is_some()) {
@@ -152,7 +153,9 @@ fn fusable(g: &Graph, id: NodeId) -> bool {
     match (node.domain.as_str(), node.op_type.as_str()) {
         ("ai.drift", "QMatMul") => float(0),
         ("", "MatMul") => float(0) && float(1) && rank(0) >= 2 && rank(1) >= 2,
-        ("", "Softmax" | "LogSoftmax") => node.opset >= 13 && float(0) && last_axis(node.attrs.int("axis", -1).unwrap_or(0)),
+        ("", "Softmax" | "LogSoftmax") => {
+            node.opset >= 13 && float(0) && last_axis(node.attrs.int("axis", -1).unwrap_or(0))
+        }
         ("", "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin") => {
             let axes = match node.attrs.ints_opt("axes") {
                 Ok(Some(a)) => a.to_vec(),
