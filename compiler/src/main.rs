@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use drift_compiler::{Options, npy};
-use drift_runtime::{DType, Gpu, HostTensor, Model, Session};
+use drift_runtime::{DType, Gpu, HostTensor, Model, Session, ShaderPath, Trust};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,6 +46,12 @@ enum Command {
         /// Write each output as <name>.npy into this folder.
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// Vouch for the bundle (e.g. you compiled it): its kernels may use the
+        /// GPU's SPIR-V/MSL passthrough path, which skips shader validation and
+        /// bounds checks. Without it kernels run from WGSL, validated by naga
+        /// and bounds-checked (docs/security.md).
+        #[arg(long)]
+        trusted: bool,
     },
     /// Describe a bundle: inputs, outputs, kernels, dispatches, memory.
     Inspect { bundle: PathBuf },
@@ -57,8 +63,9 @@ fn main() -> ExitCode {
         Command::Compile { model, output, dims, input_shapes, const_inputs } => {
             compile(&model, output, &dims, &input_shapes, &const_inputs)
         }
-        Command::Run { bundle, inputs, random_inputs, output_dir } => {
-            run(&bundle, &inputs, random_inputs, output_dir.as_deref())
+        Command::Run { bundle, inputs, random_inputs, output_dir, trusted } => {
+            let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
+            run(&bundle, &inputs, random_inputs, output_dir.as_deref(), trust)
         }
         Command::Inspect { bundle } => inspect(&bundle),
     };
@@ -122,8 +129,8 @@ fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {
     s.split_once('=').ok_or_else(|| format!("{flag} {s}: expected NAME=VALUE"))
 }
 
-fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>) -> Result<(), String> {
-    let model = load(bundle)?;
+fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>, trust: Trust) -> Result<(), String> {
+    let model = load(bundle)?.with_trust(trust);
     let mut given: BTreeMap<String, HostTensor> = BTreeMap::new();
     for spec in inputs {
         let (name, file) = split_kv(spec, "--input")?;
@@ -150,8 +157,12 @@ fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>
         }
     }
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let info = gpu.info();
+    let mut info = gpu.info();
     let mut session = Session::new(&gpu, &model).map_err(|e| e.to_string())?;
+    info.shader_path = session.shader_path();
+    if trust == Trust::Untrusted && gpu.shader_path() != ShaderPath::Wgsl {
+        eprintln!("note: untrusted bundle: kernels run from WGSL with bounds checks (--trusted uses passthrough)");
+    }
     let args: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let start = std::time::Instant::now();
     let outputs = session.run(&args).map_err(|e| e.to_string())?;
