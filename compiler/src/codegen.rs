@@ -6,7 +6,7 @@
 //! here: dense bindings 0..n-1 in group 0, no `arrayLength`, no override
 //! constants, no reliance on zero-initialized workgroup memory.
 
-use drift_ops::Phys;
+use drift_ops::{Phys, Storage};
 use naga::back::{msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -15,6 +15,9 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 pub struct ArgBinding {
     pub name: String,
     pub phys: Phys,
+    /// How the elements sit in the buffer; the argument's params offset
+    /// counts elements of this storage.
+    pub storage: Storage,
     /// Index of the storage binding (1-based: binding 0 is the parameters).
     pub binding: u32,
     pub writable: bool,
@@ -37,16 +40,36 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     }
     for (k, a) in args.iter().enumerate() {
         let off = format!("p.o[{}].{}", k / 4, ["x", "y", "z", "w"][k % 4]);
-        let (t, b) = (a.phys.wgsl(), a.binding);
-        let load =
-            if a.phys == Phys::U32 { format!("b{b}[{off} + i]") } else { format!("bitcast<{t}>(b{b}[{off} + i])") };
-        s += &format!("fn ld_{}(i: u32) -> {t} {{ return {load}; }}\n", a.name);
-        if a.writable {
-            let store = if a.phys == Phys::U32 { "v".to_string() } else { "bitcast<u32>(v)".to_string() };
-            s += &format!("fn st_{}(i: u32, v: {t}) {{ b{b}[{off} + i] = {store}; }}\n", a.name);
-        }
+        s += &accessors(a, &off);
     }
     s
+}
+
+/// `ld_<name>` and, for writable word storage, `st_<name>` of one argument
+/// whose element offset is the WGSL expression `off`.
+fn accessors(a: &ArgBinding, off: &str) -> String {
+    let (t, b, name) = (a.phys.wgsl(), a.binding, &a.name);
+    match a.storage {
+        Storage::Word => {
+            let load = match a.phys {
+                Phys::U32 => format!("b{b}[{off} + i]"),
+                _ => format!("bitcast<{t}>(b{b}[{off} + i])"),
+            };
+            let mut s = format!("fn ld_{name}(i: u32) -> {t} {{ return {load}; }}\n");
+            if a.writable {
+                let store = if a.phys == Phys::U32 { "v" } else { "bitcast<u32>(v)" };
+                s += &format!("fn st_{name}(i: u32, v: {t}) {{ b{b}[{off} + i] = {store}; }}\n");
+            }
+            s
+        }
+        // Halves, two per word, element 2k in the low half. Read-only: a
+        // store of one half would race with the thread storing the other,
+        // so no st_ is generated and a kernel writing one fails to validate.
+        Storage::F16 => format!(
+            "fn ld_{name}(i: u32) -> f32 {{ let e = {off} + i; let h = unpack2x16float(b{b}[e >> 1u]); \
+             return select(h.x, h.y, (e & 1u) != 0u); }}\n"
+        ),
+    }
 }
 
 /// One kernel in every language.
@@ -61,7 +84,8 @@ pub struct Shaders {
 /// Validates `source` and writes it as WGSL, SPIR-V and MSL.
 pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    // unpack2x16float (f16 weights) is core on Vulkan, Metal and DX12.
+    let info = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32)
         .validate(&module)
         .map_err(|e| e.emit_to_string(source))?;
     let wgsl = naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty())

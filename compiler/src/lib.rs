@@ -17,7 +17,7 @@ pub mod plan;
 pub mod program;
 
 pub use error::{Error, Result};
-pub use program::Limits;
+pub use program::{Limits, WeightFormat};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,6 +33,8 @@ pub struct Options {
     /// shape-deciding operands such as Reshape's shape or Reduce's axes.
     pub const_inputs: BTreeMap<String, drift_ops::Tensor>,
     pub limits: Limits,
+    /// How float constants are stored (`--weights f32|f16`).
+    pub weights: WeightFormat,
 }
 
 /// A compiled model, ready to be written.
@@ -67,6 +69,6 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     let order = control::infer_with_control_flow(&mut g)?;
     let order = passes::split_oversized_weights(&mut g, &order, opts.limits.max_binding_bytes)?;
     passes::eliminate_dead_nodes(&mut g, &order);
-    let program = program::build(&g, &order, &opts.limits)?;
+    let program = program::build(&g, &order, &opts.limits, opts.weights)?;
     Ok(Compiled { program })
 }

@@ -1,7 +1,7 @@
 //! The `drift` command line: compile, run, inspect.
 
 use clap::{Parser, Subcommand};
-use drift_compiler::{Options, npy};
+use drift_compiler::{Options, WeightFormat, npy};
 use drift_runtime::{DType, Gpu, HostTensor, Model, Session, ShaderPath, Trust};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,10 @@ enum Command {
         /// The bundle checks that runs pass the same value.
         #[arg(long = "const-input", value_name = "NAME=FILE.npy")]
         const_inputs: Vec<String>,
+        /// How float weights are stored: f32, or f16 (half the size; kernels
+        /// still compute in f32; small or out-of-range constants stay f32).
+        #[arg(long, value_name = "f32|f16", default_value = "f32", value_parser = parse_weights)]
+        weights: WeightFormat,
     },
     /// Run a bundle on the GPU.
     Run {
@@ -60,8 +64,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compile { model, output, dims, input_shapes, const_inputs } => {
-            compile(&model, output, &dims, &input_shapes, &const_inputs)
+        Command::Compile { model, output, dims, input_shapes, const_inputs, weights } => {
+            compile(&model, output, &dims, &input_shapes, &const_inputs, weights)
         }
         Command::Run { bundle, inputs, random_inputs, output_dir, trusted } => {
             let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
@@ -84,8 +88,9 @@ fn compile(
     dims: &[String],
     shapes: &[String],
     const_inputs: &[String],
+    weights: WeightFormat,
 ) -> Result<(), String> {
-    let mut opts = Options::default();
+    let mut opts = Options { weights, ..Options::default() };
     for d in dims {
         let (k, v) = split_kv(d, "--dim")?;
         let n = v.parse().map_err(|_| format!("--dim {d}: '{v}' is not a non-negative integer"))?;
@@ -123,6 +128,14 @@ fn compile(
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn parse_weights(s: &str) -> Result<WeightFormat, String> {
+    match s {
+        "f32" => Ok(WeightFormat::F32),
+        "f16" => Ok(WeightFormat::F16),
+        _ => Err(format!("'{s}' is not a weight format (f32, f16)")),
+    }
 }
 
 fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {

@@ -6,7 +6,7 @@ use crate::codegen::{self, ArgBinding, StorageBinding};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, ValueId};
 use crate::plan::{self, Lifetime};
-use drift_ops::{Input, Kernel, KernelArg, LowerCtx, Lowering, Phys, Tensor, TensorRef, TypeInfo};
+use drift_ops::{Input, Kernel, KernelArg, LowerCtx, Lowering, Phys, Storage, Tensor, TensorRef, TypeInfo};
 use drift_runtime::bundle::{self as b, BindingKind, BufferKind, PARAMS_ALIGN};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +27,35 @@ enum Home {
 struct Slot {
     home: Home,
     phys: Phys,
+    storage: Storage,
+}
+
+impl Slot {
+    fn word(home: Home, phys: Phys) -> Slot {
+        Slot { home, phys, storage: Storage::Word }
+    }
+}
+
+/// How float constants are stored in the weights section (`drift compile --weights`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// One 32-bit word per element, as the kernels compute.
+    #[default]
+    F32,
+    /// IEEE halves for float constants of at least [`MIN_F16_ELEMS`]
+    /// elements whose values fit f16's range; kernels widen them to f32.
+    F16,
+}
+
+/// Smaller float constants stay f32 under `WeightFormat::F16`: they cost
+/// next to nothing, and they are often scalars (epsilons, scales, clip
+/// bounds) where f16's rounding or a flushed subnormal would hurt most.
+pub const MIN_F16_ELEMS: usize = 256;
+
+/// The storage of a constant under `format`.
+fn weight_storage(t: &Tensor, phys: Phys, format: WeightFormat) -> Storage {
+    let f16 = format == WeightFormat::F16 && phys == Phys::F32 && t.len() >= MIN_F16_ELEMS && t.fits_f16();
+    if f16 { Storage::F16 } else { Storage::Word }
 }
 
 /// One kernel launch before codegen.
@@ -59,6 +88,7 @@ pub struct Program {
 
 struct Builder<'g> {
     g: &'g Graph,
+    weights: WeightFormat,
     slots: Vec<Slot>,
     value_slot: HashMap<ValueId, usize>,
     steps: Vec<Step>,
@@ -67,8 +97,9 @@ struct Builder<'g> {
 }
 
 /// Lowers the live nodes of `g` (in `order`) into a program.
-pub fn build(g: &Graph, order: &[NodeId], limits: &Limits) -> Result<Program> {
-    let mut bld = Builder { g, slots: vec![], value_slot: HashMap::new(), steps: vec![], extents: HashMap::new() };
+pub fn build(g: &Graph, order: &[NodeId], limits: &Limits, weights: WeightFormat) -> Result<Program> {
+    let mut bld =
+        Builder { g, weights, slots: vec![], value_slot: HashMap::new(), steps: vec![], extents: HashMap::new() };
     for &v in g.inputs.iter().filter(|&&v| g.values[v].constant.is_none()) {
         bld.slot_of(v);
     }
@@ -96,11 +127,14 @@ impl<'g> Builder<'g> {
         }
         let value = &self.g.values[v];
         let ty = self.g.ty(v);
-        let home = match &value.constant {
-            Some(t) => Home::Weight(t.clone()),
-            None => Home::Arena { bytes: elem_bytes(ty.numel()) },
+        let phys = ty.dtype.phys();
+        let slot = match &value.constant {
+            Some(t) => {
+                Slot { storage: weight_storage(t, phys, self.weights), ..Slot::word(Home::Weight(t.clone()), phys) }
+            }
+            None => Slot::word(Home::Arena { bytes: elem_bytes(ty.numel()) }, phys),
         };
-        self.slots.push(Slot { home, phys: ty.dtype.phys() });
+        self.slots.push(slot);
         let s = self.slots.len() - 1;
         self.value_slot.insert(v, s);
         s
@@ -148,7 +182,7 @@ impl<'g> Builder<'g> {
                 let temp_slots: Vec<usize> = temps
                     .iter()
                     .map(|t| {
-                        self.slots.push(Slot { home: Home::Arena { bytes: elem_bytes(t.elems) }, phys: t.phys });
+                        self.slots.push(Slot::word(Home::Arena { bytes: elem_bytes(t.elems) }, t.phys));
                         self.slots.len() - 1
                     })
                     .collect();
@@ -195,7 +229,7 @@ impl<'g> Builder<'g> {
                 continue;
             }
             let ty = self.g.ty(v);
-            self.slots.push(Slot { home: Home::Arena { bytes: elem_bytes(ty.numel()) }, phys: ty.dtype.phys() });
+            self.slots.push(Slot::word(Home::Arena { bytes: elem_bytes(ty.numel()) }, ty.dtype.phys()));
             let dst = self.slots.len() - 1;
             self.value_slot.insert(v, dst);
             let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
@@ -300,6 +334,7 @@ struct Layout {
     place: Vec<(u32, u64)>,
     weights: Vec<u8>,
     phys: Vec<Phys>,
+    storage: Vec<Storage>,
 }
 
 impl Layout {
@@ -327,8 +362,8 @@ impl Layout {
         let mut cur: Option<usize> = None;
         for (s, slot) in bld.slots.iter().enumerate() {
             let Home::Weight(t) = &slot.home else { continue };
-            let words = t.to_phys_words().map_err(|e| Error::Other(format!("constant: {e}")))?;
-            let bytes = elem_bytes(words.len());
+            let data = t.to_storage_bytes(slot.storage).map_err(|e| Error::Other(format!("constant: {e}")))?;
+            let bytes = data.len() as u64;
             if bytes > limits.max_binding_bytes {
                 return Err(Error::Other(format!(
                     "a constant of shape {:?} needs {bytes} bytes, more than one binding may hold ({})",
@@ -350,15 +385,13 @@ impl Layout {
             let off = buffers[c].size.next_multiple_of(TENSOR_ALIGN);
             let start = buffers[c].weights_offset + off;
             weights.resize(start as usize, 0);
-            weights.extend(words.iter().flat_map(|w| w.to_le_bytes()));
-            if words.is_empty() {
-                weights.extend([0u8; 4]);
-            }
+            weights.extend(data);
             buffers[c].size = off + bytes;
             place[s] = (c as u32, off);
         }
         let phys = bld.slots.iter().map(|s| s.phys).collect();
-        Ok(Layout { buffers, place, weights, phys })
+        let storage = bld.slots.iter().map(|s| s.storage).collect();
+        Ok(Layout { buffers, place, weights, phys, storage })
     }
 
     /// The kernel's full WGSL, the buffer bound at each storage binding and
@@ -378,8 +411,9 @@ impl Layout {
             } as u32
                 + 1;
             let writable = self.buffers[buf as usize].kind == BufferKind::Arena as i32;
-            args.push(ArgBinding { name: a.name.clone(), phys: self.phys[s], binding, writable });
-            offsets.push((off / 4) as u32);
+            let storage = self.storage[s];
+            args.push(ArgBinding { name: a.name.clone(), phys: self.phys[s], storage, binding, writable });
+            offsets.push((off / storage.elem_bytes()) as u32);
         }
         let storage: Vec<StorageBinding> = buffers
             .iter()
