@@ -14,11 +14,15 @@ pub fn describe(b: &Bundle) -> String {
             let _ = writeln!(s, "  {}", io_line(t));
         }
     }
-    let arena: u64 = b.buffers.iter().filter(|x| x.kind == BufferKind::Arena as i32).map(|x| x.size).sum();
-    let weights: u64 = b.buffers.iter().filter(|x| x.kind == BufferKind::Weights as i32).map(|x| x.size).sum();
+    // Sizes are validated per buffer, not their sum: add without overflow.
+    let total = |kind: BufferKind| {
+        b.buffers.iter().filter(|x| x.kind == kind as i32).fold(0u64, |n, x| n.saturating_add(x.size))
+    };
+    let (arena, weights) = (total(BufferKind::Arena), total(BufferKind::Weights));
     let _ = writeln!(s, "memory:");
     let _ = writeln!(s, "  arena      {:>12} bytes", arena);
-    let _ = writeln!(s, "  weights    {:>12} bytes in {} buffer(s)", weights, b.buffers.len() - 1);
+    let weight_buffers = b.buffers.iter().filter(|x| x.kind == BufferKind::Weights as i32).count();
+    let _ = writeln!(s, "  weights    {:>12} bytes in {} buffer(s)", weights, weight_buffers);
     let _ = writeln!(s, "  params     {:>12} bytes", b.params.len());
     for (i, buf) in b.buffers.iter().enumerate() {
         let kind = if buf.kind == BufferKind::Arena as i32 { "arena" } else { "weights" };
