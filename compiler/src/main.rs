@@ -58,7 +58,12 @@ enum Command {
         trusted: bool,
     },
     /// Describe a bundle: inputs, outputs, kernels, dispatches, memory.
-    Inspect { bundle: PathBuf },
+    Inspect {
+        bundle: PathBuf,
+        /// Print JSON (memory.arena_bytes, memory.lower_bound_bytes, ...).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,7 +76,7 @@ fn main() -> ExitCode {
             let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
             run(&bundle, &inputs, random_inputs, output_dir.as_deref(), trust)
         }
-        Command::Inspect { bundle } => inspect(&bundle),
+        Command::Inspect { bundle, json } => inspect(&bundle, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -254,9 +259,13 @@ fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Result<HostTensor,
     )
 }
 
-fn inspect(path: &Path) -> Result<(), String> {
+fn inspect(path: &Path, json: bool) -> Result<(), String> {
     let model = load(path)?;
-    print!("{}", drift_compiler::inspect::describe(model.bundle()));
+    if json {
+        print!("{}", drift_compiler::inspect::to_json(model.bundle()));
+    } else {
+        print!("{}", drift_compiler::inspect::describe(model.bundle()));
+    }
     Ok(())
 }
 

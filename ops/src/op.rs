@@ -121,11 +121,22 @@ pub enum TensorRef {
 pub struct KernelArg {
     pub name: String,
     pub tensor: TensorRef,
+    /// The kernel touches this tensor only at the element its thread owns:
+    /// the thread of element `i` reads element `i` (before writing any
+    /// output) or writes element `i`, and nothing else. An output and an
+    /// input that are both pointwise may share memory (in-place reuse).
+    pub pointwise: bool,
 }
 
 impl KernelArg {
     pub fn new(name: &str, tensor: TensorRef) -> KernelArg {
-        KernelArg { name: name.to_string(), tensor }
+        KernelArg { name: name.to_string(), tensor, pointwise: false }
+    }
+
+    /// Marks the argument as touched only at its thread's own element.
+    pub fn pointwise(mut self) -> KernelArg {
+        self.pointwise = true;
+        self
     }
 }
 

@@ -24,9 +24,11 @@ pub struct Tensor {
     pub data: Data,
 }
 
-/// Element count of a shape (1 for a scalar).
+/// Element count of a shape (1 for a scalar). Saturates instead of
+/// overflowing, so an absurd shape compares unequal to any real count
+/// (shape rules check counts with it before anything is allocated).
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
 }
 
 impl Tensor {

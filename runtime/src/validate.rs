@@ -11,6 +11,7 @@ use std::collections::HashSet;
 
 use crate::bundle::{
     BindingKind, BufferKind, Bundle, COMPILER_VERSION_LEN, Dispatch, Extent, IoTensor, Kernel, PARAMS_ALIGN, PhysType,
+    WINDOW_ALIGN,
 };
 use crate::dtype::DType;
 use crate::error::{Result, bundle_err, fmt_shape};
@@ -273,6 +274,7 @@ fn validate_dispatch(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<(
         ));
     }
     validate_dispatch_buffers(bundle, i, dispatch, kernel)?;
+    validate_windows(bundle, i, dispatch)?;
     if !dispatch.params_offset.is_multiple_of(PARAMS_ALIGN) {
         return Err(bundle_err(
             field("params_offset"),
@@ -324,6 +326,30 @@ fn validate_dispatch_buffers(bundle: &Bundle, i: usize, dispatch: &Dispatch, ker
             format!("dispatches[{i}].buffers[{j}]"),
             format!("= {buffer} is bound both read-only and read-write"),
         ));
+    }
+    Ok(())
+}
+
+/// Windows, when present: one per storage binding, aligned, inside the buffer.
+fn validate_windows(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<()> {
+    if dispatch.windows.is_empty() {
+        return Ok(());
+    }
+    if dispatch.windows.len() != dispatch.buffers.len() {
+        return Err(bundle_err(
+            format!("dispatches[{i}].windows"),
+            format!("has {} entries for {} storage bindings", dispatch.windows.len(), dispatch.buffers.len()),
+        ));
+    }
+    for (j, (w, &buffer)) in dispatch.windows.iter().zip(&dispatch.buffers).enumerate() {
+        let size = bundle.buffers[buffer as usize].size;
+        let fits = w.size > 0 && w.size.is_multiple_of(4) && w.offset.saturating_add(w.size) <= size;
+        if !fits || !w.offset.is_multiple_of(WINDOW_ALIGN) {
+            return Err(bundle_err(
+                format!("dispatches[{i}].windows[{j}]"),
+                format!("= {}+{} is empty, unaligned or runs past buffers[{buffer}] ({size} bytes)", w.offset, w.size),
+            ));
+        }
     }
     Ok(())
 }
