@@ -39,31 +39,49 @@ pub struct Windows {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StorageBinding {
     pub read_write: bool,
+    /// The buffer holds f16 activations (`--precision f16`): bound as
+    /// `array<f16>`, its accessors convert to and from f32, so kernel
+    /// bodies compute in f32 whatever the storage.
+    pub half: bool,
 }
 
 /// The prelude for `args` over `storage` bindings (binding k+1 = storage[k]).
 pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     let vecs = args.len().div_ceil(4).max(1);
-    let mut s = format!("struct Params {{ o: array<vec4<u32>, {vecs}> }}\n");
+    let mut s = String::new();
+    if storage.iter().any(|b| b.half) {
+        s += "enable f16;\n";
+    }
+    s += &format!("struct Params {{ o: array<vec4<u32>, {vecs}> }}\n");
     s += "@group(0) @binding(0) var<uniform> p: Params;\n";
     for (k, b) in storage.iter().enumerate() {
         let access = if b.read_write { "read_write" } else { "read" };
-        s += &format!("@group(0) @binding({}) var<storage, {access}> b{}: array<u32>;\n", k + 1, k + 1);
+        let elem = if b.half { "f16" } else { "u32" };
+        s += &format!("@group(0) @binding({}) var<storage, {access}> b{}: array<{elem}>;\n", k + 1, k + 1);
     }
     for (k, a) in args.iter().enumerate() {
         let off = format!("p.o[{}].{}", k / 4, ["x", "y", "z", "w"][k % 4]);
+        let half = storage.get(a.binding as usize - 1).is_some_and(|s| s.half);
         s += &match &a.windows {
             Some(w) => windowed_accessors(a, w, &off),
-            None => accessors(a, &off),
+            None => accessors(a, &off, half),
         };
     }
     s
 }
 
 /// `ld_<name>` and, for writable word storage, `st_<name>` of one argument
-/// whose element offset is the WGSL expression `off`.
-fn accessors(a: &ArgBinding, off: &str) -> String {
+/// whose element offset is the WGSL expression `off`; `half` when its
+/// binding is an `array<f16>` (f16 activations).
+fn accessors(a: &ArgBinding, off: &str, half: bool) -> String {
     let (t, b, name) = (a.phys.wgsl(), a.binding, &a.name);
+    if half {
+        let mut s = format!("fn ld_{name}(i: u32) -> f32 {{ return f32(b{b}[{off} + i]); }}\n");
+        if a.writable {
+            s += &format!("fn st_{name}(i: u32, v: f32) {{ b{b}[{off} + i] = f16(v); }}\n");
+        }
+        return s;
+    }
     match a.storage {
         Storage::Word => {
             let load = match a.phys {
@@ -137,15 +155,55 @@ pub struct Shaders {
     pub msl_entry_point: String,
 }
 
-/// Validates `source` and writes it as WGSL, SPIR-V and MSL.
+/// WGSL requires `enable` directives before everything else, but kernel
+/// bodies (which follow the prelude) may need some: moves them to the top,
+/// once each.
+pub fn hoist_enables(source: &str) -> String {
+    let mut enables: Vec<&str> = vec![];
+    let mut rest = String::with_capacity(source.len());
+    for line in source.lines() {
+        if line.starts_with("enable ") {
+            if !enables.contains(&line) {
+                enables.push(line);
+            }
+        } else {
+            rest += line;
+            rest += "\n";
+        }
+    }
+    if enables.is_empty() {
+        return source.to_string();
+    }
+    enables.join("\n") + "\n" + &rest
+}
+
+/// The validator capabilities a kernel's `enable` directives ask for.
+fn capabilities(source: &str) -> Capabilities {
+    let mut caps = Capabilities::empty();
+    if source.contains("enable f16;") {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    if source.contains("enable wgpu_cooperative_matrix;") {
+        caps |= Capabilities::COOPERATIVE_MATRIX;
+    }
+    caps
+}
+
+/// Validates `source` and writes it as WGSL, SPIR-V and MSL. Kernels using
+/// cooperative matrices get no MSL (Metal has only 8x8 simdgroup matrices)
+/// and, where naga cannot write them back, no WGSL: SPIR-V is their form.
 pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
+    let source = &hoist_enables(source);
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
     // unpack2x16float (f16 weights) is core on Vulkan, Metal and DX12.
-    let info = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32)
-        .validate(&module)
-        .map_err(|e| e.emit_to_string(source))?;
-    let wgsl = naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty())
-        .map_err(|e| format!("WGSL writer: {e}"))?;
+    let caps = capabilities(source) | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    let info = Validator::new(ValidationFlags::all(), caps).validate(&module).map_err(|e| e.emit_to_string(source))?;
+    let optional = caps.contains(Capabilities::COOPERATIVE_MATRIX);
+    let wgsl = match naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty()) {
+        Ok(w) => w,
+        Err(_) if optional => String::new(),
+        Err(e) => return Err(format!("WGSL writer: {e}")),
+    };
     let spv_options = spv::Options {
         lang_version: (1, 3),
         // Kernels never read workgroup memory before writing it, and guard
@@ -168,9 +226,13 @@ pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
         entry_point: Some((naga::ShaderStage::Compute, "main".to_string())),
         ..msl::PipelineOptions::default()
     };
-    let (msl, tinfo) =
-        msl::write_string(&module, &info, &msl_options, &pipeline).map_err(|e| format!("MSL writer: {e}"))?;
-    let msl_entry_point =
-        tinfo.entry_point_names.first().cloned().and_then(|r| r.ok()).unwrap_or_else(|| "main_".into());
+    let (msl, msl_entry_point) = match msl::write_string(&module, &info, &msl_options, &pipeline) {
+        Ok((msl, tinfo)) => {
+            let entry = tinfo.entry_point_names.first().cloned().and_then(|r| r.ok()).unwrap_or_else(|| "main_".into());
+            (msl, entry)
+        }
+        Err(_) if optional => (String::new(), String::new()),
+        Err(e) => return Err(format!("MSL writer: {e}")),
+    };
     Ok(Shaders { wgsl, spirv, msl, msl_entry_point })
 }

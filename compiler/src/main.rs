@@ -1,5 +1,7 @@
 //! The `drift` command line: compile, run, inspect.
 
+mod bench;
+
 use clap::{Parser, Subcommand};
 use drift_compiler::{Options, WeightFormat, npy};
 use drift_runtime::{DType, Gpu, HostTensor, Model, Session, ShaderPath, Trust};
@@ -37,6 +39,19 @@ enum Command {
         /// still compute in f32; small or out-of-range constants stay f32).
         #[arg(long, value_name = "f32|f16", default_value = "f32", value_parser = parse_weights)]
         weights: WeightFormat,
+        /// Device targets to put kernel sets for into the bundle, e.g.
+        /// --target generic,nvidia (of: generic, nvidia, amd, intel, apple,
+        /// adreno, mali). The runtime picks the set matching the GPU.
+        #[arg(long, value_delimiter = ',', default_value = "generic")]
+        target: Vec<String>,
+        /// f32, or f16: activations stored as f16 (reductions and products
+        /// accumulate in f32).
+        #[arg(long, default_value = "f32")]
+        precision: String,
+        /// Largest buffer one binding may hold, in MiB (default: 128 for
+        /// generic, the target's own limit for the others).
+        #[arg(long = "max-binding-mib")]
+        max_binding_mib: Option<u64>,
     },
     /// Run a bundle on the GPU.
     Run {
@@ -64,19 +79,62 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time a bundle on the GPU: median and p90 latency, CPU cost per
+    /// dispatch, and with --profile the GPU time of every kernel.
+    Bench {
+        bundle: PathBuf,
+        /// Timed runs (after warm-up).
+        #[arg(long, default_value_t = 100)]
+        iters: usize,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Per-kernel GPU time from timestamps, with GB/s and GFLOP/s.
+        #[arg(long)]
+        profile: bool,
+        /// An input as NAME=FILE.npy (repeatable); others get random values.
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        /// Vouch for the bundle, as `run --trusted`: passthrough shaders.
+        #[arg(long)]
+        trusted: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compile { model, output, dims, input_shapes, const_inputs, weights } => {
-            compile(&model, output, &dims, &input_shapes, &const_inputs, weights)
+        Command::Compile {
+            model,
+            output,
+            dims,
+            input_shapes,
+            const_inputs,
+            weights,
+            target,
+            precision,
+            max_binding_mib,
+        } => {
+            let choice = TargetChoice { targets: target, precision, max_binding_mib };
+            compile(&model, output, &dims, &input_shapes, &const_inputs, &choice, weights)
         }
         Command::Run { bundle, inputs, random_inputs, output_dir, trusted } => {
             let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
             run(&bundle, &inputs, random_inputs, output_dir.as_deref(), trust)
         }
         Command::Inspect { bundle, json } => inspect(&bundle, json),
+        Command::Bench { bundle, iters, warmup, json, profile, inputs, trusted } => {
+            let args = bench::BenchArgs { iters, warmup, json, profile };
+            let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
+            load(&bundle).map(|m| m.with_trust(trust)).and_then(|model| {
+                let given = read_inputs(&model, &inputs, true)?;
+                let list: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                bench::bench(&model, &list, &args)
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,15 +145,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--target`, `--precision` and `--max-binding-mib`.
+struct TargetChoice {
+    targets: Vec<String>,
+    precision: String,
+    max_binding_mib: Option<u64>,
+}
+
+impl TargetChoice {
+    fn apply(&self, opts: &mut Options) -> Result<(), String> {
+        for name in &self.targets {
+            let t = drift_ops::Target::named(name).ok_or_else(|| {
+                let all: Vec<&str> = drift_ops::Target::ALL.iter().map(|t| t.name).collect();
+                format!("--target {name}: unknown target (targets: {})", all.join(", "))
+            })?;
+            if !opts.targets.contains(&t) {
+                opts.targets.push(t);
+            }
+        }
+        opts.f16 = match self.precision.as_str() {
+            "f32" => false,
+            "f16" => true,
+            other => return Err(format!("--precision {other}: expected f32 or f16")),
+        };
+        if let Some(mib) = self.max_binding_mib {
+            if mib == 0 || mib > 4096 {
+                return Err(format!("--max-binding-mib {mib}: expected 1..=4096"));
+            }
+            opts.limits.max_binding_bytes = (mib << 20).min(u64::from(u32::MAX) - 3);
+        }
+        Ok(())
+    }
+}
+
 fn compile(
     model: &Path,
     output: Option<PathBuf>,
     dims: &[String],
     shapes: &[String],
     const_inputs: &[String],
+    choice: &TargetChoice,
     weights: WeightFormat,
 ) -> Result<(), String> {
     let mut opts = Options { weights, ..Options::default() };
+    choice.apply(&mut opts)?;
     for d in dims {
         let (k, v) = split_kv(d, "--dim")?;
         let n = v.parse().map_err(|_| format!("--dim {d}: '{v}' is not a non-negative integer"))?;
@@ -123,13 +216,16 @@ fn compile(
     let bytes = compiled.to_bytes();
     std::fs::write(&out, &bytes).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     let b = &compiled.program.bundle;
+    let targets: Vec<&str> =
+        [b.target.as_str()].into_iter().chain(b.variants.iter().map(|v| v.target.as_str())).collect();
     println!(
-        "compiled {} -> {} ({} bytes, {} kernels, {} dispatches) in {:.2} s",
+        "compiled {} -> {} ({} bytes, {} kernels, {} dispatches; targets {}) in {:.2} s",
         model.display(),
         out.display(),
         bytes.len(),
         b.kernels.len(),
         b.dispatches.len(),
+        targets.join(", "),
         start.elapsed().as_secs_f64()
     );
     Ok(())
@@ -149,6 +245,40 @@ fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {
 
 fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>, trust: Trust) -> Result<(), String> {
     let model = load(bundle)?.with_trust(trust);
+    let given = read_inputs(&model, inputs, random)?;
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let mut info = gpu.info();
+    let mut session = Session::new(&gpu, &model).map_err(|e| e.to_string())?;
+    info.shader_path = session.shader_path();
+    if trust == Trust::Untrusted && gpu.shader_path() != ShaderPath::Wgsl {
+        eprintln!("note: untrusted bundle: kernels run from WGSL with bounds checks (--trusted uses passthrough)");
+    }
+    let args: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let start = std::time::Instant::now();
+    let outputs = session.run(&args).map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed();
+    println!(
+        "ran {} on {info} (target {}) in {:.2} ms",
+        bundle.display(),
+        session.target(),
+        elapsed.as_secs_f64() * 1e3
+    );
+    if let Some(dir) = output_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    for (name, t) in &outputs {
+        println!("{}", summary(name, t));
+        if let Some(dir) = output_dir {
+            let file = dir.join(format!("{}.npy", sanitize(name)));
+            npy::write(&file, t)?;
+        }
+    }
+    Ok(())
+}
+
+/// The `--input NAME=FILE.npy` tensors, converted to the model's dtypes;
+/// with `random`, inputs not given get random values.
+fn read_inputs(model: &Model, inputs: &[String], random: bool) -> Result<BTreeMap<String, HostTensor>, String> {
     let mut given: BTreeMap<String, HostTensor> = BTreeMap::new();
     for spec in inputs {
         let (name, file) = split_kv(spec, "--input")?;
@@ -174,29 +304,7 @@ fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>
             }
         }
     }
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let mut info = gpu.info();
-    let mut session = Session::new(&gpu, &model).map_err(|e| e.to_string())?;
-    info.shader_path = session.shader_path();
-    if trust == Trust::Untrusted && gpu.shader_path() != ShaderPath::Wgsl {
-        eprintln!("note: untrusted bundle: kernels run from WGSL with bounds checks (--trusted uses passthrough)");
-    }
-    let args: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let start = std::time::Instant::now();
-    let outputs = session.run(&args).map_err(|e| e.to_string())?;
-    let elapsed = start.elapsed();
-    println!("ran {} on {info} in {:.2} ms", bundle.display(), elapsed.as_secs_f64() * 1e3);
-    if let Some(dir) = output_dir {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    for (name, t) in &outputs {
-        println!("{}", summary(name, t));
-        if let Some(dir) = output_dir {
-            let file = dir.join(format!("{}.npy", sanitize(name)));
-            npy::write(&file, t)?;
-        }
-    }
-    Ok(())
+    Ok(given)
 }
 
 fn sanitize(name: &str) -> String {

@@ -10,7 +10,9 @@ mod attr;
 mod dtype;
 mod error;
 mod op;
+mod products;
 mod registry;
+mod target;
 mod tensor;
 pub mod wgsl;
 
@@ -27,4 +29,5 @@ pub use op::{
     norm_axis, ty, value,
 };
 pub use registry::{build_op, is_supported};
+pub use target::{Target, Tile};
 pub use tensor::{Data, Tensor, numel};

@@ -73,6 +73,31 @@ pub struct Bundle {
     /// ignores it.
     #[prost(message, optional, tag = "30")]
     pub memory: Option<MemoryStats>,
+    /// Other kernel sets of the same model, one per device target (`drift
+    /// compile --target`), each a whole program over the same weights
+    /// section: the runtime runs the first whose vendors and needs match the
+    /// adapter, else this top-level program. Variants have no variants.
+    #[prost(message, repeated, tag = "40")]
+    pub variants: Vec<Bundle>,
+    /// The target this program was compiled for ("" or "generic": any GPU).
+    #[prost(string, tag = "41")]
+    pub target: String,
+    /// PCI vendor ids of the GPUs the program is for; empty: any.
+    #[prost(uint32, repeated, tag = "42")]
+    pub vendors: Vec<u32>,
+    /// Device features the kernels use.
+    #[prost(enumeration = "Need", repeated, tag = "43")]
+    pub needs: Vec<i32>,
+}
+
+/// A device feature a program's kernels need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Need {
+    /// f16 arithmetic and 16-bit storage buffers (`Features::SHADER_F16`).
+    F16 = 0,
+    /// Cooperative-matrix (tensor-core) operations.
+    CooperativeMatrix = 1,
 }
 
 /// The memory plan's figures (all in bytes) next to the arena it produced.
@@ -243,6 +268,14 @@ pub struct Dispatch {
     /// The graph node(s) this dispatch computes, for profiles and errors.
     #[prost(string, tag = "5")]
     pub label: String,
+    /// Bytes of the tensors the dispatch reads and writes (each counted
+    /// once), for achieved-bandwidth figures in profiles.
+    #[prost(uint64, tag = "40")]
+    pub bytes: u64,
+    /// Arithmetic operations (a multiply-add counts 2); 0 when only bytes
+    /// matter.
+    #[prost(uint64, tag = "41")]
+    pub flops: u64,
     /// Empty: each storage binding binds its whole buffer. Otherwise one
     /// range per storage binding: buffers larger than one binding are bound
     /// in windows (one buffer may appear at several bindings).

@@ -198,19 +198,28 @@ fn check_crc(section: &'static str, stored: u32, bytes: &[u8]) -> Result<()> {
 /// decodes an empty entry (2 bytes on the wire) into a struct of up to
 /// ~200 bytes, so without these caps a crafted header could make the
 /// decoder allocate ~100 times its size. Real bundles stay far below.
-const MAX_ENTRIES: [(u32, &str, usize); 6] = [
+/// Each variant (tag 40, a whole `Bundle`) has the same caps.
+const MAX_ENTRIES: [(u32, &str, usize); 7] = [
     (3, "inputs", 1 << 16),
     (4, "outputs", 1 << 16),
     (5, "buffers", 1 << 16),
     (6, "kernels", 1 << 16),
     (7, "dispatches", 1 << 20),
     (20, "fixed_inputs", 1 << 16),
+    (VARIANTS_TAG, "variants", 64),
 ];
+const VARIANTS_TAG: u32 = 40;
 
-/// Counts the top-level fields of an encoded `Bundle` without decoding it
-/// and fails on a repeated field with more entries than [`MAX_ENTRIES`]
-/// allows. Malformed wire data is left for the decoder to report.
-pub fn check_entry_counts(mut header: &[u8]) -> Result<()> {
+/// Counts the top-level fields of an encoded `Bundle` (and of each of its
+/// variants) without decoding it, and fails on a repeated field with more
+/// entries than [`MAX_ENTRIES`] allows. Malformed wire data is left for the
+/// decoder to report.
+pub fn check_entry_counts(header: &[u8]) -> Result<()> {
+    count_entries(header, None)
+}
+
+/// [`check_entry_counts`] of the top level (`variant` None) or of one variant.
+fn count_entries(mut header: &[u8], variant: Option<usize>) -> Result<()> {
     let mut counts = [0usize; MAX_ENTRIES.len()];
     while !header.is_empty() {
         let Some(key) = read_varint(&mut header) else { return Ok(()) };
@@ -224,13 +233,17 @@ pub fn check_entry_counts(mut header: &[u8]) -> Result<()> {
         let Some(skip) = skip.and_then(|n| usize::try_from(n).ok()).filter(|&n| n <= header.len()) else {
             return Ok(());
         };
-        header = &header[skip..];
-        if let Some(i) = MAX_ENTRIES.iter().position(|&(tag, _, _)| u64::from(tag) == key >> 3) {
-            counts[i] += 1;
-            let (_, name, max) = MAX_ENTRIES[i];
-            if counts[i] > max {
-                return Err(bundle_err(name, format!("has more than {max} entries")));
-            }
+        let (field, rest) = header.split_at(skip);
+        header = rest;
+        let Some(i) = MAX_ENTRIES.iter().position(|&(tag, _, _)| u64::from(tag) == key >> 3) else { continue };
+        counts[i] += 1;
+        let (tag, name, max) = MAX_ENTRIES[i];
+        if counts[i] > max {
+            let field = variant.map_or(name.to_string(), |v| format!("variants[{v}].{name}"));
+            return Err(bundle_err(field, format!("has more than {max} entries")));
+        }
+        if tag == VARIANTS_TAG && variant.is_none() && key & 7 == 2 {
+            count_entries(field, Some(counts[i] - 1))?;
         }
     }
     Ok(())

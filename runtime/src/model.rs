@@ -11,7 +11,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use crate::bundle::{Bundle, FixedInput, IoTensor};
+use crate::bundle::{Bundle, FixedInput, IoTensor, Need};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format;
@@ -119,6 +119,31 @@ impl Model {
         &self.bundle
     }
 
+    /// The program to run on a GPU of PCI vendor `vendor` having the device
+    /// features for which `has` is true: the first variant made for that
+    /// vendor (or any) whose needs the GPU meets, else the top level. An
+    /// untrusted model runs only WGSL, so only variants whose every kernel
+    /// has WGSL qualify. `DRIFT_TARGET=<name>` picks a program by target name
+    /// instead.
+    pub fn program_for(&self, vendor: u32, has: impl Fn(Need) -> bool) -> Result<&Bundle> {
+        let programs = || self.bundle.variants.iter().chain([&self.bundle]);
+        if let Some(name) = std::env::var("DRIFT_TARGET").ok().filter(|n| !n.is_empty()) {
+            let found = programs().find(|p| target_name(p) == name);
+            return found.ok_or(Error::BadEnv {
+                var: "DRIFT_TARGET",
+                value: name,
+                allowed: "a target of the bundle (drift inspect lists them)",
+            });
+        }
+        let runnable = |p: &Bundle| self.trust == Trust::Trusted || p.kernels.iter().all(|k| !k.wgsl.is_empty());
+        let fits = |p: &Bundle| {
+            (p.vendors.is_empty() || p.vendors.contains(&vendor))
+                && p.needs.iter().all(|&n| Need::try_from(n).is_ok_and(&has))
+                && runnable(p)
+        };
+        Ok(self.bundle.variants.iter().find(|p| fits(p)).unwrap_or(&self.bundle))
+    }
+
     /// The weights section (`bundle().weights_size` bytes).
     pub fn weights(&self) -> &[u8] {
         &self.bytes[self.weights.clone()]
@@ -139,6 +164,11 @@ impl Model {
     pub fn outputs(&self) -> &[TensorInfo] {
         &self.outputs
     }
+}
+
+/// A program's target name; the top level of older bundles has none.
+pub fn target_name(p: &Bundle) -> &str {
+    if p.target.is_empty() { "generic" } else { &p.target }
 }
 
 /// A validated fixed input as a host tensor.

@@ -10,11 +10,11 @@
 use std::collections::HashSet;
 
 use crate::bundle::{
-    BindingKind, BufferKind, Bundle, COMPILER_VERSION_LEN, Dispatch, Extent, IoTensor, Kernel, PARAMS_ALIGN, PhysType,
-    WINDOW_ALIGN,
+    BindingKind, BufferKind, Bundle, COMPILER_VERSION_LEN, Dispatch, Extent, IoTensor, Kernel, Need, PARAMS_ALIGN,
+    PhysType, WINDOW_ALIGN,
 };
 use crate::dtype::DType;
-use crate::error::{Result, bundle_err, fmt_shape};
+use crate::error::{Error, Result, bundle_err, fmt_shape};
 
 /// WebGPU's limit on workgroups per dimension of one dispatch.
 pub const MAX_WORKGROUPS_PER_DIM: u32 = 65535;
@@ -33,6 +33,47 @@ const MAX_ENTRY_POINT_LEN: usize = 255;
 /// the framing and that the weights section holds `weights_size` bytes.
 pub fn validate(bundle: &Bundle) -> Result<()> {
     validate_compiler_version(&bundle.compiler_version)?;
+    validate_program(bundle)?;
+    for (i, v) in bundle.variants.iter().enumerate() {
+        validate_variant(bundle, v).map_err(|e| match e {
+            Error::Bundle { field, problem } => bundle_err(format!("variants[{i}].{field}"), problem),
+            e => e,
+        })?;
+    }
+    Ok(())
+}
+
+/// A variant is a whole program over the same weights section with the
+/// same inputs and outputs as the top level (their places may differ).
+fn validate_variant(top: &Bundle, v: &Bundle) -> Result<()> {
+    if !v.variants.is_empty() {
+        return Err(bundle_err("variants", "is not empty (variants do not nest)"));
+    }
+    if v.weights_size != top.weights_size {
+        return Err(bundle_err(
+            "weights_size",
+            format!("= {} differs from the top level's {}", v.weights_size, top.weights_size),
+        ));
+    }
+    let same = |a: &[IoTensor], b: &[IoTensor]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name == y.name && x.dtype == y.dtype && x.shape == y.shape)
+    };
+    if !same(&v.inputs, &top.inputs) || !same(&v.outputs, &top.outputs) || v.fixed_inputs != top.fixed_inputs {
+        return Err(bundle_err("inputs", "and outputs differ from the top level's"));
+    }
+    validate_program(v)
+}
+
+fn validate_needs(bundle: &Bundle) -> Result<()> {
+    match bundle.needs.iter().find(|&&n| Need::try_from(n).is_err()) {
+        Some(n) => Err(bundle_err("needs", format!("has {n}, which is not a known device feature"))),
+        None => Ok(()),
+    }
+}
+
+/// One program (the top level or a variant): everything but the
+/// compiler version and the variants.
+fn validate_program(bundle: &Bundle) -> Result<()> {
     for i in 0..bundle.buffers.len() {
         validate_buffer(bundle, i)?;
     }
@@ -44,7 +85,8 @@ pub fn validate(bundle: &Bundle) -> Result<()> {
     }
     validate_io(bundle, "inputs", &bundle.inputs)?;
     validate_io(bundle, "outputs", &bundle.outputs)?;
-    validate_fixed_inputs(bundle)
+    validate_fixed_inputs(bundle)?;
+    validate_needs(bundle)
 }
 
 /// The same text as the preamble's field: printable ASCII, 1 to 16 bytes.

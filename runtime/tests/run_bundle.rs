@@ -104,7 +104,7 @@ fn dispatch(kernel: u32, buffers: Vec<u32>, block: u32, n: u32, label: &str) -> 
         params_offset: block * PARAMS_ALIGN,
         workgroups: vec![n.div_ceil(64), 1, 1],
         label: label.into(),
-        windows: vec![],
+        ..Default::default()
     }
 }
 
@@ -170,7 +170,7 @@ fn test_bundle() -> (Bundle, Vec<u8>) {
             shape: vec![2],
             value: [0i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect(),
         }],
-        memory: None,
+        ..Default::default()
     };
     (bundle, weights)
 }
@@ -399,6 +399,17 @@ fn too_many_entries_are_refused_before_decoding() {
     let (mut bundle, weights) = test_bundle();
     bundle.dispatches = vec![Dispatch::default(); (1 << 20) + 1];
     assert_eq!(load_error(write_bundle(&bundle, &weights)), "bundle field dispatches has more than 1048576 entries");
+    // Variants (kernel sets) are counted too, and so are their own fields.
+    let (mut bundle, weights) = test_bundle();
+    bundle.variants = vec![Bundle::default(); 65];
+    assert_eq!(load_error(write_bundle(&bundle, &weights)), "bundle field variants has more than 64 entries");
+    let (mut bundle, weights) = test_bundle();
+    let variant = Bundle { kernels: vec![Kernel::default(); 70_000], ..Bundle::default() };
+    bundle.variants = vec![Bundle::default(), variant];
+    assert_eq!(
+        load_error(write_bundle(&bundle, &weights)),
+        "bundle field variants[1].kernels has more than 65536 entries"
+    );
 }
 
 #[test]

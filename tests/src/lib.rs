@@ -3,6 +3,7 @@
 //! compare with the expected outputs the way numpy's `isclose` does.
 
 pub mod fixtures;
+pub mod memory;
 pub mod suite;
 
 use drift_compiler::Options;
