@@ -68,7 +68,9 @@ fn run(gpu: &Gpu, f: &Fixture, targets: &[&str], f16: bool) -> Vec<(String, Host
         opts.input_shapes.insert(name.clone(), t.shape.clone());
     }
     let compiled = drift_compiler::compile_file(&f.model, &opts).unwrap_or_else(|e| panic!("{}: {e}", f.name));
+    // Compiled by this process: trusted, as the conformance suite does.
     let model = Model::from_bytes(compiled.to_bytes()).unwrap_or_else(|e| panic!("{}: {e}", f.name));
+    let model = model.with_trust(drift_runtime::Trust::Trusted);
     let mut session = Session::new(gpu, &model).unwrap_or_else(|e| panic!("{} {targets:?}: {e}", f.name));
     let inputs: Vec<(&str, &HostTensor)> = f.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
     session.run(&inputs).unwrap_or_else(|e| panic!("{} {targets:?}: {e}", f.name))
@@ -119,7 +121,8 @@ fn bundles_carry_one_kernel_set_per_target() {
     let compile = |targets: &[&str], f16: bool| {
         let mut opts = Options { f16, ..Options::default() };
         opts.targets = targets.iter().map(|t| Target::named(t).expect("target")).collect();
-        Model::from_bytes(drift_compiler::compile_file(&f.model, &opts).expect("compiles").to_bytes()).expect("loads")
+        let bytes = drift_compiler::compile_file(&f.model, &opts).expect("compiles").to_bytes();
+        Model::from_bytes(bytes).expect("loads").with_trust(drift_runtime::Trust::Trusted)
     };
     let one = compile(&["generic"], false);
     let all = compile(&["generic", "nvidia", "amd", "intel", "apple", "adreno", "mali"], true);
@@ -136,6 +139,15 @@ fn bundles_carry_one_kernel_set_per_target() {
     assert_eq!(pick(0x1002, true), "amd");
     assert_eq!(pick(0x5143, false), "adreno");
     assert_eq!(pick(0x1234, true), "generic");
+    // Untrusted, a model runs only WGSL: only sets whose kernels all have it qualify.
+    let untrusted = all.with_trust(drift_runtime::Trust::Untrusted);
+    let p = untrusted.program_for(0x10de, |_| true).expect("pick");
+    assert!(
+        p.kernels.iter().all(|k| !k.wgsl.is_empty()),
+        "untrusted picked '{}'",
+        drift_runtime::model::target_name(p)
+    );
+    let all = untrusted.with_trust(drift_runtime::Trust::Trusted);
     let text = drift_compiler::inspect::describe(all.bundle());
     assert!(text.contains("nvidia   vendors [0x10de] needs [F16, CooperativeMatrix] "), "{text}");
 }

@@ -48,8 +48,10 @@ struct Line {
 /// Runs the benchmark and prints a report (text or JSON).
 pub fn bench(model: &Model, inputs: &[(&str, &HostTensor)], args: &BenchArgs) -> Result<(), String> {
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let info = gpu.info();
+    let mut info = gpu.info();
     let mut session = Session::new(&gpu, model).map_err(|e| e.to_string())?;
+    // The path this session took (passthrough only for a trusted model).
+    info.shader_path = session.shader_path();
     let start = Instant::now();
     session.run(inputs).map_err(|e| e.to_string())?;
     let first_ms = start.elapsed().as_secs_f64() * 1e3;

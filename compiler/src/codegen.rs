@@ -6,7 +6,7 @@
 //! here: dense bindings 0..n-1 in group 0, no `arrayLength`, no override
 //! constants, no reliance on zero-initialized workgroup memory.
 
-use drift_ops::Phys;
+use drift_ops::{Phys, Storage};
 use naga::back::{msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -15,6 +15,9 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 pub struct ArgBinding {
     pub name: String,
     pub phys: Phys,
+    /// How the elements sit in the buffer; the argument's params offset
+    /// counts elements of this storage.
+    pub storage: Storage,
     /// Index of the storage binding (1-based: binding 0 is the parameters).
     pub binding: u32,
     pub writable: bool,
@@ -58,25 +61,11 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     }
     for (k, a) in args.iter().enumerate() {
         let off = format!("p.o[{}].{}", k / 4, ["x", "y", "z", "w"][k % 4]);
-        if let Some(w) = &a.windows {
-            s += &windowed_accessors(a, w, &off);
-            continue;
-        }
-        let (t, b) = (a.phys.wgsl(), a.binding);
-        if storage.get(b as usize - 1).is_some_and(|s| s.half) {
-            s += &format!("fn ld_{}(i: u32) -> f32 {{ return f32(b{b}[{off} + i]); }}\n", a.name);
-            if a.writable {
-                s += &format!("fn st_{}(i: u32, v: f32) {{ b{b}[{off} + i] = f16(v); }}\n", a.name);
-            }
-            continue;
-        }
-        let load =
-            if a.phys == Phys::U32 { format!("b{b}[{off} + i]") } else { format!("bitcast<{t}>(b{b}[{off} + i])") };
-        s += &format!("fn ld_{}(i: u32) -> {t} {{ return {load}; }}\n", a.name);
-        if a.writable {
-            let store = if a.phys == Phys::U32 { "v".to_string() } else { "bitcast<u32>(v)".to_string() };
-            s += &format!("fn st_{}(i: u32, v: {t}) {{ b{b}[{off} + i] = {store}; }}\n", a.name);
-        }
+        let half = storage.get(a.binding as usize - 1).is_some_and(|s| s.half);
+        s += &match &a.windows {
+            Some(w) => windowed_accessors(a, w, &off),
+            None => accessors(a, &off, half),
+        };
     }
     s
 }
@@ -86,6 +75,41 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
 pub fn dims_decl(binding: u32) -> String {
     let fields: Vec<String> = (0..drift_ops::dims::MAX_SYMS).map(|k| format!("s{k}: u32")).collect();
     format!("struct Dims {{ {} }}\n@group(0) @binding({binding}) var<uniform> dims: Dims;\n", fields.join(", "))
+}
+
+/// `ld_<name>` and, for writable word storage, `st_<name>` of one argument
+/// whose element offset is the WGSL expression `off`; `half` when its
+/// binding is an `array<f16>` (f16 activations).
+fn accessors(a: &ArgBinding, off: &str, half: bool) -> String {
+    let (t, b, name) = (a.phys.wgsl(), a.binding, &a.name);
+    if half {
+        let mut s = format!("fn ld_{name}(i: u32) -> f32 {{ return f32(b{b}[{off} + i]); }}\n");
+        if a.writable {
+            s += &format!("fn st_{name}(i: u32, v: f32) {{ b{b}[{off} + i] = f16(v); }}\n");
+        }
+        return s;
+    }
+    match a.storage {
+        Storage::Word => {
+            let load = match a.phys {
+                Phys::U32 => format!("b{b}[{off} + i]"),
+                _ => format!("bitcast<{t}>(b{b}[{off} + i])"),
+            };
+            let mut s = format!("fn ld_{name}(i: u32) -> {t} {{ return {load}; }}\n");
+            if a.writable {
+                let store = if a.phys == Phys::U32 { "v" } else { "bitcast<u32>(v)" };
+                s += &format!("fn st_{name}(i: u32, v: {t}) {{ b{b}[{off} + i] = {store}; }}\n");
+            }
+            s
+        }
+        // Halves, two per word, element 2k in the low half. Read-only: a
+        // store of one half would race with the thread storing the other,
+        // so no st_ is generated and a kernel writing one fails to validate.
+        Storage::F16 => format!(
+            "fn ld_{name}(i: u32) -> f32 {{ let e = {off} + i; let h = unpack2x16float(b{b}[e >> 1u]); \
+             return select(h.x, h.y, (e & 1u) != 0u); }}\n"
+        ),
+    }
 }
 
 /// Accessors of an argument spanning several windows: the element's word
@@ -102,14 +126,23 @@ fn windowed_accessors(a: &ArgBinding, w: &Windows, off: &str) -> String {
         }
         s
     };
-    let locate = format!("let g = {off} + i; let r = g & {mask}u;");
+    // F16: `e` counts halves, the window and the word in it follow from e / 2.
+    let f16 = a.storage == Storage::F16;
+    let locate = match f16 {
+        true => format!("let e = {off} + i; let g = e >> 1u; let r = g & {mask}u;"),
+        false => format!("let g = {off} + i; let r = g & {mask}u;"),
+    };
     let load = cases(&|b| format!("v = b{b}[r];"));
-    let value = if a.phys == Phys::U32 { "v".to_string() } else { format!("bitcast<{t}>(v)") };
+    let value = match (f16, a.phys) {
+        (true, _) => "select(unpack2x16float(v).x, unpack2x16float(v).y, (e & 1u) != 0u)".to_string(),
+        (false, Phys::U32) => "v".to_string(),
+        (false, _) => format!("bitcast<{t}>(v)"),
+    };
     let mut s = format!(
         "fn ld_{}(i: u32) -> {t} {{ {locate} var v: u32; switch (g >> {}u) {{{load} }} return {value}; }}\n",
         a.name, w.shift
     );
-    if a.writable {
+    if a.writable && !f16 {
         let word = if a.phys == Phys::U32 { "v".to_string() } else { "bitcast<u32>(v)".to_string() };
         let store = cases(&|b| format!("b{b}[r] = u;"));
         s += &format!(
@@ -171,7 +204,8 @@ fn capabilities(source: &str) -> Capabilities {
 pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
     let source = &hoist_enables(source);
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
-    let caps = capabilities(source);
+    // unpack2x16float (f16 weights) is core on Vulkan, Metal and DX12.
+    let caps = capabilities(source) | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     let info = Validator::new(ValidationFlags::all(), caps).validate(&module).map_err(|e| e.emit_to_string(source))?;
     let optional = caps.contains(Capabilities::COOPERATIVE_MATRIX);
     let wgsl = match naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty()) {

@@ -101,7 +101,10 @@ pub fn summarize(b: &Bundle) -> Summary {
         buffer: t.buffer,
         offset: t.offset,
     };
-    let sum_of = |kind: BufferKind| b.buffers.iter().filter(|x| x.kind == kind as i32).map(|x| x.size).sum();
+    // Sizes are validated per buffer, not their sum: add without overflow.
+    let sum_of = |kind: BufferKind| {
+        b.buffers.iter().filter(|x| x.kind == kind as i32).fold(0u64, |n, x| n.saturating_add(x.size))
+    };
     let stats = b.memory.as_ref();
     let memory = Memory {
         arena_bytes: sum_of(BufferKind::Arena),

@@ -21,7 +21,7 @@ pub mod quantize;
 pub mod stages;
 
 pub use error::{Error, Result};
-pub use program::Limits;
+pub use program::{Limits, WeightFormat};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,6 +43,8 @@ pub struct Options {
     /// Append GPU token sampling to a decoder's logits (`--sampler`).
     pub sampler: bool,
     pub limits: Limits,
+    /// How float constants are stored (`--weights f32|f16`).
+    pub weights: WeightFormat,
     /// Device targets to emit kernel sets for (`--target`); empty means
     /// `generic` alone. The first of `generic` or, lacking it, the last
     /// listed is the bundle's top-level program, the others its variants.
@@ -104,7 +106,7 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
             ..opts.limits.clone()
         };
         let limits = if target.name == "generic" { opts.limits.clone() } else { limits };
-        programs.push(program::build(&g, &order, &limits, &target)?);
+        programs.push(program::build(&g, &order, &limits, &target, opts.weights)?);
     }
     Ok(Compiled { program: program::with_variants(programs) })
 }

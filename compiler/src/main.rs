@@ -3,8 +3,8 @@
 mod bench;
 
 use clap::{Parser, Subcommand};
-use drift_compiler::{Options, npy};
-use drift_runtime::{DType, Gpu, HostTensor, Model, Session};
+use drift_compiler::{Options, WeightFormat, npy};
+use drift_runtime::{DType, Gpu, HostTensor, Model, Session, ShaderPath, Trust};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +36,10 @@ enum Command {
         /// The bundle checks that runs pass the same value.
         #[arg(long = "const-input", value_name = "NAME=FILE.npy")]
         const_inputs: Vec<String>,
+        /// How float weights are stored: f32, or f16 (half the size; kernels
+        /// still compute in f32; small or out-of-range constants stay f32).
+        #[arg(long, value_name = "f32|f16", default_value = "f32", value_parser = parse_weights)]
+        weights: WeightFormat,
         /// Device targets to put kernel sets for into the bundle, e.g.
         /// --target generic,nvidia (of: generic, nvidia, amd, intel, apple,
         /// adreno, mali). The runtime picks the set matching the GPU.
@@ -98,6 +102,12 @@ enum Command {
         /// Write each output as <name>.npy into this folder.
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// Vouch for the bundle (e.g. you compiled it): its kernels may use the
+        /// GPU's SPIR-V/MSL passthrough path, which skips shader validation and
+        /// bounds checks. Without it kernels run from WGSL, validated by naga
+        /// and bounds-checked (docs/security.md).
+        #[arg(long)]
+        trusted: bool,
     },
     /// Describe a bundle: inputs, outputs, kernels, dispatches, memory.
     Inspect {
@@ -125,6 +135,9 @@ enum Command {
         /// An input as NAME=FILE.npy (repeatable); others get random values.
         #[arg(long = "input", value_name = "NAME=FILE.npy")]
         inputs: Vec<String>,
+        /// Vouch for the bundle, as `run --trusted`: passthrough shaders.
+        #[arg(long)]
+        trusted: bool,
     },
 }
 
@@ -137,6 +150,7 @@ fn main() -> ExitCode {
             dims,
             input_shapes,
             const_inputs,
+            weights,
             target,
             precision,
             max_binding_mib,
@@ -146,19 +160,21 @@ fn main() -> ExitCode {
         } => {
             let choice = TargetChoice { targets: target, precision, max_binding_mib };
             let quantize = quantize.map(|q| (q, group_size));
-            compile(&model, output, &dims, &input_shapes, &const_inputs, &choice, quantize, sampler)
+            compile(&model, output, &dims, &input_shapes, &const_inputs, &choice, weights, quantize, sampler)
         }
         Command::Generate { bundle, tokens, prompt, tokenizer, max_new_tokens, temperature, top_k, seed, stop } => {
             let settings = drift_compiler::generate::Settings { max_new_tokens, temperature, top_k, seed, stop };
             generate(&bundle, tokens, prompt, tokenizer.as_deref(), &settings)
         }
-        Command::Run { bundle, inputs, random_inputs, output_dir } => {
-            run(&bundle, &inputs, random_inputs, output_dir.as_deref())
+        Command::Run { bundle, inputs, random_inputs, output_dir, trusted } => {
+            let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
+            run(&bundle, &inputs, random_inputs, output_dir.as_deref(), trust)
         }
         Command::Inspect { bundle, json } => inspect(&bundle, json),
-        Command::Bench { bundle, iters, warmup, json, profile, inputs } => {
+        Command::Bench { bundle, iters, warmup, json, profile, inputs, trusted } => {
             let args = bench::BenchArgs { iters, warmup, json, profile };
-            load(&bundle).and_then(|model| {
+            let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
+            load(&bundle).map(|m| m.with_trust(trust)).and_then(|model| {
                 let given = read_inputs(&model, &inputs, true)?;
                 let list: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
                 bench::bench(&model, &list, &args)
@@ -215,10 +231,11 @@ fn compile(
     shapes: &[String],
     const_inputs: &[String],
     choice: &TargetChoice,
+    weights: WeightFormat,
     quantize: Option<(String, usize)>,
     sampler: bool,
 ) -> Result<(), String> {
-    let mut opts = Options { sampler, ..Options::default() };
+    let mut opts = Options { weights, sampler, ..Options::default() };
     choice.apply(&mut opts)?;
     if let Some((kind, group)) = quantize {
         opts.quantize = Some(drift_compiler::quantize::Quantize::parse(&kind, group)?);
@@ -273,16 +290,28 @@ fn compile(
     Ok(())
 }
 
+fn parse_weights(s: &str) -> Result<WeightFormat, String> {
+    match s {
+        "f32" => Ok(WeightFormat::F32),
+        "f16" => Ok(WeightFormat::F16),
+        _ => Err(format!("'{s}' is not a weight format (f32, f16)")),
+    }
+}
+
 fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {
     s.split_once('=').ok_or_else(|| format!("{flag} {s}: expected NAME=VALUE"))
 }
 
-fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>) -> Result<(), String> {
-    let model = load(bundle)?;
+fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>, trust: Trust) -> Result<(), String> {
+    let model = load(bundle)?.with_trust(trust);
     let given = read_inputs(&model, inputs, random)?;
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let info = gpu.info();
+    let mut info = gpu.info();
     let mut session = Session::new(&gpu, &model).map_err(|e| e.to_string())?;
+    info.shader_path = session.shader_path();
+    if trust == Trust::Untrusted && gpu.shader_path() != ShaderPath::Wgsl {
+        eprintln!("note: untrusted bundle: kernels run from WGSL with bounds checks (--trusted uses passthrough)");
+    }
     let args: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let start = std::time::Instant::now();
     let outputs = session.run(&args).map_err(|e| e.to_string())?;

@@ -6,7 +6,7 @@ use crate::codegen::{self, ArgBinding, StorageBinding};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, ValueId};
 use crate::plan::{self, Lifetime};
-use drift_ops::{Input, Kernel, KernelArg, LowerCtx, Lowering, Phys, Target, Tensor, TensorRef, TypeInfo};
+use drift_ops::{Input, Kernel, KernelArg, LowerCtx, Lowering, Phys, Storage, Target, Tensor, TensorRef, TypeInfo};
 use drift_runtime::bundle::{self as b, BindingKind, BufferKind, PARAMS_ALIGN};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -58,6 +58,35 @@ pub struct Extras<'a> {
 struct Slot {
     home: Home,
     phys: Phys,
+    storage: Storage,
+}
+
+impl Slot {
+    fn word(home: Home, phys: Phys) -> Slot {
+        Slot { home, phys, storage: Storage::Word }
+    }
+}
+
+/// How float constants are stored in the weights section (`drift compile --weights`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// One 32-bit word per element, as the kernels compute.
+    #[default]
+    F32,
+    /// IEEE halves for float constants of at least [`MIN_F16_ELEMS`]
+    /// elements whose values fit f16's range; kernels widen them to f32.
+    F16,
+}
+
+/// Smaller float constants stay f32 under `WeightFormat::F16`: they cost
+/// next to nothing, and they are often scalars (epsilons, scales, clip
+/// bounds) where f16's rounding or a flushed subnormal would hurt most.
+pub const MIN_F16_ELEMS: usize = 256;
+
+/// The storage of a constant under `format`.
+fn weight_storage(t: &Tensor, phys: Phys, format: WeightFormat) -> Storage {
+    let f16 = format == WeightFormat::F16 && phys == Phys::F32 && t.len() >= MIN_F16_ELEMS && t.fits_f16();
+    if f16 { Storage::F16 } else { Storage::Word }
 }
 
 /// One kernel launch before codegen.
@@ -97,6 +126,7 @@ pub struct Program {
 
 struct Builder<'g> {
     g: &'g Graph,
+    weights: WeightFormat,
     extras: &'g Extras<'g>,
     slots: Vec<Slot>,
     value_slot: HashMap<ValueId, usize>,
@@ -106,15 +136,24 @@ struct Builder<'g> {
     target: Target,
 }
 
-/// Lowers the live nodes of `g` (in `order`) into a program for `target`.
-pub fn build(g: &Graph, order: &[NodeId], limits: &Limits, target: &Target) -> Result<Program> {
-    build_with(g, order, limits, target, &Extras::default())
+/// Lowers the live nodes of `g` (in `order`) into a program for `target`,
+/// with float constants stored as `weights` says.
+pub fn build(g: &Graph, order: &[NodeId], limits: &Limits, target: &Target, weights: WeightFormat) -> Result<Program> {
+    build_with(g, order, limits, target, weights, &Extras::default())
 }
 
 /// [`build`] with dynamic dims and pinned tensors.
-pub fn build_with(g: &Graph, order: &[NodeId], limits: &Limits, target: &Target, extras: &Extras) -> Result<Program> {
+pub fn build_with(
+    g: &Graph,
+    order: &[NodeId],
+    limits: &Limits,
+    target: &Target,
+    weights: WeightFormat,
+    extras: &Extras,
+) -> Result<Program> {
     let mut bld = Builder {
         g,
+        weights,
         extras,
         slots: vec![],
         value_slot: HashMap::new(),
@@ -149,12 +188,17 @@ impl<'g> Builder<'g> {
         }
         let value = &self.g.values[v];
         let ty = self.g.ty(v);
-        let home = match (&value.constant, self.extras.pins.get(&v)) {
-            (Some(t), _) => Home::Weight(t.clone()),
-            (None, Some(&pin)) => Home::Pinned { pin, bytes: elem_bytes(ty.numel()) },
-            (None, None) => Home::Arena { bytes: elem_bytes(ty.numel()) },
+        let phys = ty.dtype.phys();
+        let slot = match &value.constant {
+            Some(t) => {
+                Slot { storage: weight_storage(t, phys, self.weights), ..Slot::word(Home::Weight(t.clone()), phys) }
+            }
+            None => match self.extras.pins.get(&v) {
+                Some(&pin) => Slot::word(Home::Pinned { pin, bytes: elem_bytes(ty.numel()) }, phys),
+                None => Slot::word(Home::Arena { bytes: elem_bytes(ty.numel()) }, phys),
+            },
         };
-        self.slots.push(Slot { home, phys: ty.dtype.phys() });
+        self.slots.push(slot);
         let s = self.slots.len() - 1;
         self.value_slot.insert(v, s);
         s
@@ -212,7 +256,7 @@ impl<'g> Builder<'g> {
                 let temp_slots: Vec<usize> = temps
                     .iter()
                     .map(|t| {
-                        self.slots.push(Slot { home: Home::Arena { bytes: elem_bytes(t.elems) }, phys: t.phys });
+                        self.slots.push(Slot::word(Home::Arena { bytes: elem_bytes(t.elems) }, t.phys));
                         self.slots.len() - 1
                     })
                     .collect();
@@ -249,7 +293,7 @@ impl<'g> Builder<'g> {
                 let temp_slots: Vec<usize> = temps
                     .iter()
                     .map(|t| {
-                        self.slots.push(Slot { home: Home::Arena { bytes: elem_bytes(t.elems) }, phys: t.phys });
+                        self.slots.push(Slot::word(Home::Arena { bytes: elem_bytes(t.elems) }, t.phys));
                         self.slots.len() - 1
                     })
                     .collect();
@@ -298,7 +342,7 @@ impl<'g> Builder<'g> {
                 continue;
             }
             let ty = self.g.ty(v);
-            self.slots.push(Slot { home: Home::Arena { bytes: elem_bytes(ty.numel()) }, phys: ty.dtype.phys() });
+            self.slots.push(Slot::word(Home::Arena { bytes: elem_bytes(ty.numel()) }, ty.dtype.phys()));
             let dst = self.slots.len() - 1;
             self.value_slot.insert(v, dst);
             let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
@@ -514,6 +558,7 @@ struct Layout {
     bytes: Vec<u64>,
     weights: Vec<u8>,
     phys: Vec<Phys>,
+    storage: Vec<Storage>,
     /// The arena of f16 activations (`--precision f16`), if any.
     half_buffer: Option<u32>,
     memory: b::MemoryStats,
@@ -572,8 +617,8 @@ impl Layout {
         let mut cur: Option<usize> = None;
         for (s, slot) in bld.slots.iter().enumerate() {
             let Home::Weight(t) = &slot.home else { continue };
-            let words = t.to_phys_words().map_err(|e| Error::Other(format!("constant: {e}")))?;
-            let size = elem_bytes(words.len());
+            let data = t.to_storage_bytes(slot.storage).map_err(|e| Error::Other(format!("constant: {e}")))?;
+            let size = data.len() as u64;
             if size > limits.max_buffer_bytes {
                 return Err(Error::Other(format!(
                     "a constant of shape {:?} needs {size} bytes, more than one buffer may hold ({})",
@@ -599,10 +644,7 @@ impl Layout {
             let off = buffers[c].size.next_multiple_of(WEIGHTS_ALIGN);
             let start = buffers[c].weights_offset + off;
             weights.resize(start as usize, 0);
-            weights.extend(words.iter().flat_map(|w| w.to_le_bytes()));
-            if words.is_empty() {
-                weights.extend([0u8; 4]);
-            }
+            weights.extend(data);
             buffers[c].size = off + size;
             place[s] = (c as u32, off);
             bytes[s] = size;
@@ -628,7 +670,19 @@ impl Layout {
             }
         }
         let phys = bld.slots.iter().map(|s| s.phys).collect();
-        Ok(Layout { buffers, window, state_buffers, place, bytes, weights, phys, memory: arena.memory, half_buffer })
+        let storage = bld.slots.iter().map(|s| s.storage).collect();
+        Ok(Layout {
+            buffers,
+            window,
+            state_buffers,
+            place,
+            bytes,
+            weights,
+            phys,
+            storage,
+            memory: arena.memory,
+            half_buffer,
+        })
     }
 
     /// The kernel's full WGSL, its storage bindings and each argument's
@@ -661,9 +715,11 @@ impl Layout {
                 bindings: bindings.clone(),
                 shift: (self.window[buf as usize].unwrap_or(4) / 4).trailing_zeros(),
             });
-            let phys = self.phys[s];
-            args.push(ArgBinding { name: a.name.clone(), phys, binding: bindings[0], writable, windows });
-            let elem = if Some(buf) == self.half_buffer { 2 } else { 4 };
+            let (phys, storage) = (self.phys[s], self.storage[s]);
+            args.push(ArgBinding { name: a.name.clone(), phys, storage, binding: bindings[0], writable, windows });
+            // Offsets count elements of the storage: halves in the f16
+            // activation arena and for f16 weights, words otherwise.
+            let elem = if Some(buf) == self.half_buffer { 2 } else { storage.elem_bytes() };
             offsets.push((local / elem) as u32);
         }
         let storage: Vec<StorageBinding> = bound

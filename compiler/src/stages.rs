@@ -154,7 +154,7 @@ pub fn compile(g0: Graph, opts: &Options) -> Result<Compiled> {
     let extras = Extras { dynamic: Some(&m.info), pins, state_bytes };
     // Dynamic kernels are the same on every GPU: one generic program.
     let target = drift_ops::Target { f16: false, ..drift_ops::Target::GENERIC };
-    let mut program = program::build_with(&m.g, &m.order, &opts.limits, &target, &extras)?;
+    let mut program = program::build_with(&m.g, &m.order, &opts.limits, &target, opts.weights, &extras)?;
     split_stages(&mut program.bundle, &stages, n_inputs, n_outputs, &spec)?;
     program.bundle.state = pairs;
     Ok(Compiled { program })

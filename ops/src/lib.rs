@@ -23,7 +23,7 @@ mod testing;
 pub mod families;
 
 pub use attr::{Attr, Attrs};
-pub use dtype::{CastMode, DType, Phys, onnx_type_name, round_float, wgsl_round_fn};
+pub use dtype::{CastMode, DType, Phys, Storage, onnx_type_name, round_float, wgsl_round_fn};
 pub use error::{Error, Result};
 pub use op::{
     DataDependentDim, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, TempSpec, TensorRef, TypeInfo, arg, need_value,

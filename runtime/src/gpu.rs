@@ -1,9 +1,10 @@
 //! Opening a GPU and deciding how kernels reach it.
 //!
 //! [`Gpu`] holds the wgpu instance, adapter, device and queue, and the
-//! [`ShaderPath`] every session on it uses: SPIR-V passthrough on Vulkan and
-//! MSL passthrough on Metal (the compiler already validated, bounds-checked
-//! and optimised those), WGSL (translated by naga at load) elsewhere.
+//! [`ShaderPath`] that sessions of trusted models on it use: SPIR-V
+//! passthrough on Vulkan and MSL passthrough on Metal (the compiler already
+//! validated those with naga), WGSL (translated by naga at load) elsewhere.
+//! Sessions of untrusted models always take the WGSL path.
 //! GL is never used: its compute support is too uneven to be worth it.
 
 use std::sync::{Arc, Mutex};

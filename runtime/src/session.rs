@@ -5,6 +5,10 @@
 //! per dispatch and one staging buffer for all outputs. [`Session::run`] then
 //! only writes inputs, records every dispatch into one compute pass, submits
 //! once, and reads the outputs back with one map.
+//!
+//! Which shaders a session uses depends on the model's [`Trust`]: a trusted
+//! model takes the GPU's passthrough path (SPIR-V or MSL as compiled), an
+//! untrusted one always its WGSL, validated by naga and bounds-checked.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, mpsc};
@@ -15,13 +19,14 @@ use crate::bundle::{
     SymbolRange, WINDOW_ALIGN,
 };
 use crate::error::{Error, Result, fmt_shape};
-use crate::format::{binding_kinds, io_size};
 use crate::gpu::{Gpu, ShaderPath, take_error};
-use crate::model::{Model, TensorInfo, target_name};
+use crate::model::{Model, TensorInfo, Trust, target_name};
 use crate::tensor::HostTensor;
+use crate::validate::{binding_kinds, io_size};
 
 /// A model instantiated on a GPU, ready to run repeatedly.
 pub struct Session {
+    shader_path: ShaderPath,
     device: wgpu::Device,
     queue: wgpu::Queue,
     errors: Arc<Mutex<Option<String>>>,
@@ -128,8 +133,11 @@ impl Session {
     /// Creates every GPU object `model` needs on `gpu`.
     pub fn new(gpu: &Gpu, model: &Model) -> Result<Session> {
         let bundle = model.program_for(gpu.vendor(), |n| gpu.has(n))?;
+        let shader_path = shader_path(gpu, model.trust());
+        // Every check before the first GPU call.
         check_needs(gpu, bundle)?;
         check_limits(gpu, bundle)?;
+        check_shaders(bundle, shader_path)?;
         let device = &gpu.device;
 
         let inputs: Vec<Slot> = bundle.inputs.iter().zip(model.inputs()).map(|(t, info)| slot(t, info)).collect();
@@ -156,7 +164,7 @@ impl Session {
             None => vec![],
         };
 
-        let (layouts, pipelines) = create_pipelines(gpu, bundle)?;
+        let (layouts, pipelines) = create_pipelines(device, shader_path, bundle)?;
         let (steps, err) = catch(device, || {
             let step = |d: &Dispatch| {
                 let mut bind_groups = vec![create_bind_group(device, bundle, d, &layouts, &buffers, &params, &dims)];
@@ -180,6 +188,7 @@ impl Session {
         }
 
         Ok(Session {
+            shader_path,
             device: device.clone(),
             queue: gpu.queue.clone(),
             errors: Arc::clone(&gpu.errors),
@@ -198,6 +207,12 @@ impl Session {
             state,
             last: (0, vec![0; bundle.symbols.len()]),
         })
+    }
+
+    /// How this session's kernels reached the GPU: passthrough only for a
+    /// trusted model on a GPU that has it, WGSL otherwise.
+    pub fn shader_path(&self) -> ShaderPath {
+        self.shader_path
     }
 
     /// The target of the kernel set this session runs ("generic", "nvidia", ...).
@@ -720,6 +735,29 @@ fn catch<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> (T, Option<String>)
     (value, first)
 }
 
+/// The GPU's preferred path for a trusted model; WGSL for an untrusted one.
+fn shader_path(gpu: &Gpu, trust: Trust) -> ShaderPath {
+    match trust {
+        Trust::Trusted => gpu.shader_path,
+        Trust::Untrusted => ShaderPath::Wgsl,
+    }
+}
+
+/// An untrusted bundle runs only WGSL: its SPIR-V would otherwise reach
+/// naga's SPIR-V front end, a larger surface than the WGSL one, for no gain.
+fn check_shaders(bundle: &Bundle, path: ShaderPath) -> Result<()> {
+    if path != ShaderPath::Wgsl {
+        return Ok(());
+    }
+    match bundle.kernels.iter().position(|k| k.wgsl.is_empty()) {
+        Some(i) => Err(crate::error::bundle_err(
+            format!("kernels[{i}].wgsl"),
+            "is empty; without WGSL the kernel can only run as a trusted bundle on a passthrough GPU",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Fails with `Error::Unsupported` when the program's kernels use device
 /// features the GPU lacks (a bundle compiled for other targets only).
 fn check_needs(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
@@ -751,6 +789,13 @@ fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
     check_binding_limits(&limits, bundle)?;
     for (i, k) in bundle.kernels.iter().enumerate() {
         check_kernel_limits(&limits, i, k)?;
+    }
+    let staging = staging_size(bundle);
+    if staging > limits.max_buffer_size {
+        return unsupported(format!(
+            "its outputs need {staging} bytes of readback, the GPU allows {}",
+            limits.max_buffer_size
+        ));
     }
     let max_groups = limits.max_compute_workgroups_per_dimension;
     if let Some((i, d)) =
@@ -879,12 +924,15 @@ fn create_params_buffer(device: &wgpu::Device, queue: &wgpu::Queue, bundle: &Bun
 
 /// Every kernel's bind group layout and pipeline; a kernel that fails to
 /// build is named in the error.
-fn create_pipelines(gpu: &Gpu, bundle: &Bundle) -> Result<(Vec<wgpu::BindGroupLayout>, Vec<wgpu::ComputePipeline>)> {
+fn create_pipelines(
+    device: &wgpu::Device,
+    path: ShaderPath,
+    bundle: &Bundle,
+) -> Result<(Vec<wgpu::BindGroupLayout>, Vec<wgpu::ComputePipeline>)> {
     let mut layouts = Vec::with_capacity(bundle.kernels.len());
     let mut pipelines = Vec::with_capacity(bundle.kernels.len());
     for (index, kernel) in bundle.kernels.iter().enumerate() {
-        let device = &gpu.device;
-        let ((layout, pipeline), err) = catch(device, || create_pipeline(device, gpu.shader_path, kernel));
+        let ((layout, pipeline), err) = catch(device, || create_pipeline(device, path, kernel));
         if let Some(message) = err {
             let name = kernel.name.clone();
             return Err(Error::Kernel { index, name, message });
@@ -960,8 +1008,10 @@ fn create_module<'k>(device: &wgpu::Device, path: ShaderPath, kernel: &'k Kernel
             msl,
             ..Default::default()
         };
-        // SAFETY: the compiler validated these shaders with naga and baked in
-        // bounds checks; wgpu cannot check passthrough code.
+        // SAFETY: passthrough code reaches the driver unvalidated and without
+        // bounds checks. Only a model the caller marked Trust::Trusted gets
+        // here (see `shader_path`); the compiler validated it with naga and
+        // its kernels guard their own indices.
         (unsafe { device.create_shader_module_passthrough(desc) }, name)
     };
     match path {
@@ -1025,6 +1075,18 @@ fn create_bind_group(
         label: Some(&dispatch.label),
         layout: &layouts[dispatch.kernel as usize],
         entries: &entries,
+    })
+}
+
+/// Bytes of the staging buffer `create_staging` makes; saturates.
+fn staging_size(bundle: &Bundle) -> u64 {
+    bundle.outputs.iter().fold(0u64, |end, o| {
+        let data = end
+            .checked_add(io_size(o).unwrap_or(u64::MAX))
+            .and_then(|n| n.checked_next_multiple_of(wgpu::MAP_ALIGNMENT))
+            .unwrap_or(u64::MAX);
+        let extent = if o.extent.is_some() { wgpu::MAP_ALIGNMENT } else { 0 };
+        data.saturating_add(extent)
     })
 }
 

@@ -198,15 +198,17 @@ def drift_case(drift: str, onnx_path: Path, work: Path, tag: str, precision: str
         np.save(f, value.numpy())
         flags += ["--input", f"{name}={f}"]
     outdir = work / f"{tag}_out"
-    run([drift, "run", str(bundle), *flags, "--output-dir", str(outdir)])
+    # Bundles this script compiled: trusted, so they take the passthrough path.
+    run([drift, "run", "--trusted", str(bundle), *flags, "--output-dir", str(outdir)])
     y = np.load(next(outdir.glob("*.npy")))
     res["rel_err"] = float(np.linalg.norm(y.astype(np.float64) - ref) / np.linalg.norm(ref))
     res["max_abs_err"] = float(np.abs(y - ref).max())
     bench = json.loads(
-        run([drift, "bench", str(bundle), *flags, "--json", "--profile", "--iters", str(iters), "--warmup", str(WARMUP)])
+        run([drift, "bench", "--trusted", str(bundle), *flags, "--json", "--profile", "--iters", str(iters),
+             "--warmup", str(WARMUP)])
     )
     res.update(bench)
-    prof = run([drift, "bench", str(bundle), *flags, "--profile", "--iters", "5", "--warmup", "2"])
+    prof = run([drift, "bench", "--trusted", str(bundle), *flags, "--profile", "--iters", "5", "--warmup", "2"])
     profiles.write(f"==== {tag} ({precision}, --target {targets})\n{prof}\n")
     profiles.flush()
     return res
