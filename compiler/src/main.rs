@@ -89,6 +89,9 @@ enum Command {
         /// Stop after this token id.
         #[arg(long)]
         stop: Option<i64>,
+        /// Vouch for the bundle, as `run --trusted`: passthrough shaders.
+        #[arg(long)]
+        trusted: bool,
     },
     /// Run a bundle on the GPU.
     Run {
@@ -162,9 +165,21 @@ fn main() -> ExitCode {
             let quantize = quantize.map(|q| (q, group_size));
             compile(&model, output, &dims, &input_shapes, &const_inputs, &choice, weights, quantize, sampler)
         }
-        Command::Generate { bundle, tokens, prompt, tokenizer, max_new_tokens, temperature, top_k, seed, stop } => {
+        Command::Generate {
+            bundle,
+            tokens,
+            prompt,
+            tokenizer,
+            max_new_tokens,
+            temperature,
+            top_k,
+            seed,
+            stop,
+            trusted,
+        } => {
             let settings = drift_compiler::generate::Settings { max_new_tokens, temperature, top_k, seed, stop };
-            generate(&bundle, tokens, prompt, tokenizer.as_deref(), &settings)
+            let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
+            generate(&bundle, tokens, prompt, tokenizer.as_deref(), &settings, trust)
         }
         Command::Run { bundle, inputs, random_inputs, output_dir, trusted } => {
             let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
@@ -432,6 +447,7 @@ fn generate(
     prompt: Option<String>,
     tokenizer: Option<&Path>,
     settings: &drift_compiler::generate::Settings,
+    trust: Trust,
 ) -> Result<(), String> {
     let tok = match tokenizer {
         Some(p) => Some(tokenizers::Tokenizer::from_file(p).map_err(|e| format!("tokenizer {}: {e}", p.display()))?),
@@ -445,7 +461,7 @@ fn generate(
     if tokens.is_empty() {
         return Err("give the prompt with --tokens 1,2,3 or --prompt TEXT --tokenizer tokenizer.json".into());
     }
-    let model = load(bundle)?;
+    let model = load(bundle)?.with_trust(trust);
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     let mut session = Session::new(&gpu, &model).map_err(|e| e.to_string())?;
     let r = drift_compiler::generate::generate(&mut session, &tokens, settings)?;

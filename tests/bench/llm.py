@@ -130,7 +130,7 @@ def run(cmd: list[str]) -> str:
 def drift_generate(drift: str, bundle: Path, n_prompt: int, new: int, vocab: int) -> tuple[float, float, str]:
     rng = np.random.default_rng(1)
     tokens = ",".join(str(t) for t in rng.integers(0, vocab, n_prompt))
-    out = run([drift, "generate", str(bundle), "--tokens", tokens, "--max-new-tokens", str(new)])
+    out = run([drift, "generate", "--trusted", str(bundle), "--tokens", tokens, "--max-new-tokens", str(new)])
     m = re.search(r"prefill (\d+) tokens in ([\d.]+) ms; decode (\d+) tokens at ([\d.]+) tokens/s on (.*)", out)
     if not m:
         raise SystemExit(f"unexpected drift generate output:\n{out}")
