@@ -12,6 +12,7 @@ pub mod import;
 pub mod inspect;
 pub mod ir;
 pub mod npy;
+pub mod opt;
 pub mod passes;
 pub mod plan;
 pub mod program;
@@ -33,6 +34,8 @@ pub struct Options {
     /// shape-deciding operands such as Reshape's shape or Reduce's axes.
     pub const_inputs: BTreeMap<String, drift_ops::Tensor>,
     pub limits: Limits,
+    /// Skip the graph optimizer (`--no-opt`).
+    pub no_opt: bool,
 }
 
 /// A compiled model, ready to be written.
@@ -65,8 +68,10 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     passes::fix_input_values(&mut g, &opts.const_inputs)?;
     passes::build_ops(&mut g)?;
     let order = control::infer_with_control_flow(&mut g)?;
+    let order = opt::run(&mut g, order, if opts.no_opt { &[] } else { opt::SIMPLIFY })?;
     let order = passes::split_oversized_weights(&mut g, &order, opts.limits.max_binding_bytes)?;
     passes::eliminate_dead_nodes(&mut g, &order);
+    let order = opt::run(&mut g, order, if opts.no_opt { &[] } else { opt::FUSE })?;
     let program = program::build(&g, &order, &opts.limits)?;
     Ok(Compiled { program })
 }

@@ -1,0 +1,1 @@
+//! A small text form of graphs, for pass tests.
