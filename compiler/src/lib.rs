@@ -16,6 +16,7 @@ pub mod opt;
 pub mod passes;
 pub mod plan;
 pub mod program;
+pub mod stats;
 
 pub use error::{Error, Result};
 pub use program::Limits;
@@ -41,6 +42,7 @@ pub struct Options {
 /// A compiled model, ready to be written.
 pub struct Compiled {
     pub program: program::Program,
+    pub stats: stats::Stats,
 }
 
 impl Compiled {
@@ -73,5 +75,6 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     passes::eliminate_dead_nodes(&mut g, &order);
     let order = opt::run(&mut g, order, if opts.no_opt { &[] } else { opt::FUSE })?;
     let program = program::build(&g, &order, &opts.limits)?;
-    Ok(Compiled { program })
+    let stats = stats::of(&g, &order, &program.bundle);
+    Ok(Compiled { program, stats })
 }

@@ -33,6 +33,15 @@ enum Command {
         /// The bundle checks that runs pass the same value.
         #[arg(long = "const-input", value_name = "NAME=FILE.npy")]
         const_inputs: Vec<String>,
+        /// Compile without the graph optimizer (no folding of BatchNorm, no fusion, ...).
+        #[arg(long)]
+        no_opt: bool,
+        /// Print dispatches, kernels, estimated bytes per run and FLOPs, before and after optimization.
+        #[arg(long)]
+        stats: bool,
+        /// With --stats: print them as JSON.
+        #[arg(long, requires = "stats")]
+        json: bool,
     },
     /// Run a bundle on the GPU.
     Run {
@@ -54,8 +63,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compile { model, output, dims, input_shapes, const_inputs } => {
-            compile(&model, output, &dims, &input_shapes, &const_inputs)
+        Command::Compile { model, output, dims, input_shapes, const_inputs, no_opt, stats, json } => {
+            let report = match (stats, json) {
+                (false, _) => Report::None,
+                (true, false) => Report::Text,
+                (true, true) => Report::Json,
+            };
+            compile(&model, output, &dims, &input_shapes, &const_inputs, no_opt, report)
         }
         Command::Run { bundle, inputs, random_inputs, output_dir } => {
             run(&bundle, &inputs, random_inputs, output_dir.as_deref())
@@ -71,14 +85,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `compile --stats` prints.
+#[derive(Clone, Copy, PartialEq)]
+enum Report {
+    None,
+    Text,
+    Json,
+}
+
 fn compile(
     model: &Path,
     output: Option<PathBuf>,
     dims: &[String],
     shapes: &[String],
     const_inputs: &[String],
+    no_opt: bool,
+    report: Report,
 ) -> Result<(), String> {
-    let mut opts = Options::default();
+    let mut opts = Options { no_opt, ..Options::default() };
     for d in dims {
         let (k, v) = split_kv(d, "--dim")?;
         let n = v.parse().map_err(|_| format!("--dim {d}: '{v}' is not a non-negative integer"))?;
@@ -100,6 +124,12 @@ fn compile(
         opts.input_shapes.insert(name.to_string(), value.shape.clone());
         opts.const_inputs.insert(name.to_string(), value);
     }
+    let before = if report == Report::None {
+        None
+    } else {
+        let plain = Options { no_opt: true, ..opts.clone() };
+        Some(drift_compiler::compile_file(model, &plain).map_err(|e| e.to_string())?.stats)
+    };
     let start = std::time::Instant::now();
     let compiled = drift_compiler::compile_file(model, &opts).map_err(|e| e.to_string())?;
     let out = output.unwrap_or_else(|| model.with_extension("drift"));
@@ -115,7 +145,34 @@ fn compile(
         b.dispatches.len(),
         start.elapsed().as_secs_f64()
     );
+    if let Some(before) = before {
+        print_stats(&before, &compiled.stats, report);
+    }
     Ok(())
+}
+
+fn print_stats(before: &drift_compiler::stats::Stats, after: &drift_compiler::stats::Stats, report: Report) {
+    let change = |a: u64, b: u64| if a == 0 { 0.0 } else { 100.0 * (b as f64 - a as f64) / a as f64 };
+    if report == Report::Json {
+        let j = serde_json::json!({
+            "before": before,
+            "after": after,
+            "bytes_change_percent": change(before.bytes, after.bytes),
+            "dispatches_change_percent": change(before.dispatches as u64, after.dispatches as u64),
+        });
+        println!("{}", serde_json::to_string_pretty(&j).expect("stats serialize"));
+        return;
+    }
+    println!("before optimization: {}", before.text());
+    println!("after optimization:  {}", after.text());
+    let ops: Vec<String> = after.ops.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+    println!("nodes after: {}", ops.join(", "));
+    println!(
+        "change: dispatches {:+.1}%, bytes {:+.1}%, flops {:+.1}%",
+        change(before.dispatches as u64, after.dispatches as u64),
+        change(before.bytes, after.bytes),
+        change(before.flops, after.flops)
+    );
 }
 
 fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {

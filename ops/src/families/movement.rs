@@ -595,7 +595,7 @@ impl Op for Slice {
             })
             .collect();
         let body = format!("    st_y(i, ld_x({}));", lin(terms));
-        Ok(Lowering::one(map_kernel("slice", xy_args(), &p.shape, &body)))
+        Ok(Lowering::one(map_kernel("slice", once_args(), &p.shape, &body)))
     }
 }
 
@@ -645,7 +645,7 @@ impl Op for Gather {
         let args = vec![
             KernelArg::new("x", TensorRef::Input(0)),
             KernelArg::new("ind", TensorRef::Input(1)),
-            KernelArg::new("y", TensorRef::Output(0)),
+            KernelArg::new("y", TensorRef::Output(0)).stored_once(),
         ];
         Ok(Lowering::one(kernel("gather", args, cx.output(0).numel(), HELPERS, &body)))
     }
