@@ -107,6 +107,16 @@ pub fn to_host(t: &drift_ops::Tensor) -> Result<HostTensor, String> {
 /// does with `drift compile --const-input`; the test still passes them at
 /// run time and the runtime checks that they match. Returns the outcome and
 /// the names of the inputs fixed that way.
+/// Whether cases compile with the graph optimizer (the default) or without
+/// it (`drift compile --no-opt`); the conformance gate runs both.
+static OPTIMIZE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Chooses, for the cases run after this call, whether they are compiled
+/// with the optimizer.
+pub fn set_optimize(on: bool) {
+    OPTIMIZE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn run_case(gpu: &Gpu, case: &Case) -> (Outcome, Vec<String>) {
     let graph = match drift_compiler::import::import_file(&case.model) {
         Ok(g) => g,
@@ -120,7 +130,7 @@ pub fn run_case(gpu: &Gpu, case: &Case) -> (Outcome, Vec<String>) {
         .enumerate()
         .map(|(k, (n, t))| (if n.is_empty() { graph_inputs.get(k).map_or("", |s| s.as_str()) } else { n.as_str() }, t))
         .collect();
-    let mut opts = Options::default();
+    let mut opts = Options { no_opt: !OPTIMIZE.load(std::sync::atomic::Ordering::Relaxed), ..Options::default() };
     for (name, t) in &named {
         opts.input_shapes.insert(name.to_string(), t.shape.clone());
     }

@@ -96,9 +96,12 @@ struct PadStore {
 }
 
 impl FusedOp {
-    /// "Conv+Add+Relu": the op types fused, for listings.
+    /// "Conv+Add+Relu": the op types fused, for listings ("Pad>Conv" for a
+    /// padded load).
     pub fn describe(&self) -> String {
-        std::iter::once(self.producer_type.as_str())
+        let loads = self.prologues.iter().map(|_| "Pad>").collect::<String>();
+        loads
+            + &std::iter::once(self.producer_type.as_str())
             .chain(self.members.iter().map(|m| m.op_type.as_str()))
             .chain(self.pad.as_ref().map(|_| "Pad"))
             .collect::<Vec<_>>()

@@ -41,6 +41,26 @@ pub const SIMPLIFY: &[&Pass] = &[
 /// Kernel-level rewrites, after weights are split: layouts, then fusion.
 pub const FUSE: &[&Pass] = &[&layout::PADDED_INPUTS, &fuse::EPILOGUES];
 
+/// Every pass, for lookup by name (`compiler/tests/passes`).
+pub const ALL: &[&Pass] = &[
+    &cleanup::FOLD,
+    &cleanup::NO_OPS,
+    &cleanup::CSE,
+    &algebra::TRANSPOSES,
+    &algebra::BATCH_NORM,
+    &patterns::LAYER_NORM,
+    &patterns::RMS_NORM,
+    &patterns::ACTIVATIONS,
+    &patterns::ATTENTION,
+    &layout::PADDED_INPUTS,
+    &fuse::EPILOGUES,
+];
+
+/// The pass called `name`.
+pub fn pass(name: &str) -> Option<&'static Pass> {
+    ALL.iter().copied().find(|p| p.name == name)
+}
+
 /// Runs `passes` over the live nodes in `order`; returns the new order.
 pub fn run(g: &mut Graph, order: Vec<NodeId>, passes: &[&Pass]) -> Result<Vec<NodeId>> {
     rewrite::remove_unused(g, &order);

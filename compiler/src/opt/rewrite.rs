@@ -360,7 +360,14 @@ pub fn apply(g: &mut Graph, order: &mut Vec<NodeId>, root: NodeId, patch: Patch)
         }
         return Ok(false);
     }
-    for &(old, new) in &replace {
+    for (&(old, new), &(_, r)) in replace.iter().zip(&patch.replace) {
+        // A new value takes the name of the one it replaces (listings and
+        // graph outputs keep their names).
+        if !matches!(r, Ref::Old(_)) && !outputs.contains(&old) {
+            let name = std::mem::take(&mut g.values[old].name);
+            g.values[old].name = format!("{name}/replaced");
+            g.values[new].name = name;
+        }
         for n in g.nodes.iter_mut().filter(|n| !n.dead) {
             for slot in n.inputs.iter_mut().flatten() {
                 if *slot == old {
