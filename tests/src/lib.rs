@@ -2,6 +2,7 @@
 //! (model + `.pb` or `.npy` data), compile it, run it on the GPU, and
 //! compare with the expected outputs the way numpy's `isclose` does.
 
+pub mod gate;
 pub mod suite;
 
 use drift_compiler::Options;

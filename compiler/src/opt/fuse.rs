@@ -211,8 +211,9 @@ fn padded_store(shape: &[usize], pad: &PadStore, val: &str) -> String {
         return s;
     }
     let edge: Vec<String> =
-        padded.iter().map(|&d| format!("fc{d} == 0u || fc{d} == {}u", shape[d].max(1) - 1)).collect();
-    s += &format!("    if ({}) {{\n", edge.join(" || "));
+        padded.iter().map(|&d| format!("(fc{d} == 0u) | (fc{d} == {}u)", shape[d].max(1) - 1)).collect();
+    // Non-short-circuit `|`: plain selects, no branches per condition.
+    s += &format!("    if ({}) {{\n", edge.join(" | "));
     let mut base: Vec<String> =
         (0..shape.len()).filter(|d| !padded.contains(d)).map(|d| center[d].clone()).collect();
     let mut open = String::new();
@@ -228,10 +229,10 @@ fn padded_store(shape: &[usize], pad: &PadStore, val: &str) -> String {
         open += &format!("        for (var p{d} = lo{d}; p{d} <= hi{d}; p{d} = p{d} + 1u) {{\n");
         close += "        }\n";
         base.push(format!("p{d} * {}u", st[d]));
-        own.push(format!("p{d} != {c}"));
+        own.push(format!("(p{d} != {c})"));
     }
     s += &open;
-    s += &format!("        if ({}) {{ st_fzy({}, {zero}); }}\n", own.join(" || "), base.join(" + "));
+    s += &format!("        if ({}) {{ st_fzy({}, {zero}); }}\n", own.join(" | "), base.join(" + "));
     s += &close;
     s += "    }\n";
     s
@@ -330,7 +331,8 @@ impl FusedOp {
                     Some(Operand::Member(p)) => format!("f{p}"),
                     Some(Operand::Literal(x)) => lit(m.operand_types[k].as_ref().expect("typed").dtype.phys(), *x),
                     Some(Operand::External(n)) => {
-                        let s = &pw.operand_shapes[k];
+                        let own = &m.operand_types[k].as_ref().expect("typed").shape;
+                        let s = pw.operand_shapes.get(k).unwrap_or(own);
                         let idx = if *s == shape { "i".to_string() } else { broadcast_index("fc", &shape, s) };
                         format!("ld_fz{n}({idx})")
                     }

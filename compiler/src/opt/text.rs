@@ -16,7 +16,7 @@
 //! floats (with a `.`), strings in quotes or lists of either. [`print`]
 //! writes the same form, summarizing constants of more than 16 elements.
 
-use crate::ir::{Graph, Node, NodeId, Value, ValueId};
+use crate::ir::{Dim, Graph, Node, NodeId, Value, ValueId};
 use drift_ops::{Attr, Attrs, DType, Tensor, TypeInfo};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,7 +36,8 @@ pub fn parse(src: &str) -> Result<Graph, String> {
             opset = v.trim().parse().map_err(|_| err("bad opset"))?;
         } else if let Some(rest) = line.strip_prefix("input ") {
             let (name, ty) = typed_name(rest).ok_or_else(|| err("expected 'input NAME: TYPE[DIMS]'"))?;
-            let v = g.add_value(Value { name: name.clone(), ty: Some(ty), ..Value::default() });
+            let declared = Some((ty.dtype.onnx(), ty.shape.iter().map(|&d| Dim::Fixed(d)).collect()));
+            let v = g.add_value(Value { name: name.clone(), ty: Some(ty), declared, constant: None });
             g.inputs.push(v);
             names.insert(name, v);
         } else if let Some(rest) = line.strip_prefix("const ") {
@@ -65,6 +66,8 @@ fn typed_name(s: &str) -> Option<(String, TypeInfo)> {
         "f16" => DType::F16,
         "i64" => DType::I64,
         "i32" => DType::I32,
+        "i8" => DType::I8,
+        "u8" => DType::U8,
         "bool" => DType::Bool,
         _ => return None,
     };
@@ -112,13 +115,14 @@ fn parse_attrs(s: &str) -> Option<Attrs> {
     let Some(body) = s.strip_prefix('{').and_then(|b| b.strip_suffix('}')) else {
         return s.is_empty().then_some(out);
     };
-    // Split at commas outside brackets.
-    let (mut depth, mut start, mut parts) = (0, 0, vec![]);
+    // Split at commas outside brackets and quotes.
+    let (mut depth, mut start, mut parts, mut quoted) = (0, 0, vec![], false);
     for (i, c) in body.char_indices() {
         match c {
-            '[' => depth += 1,
-            ']' => depth -= 1,
-            ',' if depth == 0 => {
+            '"' => quoted = !quoted,
+            '[' if !quoted => depth += 1,
+            ']' if !quoted => depth -= 1,
+            ',' if depth == 0 && !quoted => {
                 parts.push(&body[start..i]);
                 start = i + 1;
             }
@@ -187,6 +191,8 @@ fn type_text(t: &TypeInfo) -> String {
         DType::F16 => "f16",
         DType::I64 => "i64",
         DType::I32 => "i32",
+        DType::I8 => "i8",
+        DType::U8 => "u8",
         DType::Bool => "bool",
         _ => "other",
     };

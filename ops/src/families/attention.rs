@@ -964,11 +964,11 @@ pub(crate) mod tests {
         let outs = op.infer(&ins).unwrap();
         let shapes: Vec<_> = outs.iter().map(|o| o.shape.clone()).collect();
         assert_eq!(shapes, vec![vec![2, 3, 24], vec![2, 2, 9, 8], vec![2, 2, 9, 6], vec![2, 4, 3, 9]]);
-        // Only Y requested: no present copies, no QK output.
+        // Only Y requested: no present copies, no QK output: one fused kernel.
         let cx = LowerCtx { inputs: ins.clone(), outputs: vec![outs[0].clone()] };
         let Lowering::Kernels { temps, kernels } = op.lower(&cx).unwrap() else { panic!("expected kernels") };
         let names: Vec<_> = kernels.iter().map(|k| k.name.as_str()).collect();
-        assert_eq!(names, ["attn_scores", "attn_softmax", "attn_values"]);
+        assert_eq!(names, ["attn_fused"]);
         assert_eq!(temps[0].elems, 2 * 4 * 3 * 9);
         let cx = LowerCtx { inputs: ins, outputs: outs };
         let Lowering::Kernels { kernels, .. } = op.lower(&cx).unwrap() else { panic!("expected kernels") };

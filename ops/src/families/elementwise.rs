@@ -1029,7 +1029,10 @@ impl Op for CastLike {
     }
 
     fn pointwise(&self, cx: &LowerCtx, operands: &[String]) -> Option<Pointwise> {
-        Cast { to: cx.input(1).ok()?.dtype, mode: self.mode }.pointwise(cx, operands)
+        let mut pw = Cast { to: cx.input(1).ok()?.dtype, mode: self.mode }.pointwise(cx, operands)?;
+        // Input 1 gives only its type; it is never read.
+        pw.operand_shapes.push(cx.input(1).ok()?.shape.clone());
+        Some(pw)
     }
 }
 
