@@ -300,7 +300,10 @@ pub fn infer_and_fold(g: &mut Graph, order: &[NodeId]) -> Result<Vec<NodeId>> {
 /// The outputs of an op whose inputs are all known, through its CPU
 /// reference, or those that follow from the input types alone (Shape);
 /// `None` when the op must run on the GPU.
-pub fn fold(op: &dyn drift_ops::Op, ins: &[Option<Input>]) -> std::result::Result<Option<Vec<Tensor>>, drift_ops::Error> {
+pub fn fold(
+    op: &dyn drift_ops::Op,
+    ins: &[Option<Input>],
+) -> std::result::Result<Option<Vec<Tensor>>, drift_ops::Error> {
     let all_known = ins.iter().flatten().all(|i| i.value.is_some());
     // Never allocate an absurd constant (ConstantOfShape of [1e6, 1e6, 1e6]):
     // results too large to fold go to the GPU, which checks its limits.

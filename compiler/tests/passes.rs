@@ -9,10 +9,8 @@ use std::path::Path;
 const EXPECTED: &str = "--- expected\n";
 
 fn run(src: &str) -> Result<String, String> {
-    let names = src
-        .lines()
-        .find_map(|l| l.strip_prefix("# pass:"))
-        .ok_or("the file names no passes ('# pass: NAME')")?;
+    let names =
+        src.lines().find_map(|l| l.strip_prefix("# pass:")).ok_or("the file names no passes ('# pass: NAME')")?;
     let list: Vec<&opt::Pass> = names
         .split(',')
         .map(|n| opt::pass(n.trim()).ok_or_else(|| format!("no pass named '{}'", n.trim())))
@@ -42,5 +40,10 @@ fn passes_produce_the_expected_graphs() {
         }
     }
     assert!(files.len() >= 10, "expected the pass tests in {}", dir.display());
-    assert!(failures.is_empty(), "{} pass test(s) differ (DRIFT_BLESS=1 to accept):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} pass test(s) differ (DRIFT_BLESS=1 to accept):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

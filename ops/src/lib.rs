@@ -23,8 +23,8 @@ pub use attr::{Attr, Attrs};
 pub use dtype::{CastMode, DType, Phys, onnx_type_name, round_float, wgsl_round_fn};
 pub use error::{Error, Result};
 pub use op::{
-    DataDependentDim, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Pointwise, TempSpec, TensorRef, TypeInfo, arg, need_value,
-    norm_axis, ty, value,
+    DataDependentDim, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Pointwise, TempSpec, TensorRef, TypeInfo, arg,
+    need_value, norm_axis, ty, value,
 };
 pub use registry::{build_op, is_supported};
 pub use tensor::{Data, Tensor, numel};

@@ -174,13 +174,8 @@ fn gemm_scale(cx: &Ctx, id: NodeId) -> Option<Patch> {
     let (gemm, s) = channel_operand(cx, id, "Gemm", 1)?;
     let g = gemm_parts(cx, gemm)?;
     let (rows, cols) = (g.b.shape[0], g.b.shape[1]);
-    let bv: Vec<f64> = g
-        .b
-        .to_f64()
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| x * if g.trans_b { s[i / cols] } else { s[i % cols] })
-        .collect();
+    let bv: Vec<f64> =
+        g.b.to_f64().iter().enumerate().map(|(i, &x)| x * if g.trans_b { s[i / cols] } else { s[i % cols] }).collect();
     let y = cx.ty(cx.output(gemm, 0)?);
     let (m, n) = (y.shape[0], y.shape[1]);
     let c: Vec<f64> = full_bias(g.c, m, n).iter().enumerate().map(|(i, &x)| x * s[i % n]).collect();
@@ -201,7 +196,14 @@ fn gemm_shift(cx: &Ctx, id: NodeId) -> Option<Patch> {
     new_gemm(cx, id, gemm, g.b.clone(), Some((c, vec![m, n])), beta)
 }
 
-fn new_gemm(cx: &Ctx, id: NodeId, gemm: NodeId, b: Tensor, c: Option<(Vec<f64>, Vec<usize>)>, beta: f64) -> Option<Patch> {
+fn new_gemm(
+    cx: &Ctx,
+    id: NodeId,
+    gemm: NodeId,
+    b: Tensor,
+    c: Option<(Vec<f64>, Vec<usize>)>,
+    beta: f64,
+) -> Option<Patch> {
     let n = cx.node(gemm);
     let mut a = n.attrs.clone();
     a.0.insert("beta".into(), Attr::Float(beta as f32));

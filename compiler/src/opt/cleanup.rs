@@ -53,7 +53,8 @@ fn fold(cx: &Ctx, id: NodeId) -> Option<Patch> {
     if !n.inputs.iter().flatten().all(|&v| cx.constant(v).is_some()) {
         return None;
     }
-    let ins: Vec<Option<Input>> = n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
+    let ins: Vec<Option<Input>> =
+        n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
     let vals = crate::passes::fold(n.op.as_deref()?, &ins).ok()??;
     let mut p = Patch::new();
     for (slot, t) in n.outputs.iter().zip(vals) {
@@ -123,7 +124,8 @@ fn add_zero(cx: &Ctx, id: NodeId) -> Option<Patch> {
 }
 
 /// Ops whose result is not a function of their inputs.
-const IMPURE: &[&str] = &["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"];
+const IMPURE: &[&str] =
+    &["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"];
 
 fn common_subexpression(cx: &Ctx, id: NodeId) -> Option<Patch> {
     let n = cx.node(id);

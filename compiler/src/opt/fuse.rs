@@ -102,10 +102,10 @@ impl FusedOp {
         let loads = self.prologues.iter().map(|_| "Pad>").collect::<String>();
         loads
             + &std::iter::once(self.producer_type.as_str())
-            .chain(self.members.iter().map(|m| m.op_type.as_str()))
-            .chain(self.pad.as_ref().map(|_| "Pad"))
-            .collect::<Vec<_>>()
-            .join("+")
+                .chain(self.members.iter().map(|m| m.op_type.as_str()))
+                .chain(self.pad.as_ref().map(|_| "Pad"))
+                .collect::<Vec<_>>()
+                .join("+")
     }
 
     fn member_inputs<'a>(&self, m: &'a Member) -> Vec<Option<Input<'a>>> {
@@ -126,8 +126,12 @@ impl Op for FusedOp {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
-        let padded: Vec<Tensor> =
-            self.prologues.iter().map(|p| inputs[p.input].map(|t| pad_zeros(t, &p.pad))).collect::<Option<_>>().ok_or_else(|| drift_ops::Error::msg("missing input"))?;
+        let padded: Vec<Tensor> = self
+            .prologues
+            .iter()
+            .map(|p| inputs[p.input].map(|t| pad_zeros(t, &p.pad)))
+            .collect::<Option<_>>()
+            .ok_or_else(|| drift_ops::Error::msg("missing input"))?;
         let mut own: Vec<Option<&Tensor>> = inputs[..self.producer_inputs].to_vec();
         for (p, t) in self.prologues.iter().zip(&padded) {
             own[p.input] = Some(t);
@@ -140,7 +144,9 @@ impl Op for FusedOp {
                 .iter()
                 .zip(&m.operand_types)
                 .map(|(o, t)| match (o, t) {
-                    (Some(Operand::Literal(x)), Some(t)) => Some(Tensor::from_f64(t.dtype, t.shape.clone(), vec![*x; t.numel()])),
+                    (Some(Operand::Literal(x)), Some(t)) => {
+                        Some(Tensor::from_f64(t.dtype, t.shape.clone(), vec![*x; t.numel()]))
+                    }
                     _ => None,
                 })
                 .collect();
@@ -176,7 +182,8 @@ impl Op for FusedOp {
             drift_ops::bail!("a fused producer must lower to kernels");
         };
         let (store_fn, args) = self.epilogue(cx)?;
-        let mut kernels: Vec<Kernel> = kernels.into_iter().map(|k| splice(k, &store_fn, &args)).collect::<Result<_>>()?;
+        let mut kernels: Vec<Kernel> =
+            kernels.into_iter().map(|k| splice(k, &store_fn, &args)).collect::<Result<_>>()?;
         for p in &self.prologues {
             let source = cx.input(p.input)?;
             kernels = kernels.into_iter().map(|k| padded_load(k, p, source)).collect();
@@ -214,8 +221,7 @@ fn padded_store(shape: &[usize], pad: &PadStore, val: &str) -> String {
         padded.iter().map(|&d| format!("(fc{d} == 0u) | (fc{d} == {}u)", shape[d].max(1) - 1)).collect();
     // Non-short-circuit `|`: plain selects, no branches per condition.
     s += &format!("    if ({}) {{\n", edge.join(" | "));
-    let mut base: Vec<String> =
-        (0..shape.len()).filter(|d| !padded.contains(d)).map(|d| center[d].clone()).collect();
+    let mut base: Vec<String> = (0..shape.len()).filter(|d| !padded.contains(d)).map(|d| center[d].clone()).collect();
     let mut open = String::new();
     let mut close = String::new();
     let mut own = vec![];
@@ -261,7 +267,8 @@ fn padded_load(mut k: Kernel, p: &Prologue, source: &TypeInfo) -> Kernel {
         if !conds.is_empty() {
             f += &format!("    if ({}) {{ return {zero}; }}\n", conds.join(" || "));
         }
-        f += &format!("    return ld_{}({});\n}}\n", a.name, if idx.is_empty() { "0u".into() } else { idx.join(" + ") });
+        f +=
+            &format!("    return ld_{}({});\n}}\n", a.name, if idx.is_empty() { "0u".into() } else { idx.join(" + ") });
         k.body = f + &k.body;
     }
     k
@@ -310,9 +317,8 @@ impl FusedOp {
     fn epilogue(&self, cx: &LowerCtx) -> Result<(Box<dyn Fn(&str) -> String>, Vec<KernelArg>)> {
         let shape = self.producer_out.shape.clone();
         let n_ext = cx.inputs.len() - self.producer_inputs;
-        let mut args: Vec<KernelArg> = (0..n_ext)
-            .map(|n| KernelArg::new(&format!("fz{n}"), TensorRef::Input(self.producer_inputs + n)))
-            .collect();
+        let mut args: Vec<KernelArg> =
+            (0..n_ext).map(|n| KernelArg::new(&format!("fz{n}"), TensorRef::Input(self.producer_inputs + n))).collect();
         args.push(KernelArg::new("fzy", TensorRef::Output(0)).stored_once());
         let mut helpers = String::new();
         let mut stmts = unravel("fc", "i", &shape);
@@ -362,7 +368,8 @@ fn is_member_candidate(cx: &Ctx, id: NodeId, shape: &[usize]) -> bool {
     if n.outputs.len() != 1 || cx.ty(y).shape != shape || cx.constant(y).is_some() {
         return false;
     }
-    let inputs: Vec<Option<Input>> = n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
+    let inputs: Vec<Option<Input>> =
+        n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
     let probe: Vec<String> = (0..inputs.len()).map(|k| format!("o{k}")).collect();
     op.pointwise(&LowerCtx { inputs, outputs: vec![cx.ty(y).clone()] }, &probe).is_some()
 }
@@ -376,7 +383,8 @@ fn is_producer(cx: &Ctx, id: NodeId) -> Option<ValueId> {
     if n.outputs.iter().skip(1).flatten().any(|&v| cx.used(v)) || cx.constant(y).is_some() {
         return None;
     }
-    let inputs: Vec<Option<Input>> = n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
+    let inputs: Vec<Option<Input>> =
+        n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
     let lcx = LowerCtx { inputs, outputs: vec![cx.ty(y).clone()] };
     if !op.data_dependent_dims(&lcx).is_empty() {
         return None;
@@ -505,7 +513,11 @@ fn fuse_group(cx: &Ctx, p: NodeId) -> Option<Patch> {
     let mut have: HashSet<ValueId> = [y].into();
     while !members.is_empty() {
         let k = members.iter().position(|&m| {
-            cx.node(m).inputs.iter().flatten().all(|v| have.contains(v) || !members.iter().any(|&o| cx.output(o, 0) == Some(*v)))
+            cx.node(m)
+                .inputs
+                .iter()
+                .flatten()
+                .all(|v| have.contains(v) || !members.iter().any(|&o| cx.output(o, 0) == Some(*v)))
         })?;
         let m = members.remove(k);
         have.insert(cx.output(m, 0)?);

@@ -87,7 +87,11 @@ fn gemm_weights_kn(cx: &Ctx, id: NodeId) -> Option<Patch> {
         Tensor::from_f64(b.dtype, vec![cols, rows], t)
     } else {
         let vi = b.to_i64();
-        Tensor::from_i64(b.dtype, vec![cols, rows], (0..cols * rows).map(|i| vi[(i % rows) * cols + i / rows]).collect())
+        Tensor::from_i64(
+            b.dtype,
+            vec![cols, rows],
+            (0..cols * rows).map(|i| vi[(i % rows) * cols + i / rows]).collect(),
+        )
     };
     let mut a = n.attrs.clone();
     a.0.insert("transB".into(), Attr::Int(0));

@@ -225,8 +225,14 @@ fn sqrt_mean_eps(cx: &Ctx, s: ValueId) -> Option<(ValueId, usize, f64)> {
 
 /// After a normalized value `n`: an optional `* gamma` and `+ beta` by
 /// constants over the normalized axes. Returns (last value, gamma, beta).
-fn affine_after(cx: &Ctx, n: ValueId, norm_shape: &[usize], with_beta: bool) -> (ValueId, Option<ValueId>, Option<ValueId>) {
-    let fits = |c: ValueId| cx.constant(c).is_some_and(|t| t.shape == norm_shape || t.shape.iter().product::<usize>() == 1);
+fn affine_after(
+    cx: &Ctx,
+    n: ValueId,
+    norm_shape: &[usize],
+    with_beta: bool,
+) -> (ValueId, Option<ValueId>, Option<ValueId>) {
+    let fits =
+        |c: ValueId| cx.constant(c).is_some_and(|t| t.shape == norm_shape || t.shape.iter().product::<usize>() == 1);
     let step = |v: ValueId, op: &str| -> Option<(ValueId, ValueId)> {
         let m = sole_consumer(cx, v, op)?;
         let c = cx.other_input(m, v)?;
@@ -243,7 +249,14 @@ fn affine_after(cx: &Ctx, n: ValueId, norm_shape: &[usize], with_beta: bool) -> 
 }
 
 /// A constant parameter of `shape`: `given` broadcast, or `fill`.
-fn norm_param(cx: &Ctx, p: &mut Patch, given: Option<ValueId>, shape: &[usize], dtype: drift_ops::DType, fill: f64) -> Ref {
+fn norm_param(
+    cx: &Ctx,
+    p: &mut Patch,
+    given: Option<ValueId>,
+    shape: &[usize],
+    dtype: drift_ops::DType,
+    fill: f64,
+) -> Ref {
     match given.and_then(|v| cx.constant(v)) {
         Some(t) if t.shape == shape => Ref::Old(given.expect("matched")),
         Some(t) => p.constant(Tensor::from_f64(dtype, shape.to_vec(), vec![t.to_f64()[0]; shape.iter().product()])),
@@ -332,7 +345,9 @@ fn attention(cx: &Ctx, id: NodeId) -> Option<Patch> {
         && cx.only_used_by(z, id)
     {
         let (a, b) = (cx.input(add, 0)?, cx.input(add, 1)?);
-        let from_matmul = |v: ValueId| cx.producer(v).is_some_and(|p| matches!(cx.node(p).op_type.as_str(), "MatMul" | "Div" | "Mul"));
+        let from_matmul = |v: ValueId| {
+            cx.producer(v).is_some_and(|p| matches!(cx.node(p).op_type.as_str(), "MatMul" | "Div" | "Mul"))
+        };
         let (s, m) = if from_matmul(a) { (a, b) } else { (b, a) };
         (mask, z) = (Some(m), s);
     }
@@ -368,6 +383,7 @@ fn attention(cx: &Ctx, id: NodeId) -> Option<Patch> {
         ("kv_num_heads", Attr::Int(hq as i64)),
         ("scale", Attr::Float(scale as f32)),
     ]);
-    let y = p.node("Attention", a, vec![Some(Ref::Old(q3)), Some(Ref::Old(k3)), Some(Ref::Old(v3)), mask.map(Ref::Old)]);
+    let y =
+        p.node("Attention", a, vec![Some(Ref::Old(q3)), Some(Ref::Old(k3)), Some(Ref::Old(v3)), mask.map(Ref::Old)]);
     Some(p.replace(y3, y).at(merge))
 }

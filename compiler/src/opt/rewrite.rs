@@ -307,7 +307,12 @@ pub fn apply(g: &mut Graph, order: &mut Vec<NodeId>, root: NodeId, patch: Patch)
         .enumerate()
         .map(|(k, t)| {
             let ty = TypeInfo::new(t.dtype, t.shape.clone());
-            g.add_value(Value { name: format!("{base}/c{k}"), ty: Some(ty), constant: Some(Arc::new(t)), declared: None })
+            g.add_value(Value {
+                name: format!("{base}/c{k}"),
+                ty: Some(ty),
+                constant: Some(Arc::new(t)),
+                declared: None,
+            })
         })
         .collect();
     let first_new_node = g.nodes.len();
@@ -334,9 +339,8 @@ pub fn apply(g: &mut Graph, order: &mut Vec<NodeId>, root: NodeId, patch: Patch)
             NewOp::Built { op_type, op, outputs } => (op_type, (op, Attrs::default()), outputs),
         };
         let (op, attrs) = op;
-        let outs: Vec<ValueId> = (0..n_out)
-            .map(|j| g.add_value(Value { name: format!("{name}:{j}"), ..Default::default() }))
-            .collect();
+        let outs: Vec<ValueId> =
+            (0..n_out).map(|j| g.add_value(Value { name: format!("{name}:{j}"), ..Default::default() })).collect();
         type_node(g, &name, &op_type, op.as_ref(), &inputs, &outs)?;
         g.nodes.push(Node {
             name,
@@ -393,8 +397,19 @@ pub fn apply(g: &mut Graph, order: &mut Vec<NodeId>, root: NodeId, patch: Patch)
 
 /// Types node outputs `outs` through the op's shape rule, folding them to
 /// constants when every input is known.
-fn type_node(g: &mut Graph, name: &str, op_type: &str, op: &dyn Op, inputs: &[Option<ValueId>], outs: &[ValueId]) -> Result<()> {
-    let err = |e: drift_ops::Error| Error::Node { node: name.into(), op_type: op_type.into(), msg: format!("optimizer: {e}") };
+fn type_node(
+    g: &mut Graph,
+    name: &str,
+    op_type: &str,
+    op: &dyn Op,
+    inputs: &[Option<ValueId>],
+    outs: &[ValueId],
+) -> Result<()> {
+    let err = |e: drift_ops::Error| Error::Node {
+        node: name.into(),
+        op_type: op_type.into(),
+        msg: format!("optimizer: {e}"),
+    };
     let ins: Vec<Option<Input>> =
         inputs.iter().map(|v| v.map(|v| Input { ty: g.ty(v), value: g.values[v].constant.as_deref() })).collect();
     let folded = crate::passes::fold(op, &ins).map_err(err)?;
@@ -425,11 +440,10 @@ pub fn remove_unused(g: &mut Graph, order: &[NodeId]) {
         if n.dead {
             continue;
         }
-        let useful = n
-            .outputs
-            .iter()
-            .flatten()
-            .any(|v| (outputs.contains(v) || used.get(v).is_some_and(|&c| c > 0)) && g.values[*v].constant.is_none());
+        let useful =
+            n.outputs.iter().flatten().any(|v| {
+                (outputs.contains(v) || used.get(v).is_some_and(|&c| c > 0)) && g.values[*v].constant.is_none()
+            });
         if !useful {
             for &v in n.inputs.iter().flatten() {
                 if let Some(c) = used.get_mut(&v) {

@@ -44,7 +44,8 @@ pub fn parse(src: &str) -> Result<Graph, String> {
             let (decl, init) = rest.split_once('=').ok_or_else(|| err("expected 'const NAME: TYPE[DIMS] = VALUE'"))?;
             let (name, ty) = typed_name(decl).ok_or_else(|| err("bad constant type"))?;
             let t = constant(&ty, init.trim()).ok_or_else(|| err("bad constant value"))?;
-            let v = g.add_value(Value { name: name.clone(), ty: Some(ty), constant: Some(Arc::new(t)), declared: None });
+            let v =
+                g.add_value(Value { name: name.clone(), ty: Some(ty), constant: Some(Arc::new(t)), declared: None });
             names.insert(name, v);
         } else if let Some(rest) = line.strip_prefix("output ") {
             let v = *names.get(rest.trim()).ok_or_else(|| err("unknown value"))?;
@@ -71,7 +72,8 @@ fn typed_name(s: &str) -> Option<(String, TypeInfo)> {
         "bool" => DType::Bool,
         _ => return None,
     };
-    let shape = dims.split(',').filter(|d| !d.trim().is_empty()).map(|d| d.trim().parse().ok()).collect::<Option<_>>()?;
+    let shape =
+        dims.split(',').filter(|d| !d.trim().is_empty()).map(|d| d.trim().parse().ok()).collect::<Option<_>>()?;
     Some((name.trim().to_string(), TypeInfo::new(dtype, shape)))
 }
 
@@ -107,7 +109,15 @@ fn node(line: &str, g: &mut Graph, names: &mut HashMap<String, ValueId>, opset: 
         });
     }
     let name = outs.split(',').next()?.trim().to_string();
-    Some(Node { name, op_type: op_type.trim().to_string(), opset, attrs: parse_attrs(attrs.trim())?, inputs, outputs, ..Node::default() })
+    Some(Node {
+        name,
+        op_type: op_type.trim().to_string(),
+        opset,
+        attrs: parse_attrs(attrs.trim())?,
+        inputs,
+        outputs,
+        ..Node::default()
+    })
 }
 
 fn parse_attrs(s: &str) -> Option<Attrs> {

@@ -556,7 +556,10 @@ impl Op for Attention {
         // Without extra outputs or emulated rounding, one kernel does it all.
         if kernels.is_empty() && !want_qk && !sm.bf16 && !qr.bf16 {
             let fused = self.fused_kernel(&g, cx.input(Q)?.dtype, &helpers);
-            return Ok(Lowering::Kernels { temps: vec![TempSpec { elems: scores, phys: Phys::F32 }], kernels: vec![fused] });
+            return Ok(Lowering::Kernels {
+                temps: vec![TempSpec { elems: scores, phys: Phys::F32 }],
+                kernels: vec![fused],
+            });
         }
         kernels.push(self.scores_kernel(&g, cx.input(Q)?.dtype, want_qk, &helpers));
         kernels.push(self.softmax_kernel(&g, sm, qr, want_qk));

@@ -7,9 +7,8 @@
 
 use crate::wgsl::{broadcast_index, f32_lit, kernel_1d, unravel};
 use crate::{
-    Attrs, CastMode, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Pointwise, Result, Tensor, TensorRef,
-    TypeInfo,
-    arg, bail, ty, wgsl_round_fn,
+    Attrs, CastMode, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Pointwise, Result, Tensor,
+    TensorRef, TypeInfo, arg, bail, ty, wgsl_round_fn,
 };
 use drift_numerics::E8M0Round;
 
@@ -690,7 +689,8 @@ impl Op for Elementwise {
 
     fn pointwise(&self, cx: &LowerCtx, operands: &[String]) -> Option<Pointwise> {
         let n_in = if self.variadic { cx.inputs.len() } else { self.func.arity() };
-        let in_shapes: Vec<&[usize]> = (0..n_in).map(|k| cx.input(k).map(|t| t.shape.as_slice())).collect::<Result<_>>().ok()?;
+        let in_shapes: Vec<&[usize]> =
+            (0..n_in).map(|k| cx.input(k).map(|t| t.shape.as_slice())).collect::<Result<_>>().ok()?;
         let expr = self.wgsl_fold(operands.get(..n_in)?, cx.input(self.data_operand()).ok()?.dtype).ok()?;
         Some(Pointwise { expr, helpers: HELPERS.to_string(), operand_shapes: self.operand_shapes(in_shapes) })
     }

@@ -179,7 +179,8 @@ impl Op for SoftmaxOp {
                 ) + &write_row(expr)
             }
         };
-        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
+        let args =
+            vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
         let name = format!("{:?}", self.kind).to_lowercase();
         Ok(Lowering::one(row_kernel(&name, args, &rows, "", &body)))
     }
@@ -578,7 +579,8 @@ impl Op for AxisNorm {
                 ("mvn", STATS_WGSL.to_string() + &write_row("(ld_x(i) - mean) / (sqrt(variance) + 1e-9)"))
             }
         };
-        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
+        let args =
+            vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
         Ok(Lowering::one(row_kernel(name, args, &rows, "", &body)))
     }
 }
@@ -650,7 +652,8 @@ impl Op for Lrn {
             bias = f32_lit(self.bias),
             beta = f32_lit(self.beta),
         );
-        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
+        let args =
+            vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
         Ok(Lowering::one(kernel_1d("lrn", args, x.numel(), "", &body)))
     }
 }
