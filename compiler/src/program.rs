@@ -122,6 +122,11 @@ impl<'g> Builder<'g> {
             .collect();
         let cx = LowerCtx { inputs, outputs };
         let extents = op.data_dependent_dims(&cx);
+        if extents.is_empty() && produces_nothing(node, &cx.outputs) {
+            // Every output is empty: there is nothing to compute, and kernel
+            // text built for zero-length axes would divide by zero.
+            return Ok(());
+        }
         let lowering = op.lower(&cx).map_err(|e| match e {
             drift_ops::Error::Unsupported(reason) => Error::Unsupported(vec![crate::error::UnsupportedNode {
                 node: node.name.clone(),
@@ -264,6 +269,13 @@ impl<'g> Builder<'g> {
         };
         Ok(Program { bundle, weights: layout.weights })
     }
+}
+
+/// Whether all of a node's present outputs have no elements.
+fn produces_nothing(node: &crate::ir::Node, outputs: &[TypeInfo]) -> bool {
+    let present: Vec<&TypeInfo> =
+        node.outputs.iter().zip(outputs).filter(|(v, _)| v.is_some()).map(|(_, t)| t).collect();
+    !present.is_empty() && present.iter().all(|t| t.numel() == 0)
 }
 
 fn elem_bytes(n: usize) -> u64 {
