@@ -236,14 +236,14 @@ pub fn run_pass(g: &mut Graph, order: Vec<NodeId>, pass: &Pass) -> Result<Vec<No
                     .filter(|r| r.roots.is_empty() || (n.domain.is_empty() && r.roots.contains(&n.op_type.as_str())))
                     .find_map(|r| (r.apply)(&ctx, id))
             };
-            if let Some(patch) = patch {
-                if apply(g, &mut order, id, patch)? {
-                    ix = Index::new(g);
-                    changed = true;
-                    applied += 1;
-                    if applied > budget {
-                        return Err(Error::Other(format!("optimizer pass '{}' does not converge", pass.name)));
-                    }
+            if let Some(patch) = patch
+                && apply(g, &mut order, id, patch)?
+            {
+                ix = Index::new(g);
+                changed = true;
+                applied += 1;
+                if applied > budget {
+                    return Err(Error::Other(format!("optimizer pass '{}' does not converge", pass.name)));
                 }
             }
         }

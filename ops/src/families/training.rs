@@ -135,7 +135,7 @@ impl Optimizer {
     /// Number of tensor groups, from the input count.
     fn groups(&self, n_inputs: usize) -> Result<usize> {
         let k = self.rule.per_group();
-        if n_inputs < 2 + k || (n_inputs - 2) % k != 0 {
+        if n_inputs < 2 + k || !(n_inputs - 2).is_multiple_of(k) {
             bail!("expects R, T and {k} tensors per group, got {n_inputs} inputs");
         }
         Ok((n_inputs - 2) / k)
