@@ -19,6 +19,8 @@ fn run(src: &str) -> Result<String, String> {
     passes::build_ops(&mut g).map_err(|e| e.to_string())?;
     let order = control::infer_with_control_flow(&mut g).map_err(|e| e.to_string())?;
     let order = opt::run(&mut g, order, &list).map_err(|e| e.to_string())?;
+    // Release builds skip the check between passes; the tests always run it.
+    opt::rewrite::check(&g, &order, names.trim()).map_err(|e| e.to_string())?;
     Ok(opt::text::print(&g, &order))
 }
 
