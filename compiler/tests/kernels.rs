@@ -1,8 +1,8 @@
 //! Snapshot tests of generated kernels: every `tests/kernels/*.txt` is a
 //! small graph (text form of `opt::text`), one per op family and one per
 //! fused-kernel shape. It is compiled with the optimizer and every kernel of
-//! the bundle is recorded as WGSL (as naga writes it back) and MSL, so any
-//! codegen change shows in review. `INSTA_UPDATE=always` (or
+//! the bundle is recorded as WGSL (as naga writes it back), MSL and a SPIR-V
+//! disassembly (rspirv), so any codegen change shows in review. `INSTA_UPDATE=always` (or
 //! `cargo insta accept`) blesses new output.
 
 use drift_compiler::{Options, compile_graph, opt};
@@ -21,11 +21,25 @@ fn kernels_text(src: &str) -> Result<(String, usize), String> {
         seen.push(d.kernel);
         let k = &b.kernels[d.kernel as usize];
         out += &format!(
-            "// ===== kernel {} (node {}, workgroup {:?}, groups {:?})\n{}\n// ----- MSL\n{}\n",
-            k.name, d.label, k.workgroup_size, d.workgroups, k.wgsl, k.msl
+            "// ===== kernel {} (node {}, workgroup {:?}, groups {:?})\n{}\n// ----- MSL\n{}\n// ----- SPIR-V\n{}\n",
+            k.name,
+            d.label,
+            k.workgroup_size,
+            d.workgroups,
+            k.wgsl,
+            k.msl,
+            disassemble(&k.spirv)?
         );
     }
     Ok((out, seen.len()))
+}
+
+/// SPIR-V assembly of the module's little-endian words.
+fn disassemble(bytes: &[u8]) -> Result<String, String> {
+    use rspirv::binary::Disassemble;
+    let words: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let module = rspirv::dr::load_words(&words).map_err(|e| format!("SPIR-V does not parse: {e}"))?;
+    Ok(module.disassemble())
 }
 
 #[test]

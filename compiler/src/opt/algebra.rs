@@ -244,6 +244,7 @@ fn transpose_transpose(cx: &Ctx, id: NodeId) -> Option<Patch> {
 }
 
 fn transpose_as_reshape(cx: &Ctx, id: NodeId) -> Option<Patch> {
+    reshape_input_opset(cx, id)?;
     let x = cx.input(id, 0)?;
     let perm = perm_of(cx, id)?;
     let shape = &cx.ty(x).shape;
@@ -256,9 +257,15 @@ fn transpose_as_reshape(cx: &Ctx, id: NodeId) -> Option<Patch> {
 }
 
 fn reshape_reshape(cx: &Ctx, id: NodeId) -> Option<Patch> {
+    reshape_input_opset(cx, id)?;
     let x = cx.input(id, 0)?;
     let inner = cx.producer(x).filter(|&p| VIEWS.contains(&cx.node(p).op_type.as_str()))?;
     reshape_to(cx.input(inner, 0)?, cx.output(id, 0)?, &cx.ty(cx.output(id, 0)?).shape)
+}
+
+/// Reshape takes its shape as an input from opset 5 on (an attribute before).
+fn reshape_input_opset(cx: &Ctx, id: NodeId) -> Option<()> {
+    (cx.node(id).opset >= 5).then_some(())
 }
 
 /// `y` replaced by `Reshape(x, shape)`.

@@ -26,7 +26,7 @@ use super::rewrite::{Ctx, Pass, Patch, Ref, Rule};
 use crate::ir::{NodeId, ValueId};
 use drift_ops::wgsl::{broadcast_index, lit, unravel};
 use drift_ops::{Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Result, Tensor, TensorRef, TypeInfo};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 pub const EPILOGUES: Pass = Pass {
@@ -36,6 +36,9 @@ pub const EPILOGUES: Pass = Pass {
         Rule { name: "fuse-into-store", roots: &[], apply: fuse_group },
     ],
 };
+
+/// The fused store's WGSL, given the name of the accessor it replaces.
+type StoreFn = Box<dyn Fn(&str) -> String>;
 
 /// Where a member's operand comes from.
 #[derive(Clone, Debug, PartialEq)]
@@ -287,6 +290,36 @@ fn splice(mut k: Kernel, store_fn: &dyn Fn(&str) -> String, extra: &[KernelArg])
     Ok(k)
 }
 
+/// The functions of `helpers` that `expr` calls, directly or through
+/// each other (elementwise ops share one helper library).
+fn used_helpers(helpers: &str, expr: &str) -> String {
+    let mut funcs: Vec<(String, String)> = vec![];
+    for line in helpers.lines() {
+        if let Some(rest) = line.strip_prefix("fn ") {
+            funcs.push((rest.split('(').next().unwrap_or("").trim().to_string(), String::new()));
+        }
+        if let Some((_, text)) = funcs.last_mut() {
+            *text += line;
+            *text += "\n";
+        }
+    }
+    let mut keep = vec![false; funcs.len()];
+    let mut reached = expr.to_string();
+    loop {
+        let before = keep.iter().filter(|&&k| k).count();
+        for (k, (name, text)) in funcs.iter().enumerate() {
+            if !keep[k] && reached.contains(&format!("{name}(")) {
+                keep[k] = true;
+                reached += text;
+            }
+        }
+        if keep.iter().filter(|&&k| k).count() == before {
+            break;
+        }
+    }
+    funcs.iter().zip(&keep).filter(|(_, k)| **k).map(|((_, t), _)| t.as_str()).collect()
+}
+
 /// The functions of `extra` that `body` does not define yet, then the rest
 /// of `extra`. Generated helpers of one name are the same text, so a
 /// function already there is dropped.
@@ -313,8 +346,7 @@ fn merge_helpers(body: &str, extra: &str) -> String {
 impl FusedOp {
     /// The fused store as WGSL (a function of the replaced accessor's name)
     /// and the kernel arguments it adds.
-    #[allow(clippy::type_complexity)]
-    fn epilogue(&self, cx: &LowerCtx) -> Result<(Box<dyn Fn(&str) -> String>, Vec<KernelArg>)> {
+    fn epilogue(&self, cx: &LowerCtx) -> Result<(StoreFn, Vec<KernelArg>)> {
         let shape = self.producer_out.shape.clone();
         let n_ext = cx.inputs.len() - self.producer_inputs;
         let mut args: Vec<KernelArg> =
@@ -346,7 +378,7 @@ impl FusedOp {
                 operands.push(e);
             }
             let pw = m.op.pointwise(&mcx, &operands).expect("probed above");
-            helpers = merge_helpers(&helpers, &pw.helpers).to_string() + &helpers;
+            helpers = merge_helpers(&helpers, &used_helpers(&pw.helpers, &pw.expr)).to_string() + &helpers;
             stmts += &format!("    let f{j} = {};\n", pw.expr);
         }
         let t = self.producer_out.dtype.phys().wgsl();
@@ -619,17 +651,13 @@ fn build_patch(
     Some(patch.replace(cx.output(last, 0)?, out).at(last))
 }
 
-/// A fresh copy of node `id`'s op (ops are not `Clone`): registry ops are
-/// rebuilt from their attributes, fused ones re-fused.
+/// A fresh copy of node `id`'s op (ops are not `Clone`), rebuilt from its
+/// attributes; `None` for nodes the optimizer built (a fused node is not
+/// fused again).
 fn rebuild(cx: &Ctx, id: NodeId) -> Option<Box<dyn Op>> {
     let n = cx.node(id);
     if n.domain.is_empty() {
         return drift_ops::build_op(&n.op_type, &n.domain, n.opset, &n.attrs, n.outputs.len()).ok();
     }
     None
-}
-
-/// Listing of the fused nodes' kinds (`Conv+Add+Relu` ...), for statistics.
-pub fn kinds(g: &crate::ir::Graph) -> BTreeSet<String> {
-    g.live_nodes().filter(|(_, n)| n.domain == super::rewrite::OPT_DOMAIN).map(|(_, n)| n.op_type.clone()).collect()
 }

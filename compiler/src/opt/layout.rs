@@ -38,7 +38,8 @@ fn conv_padded_input(cx: &Ctx, id: NodeId) -> Option<Patch> {
     let (x, w, y) = (cx.input(id, 0)?, cx.input(id, 1)?, cx.output(id, 0)?);
     let (xs, ws, ys) = (&cx.ty(x).shape, &cx.ty(w).shape, &cx.ty(y).shape);
     let r = xs.len().checked_sub(2)?;
-    if auto != "NOTSET" || r == 0 || !cx.ty(x).dtype.is_float() || ys.len() != xs.len() {
+    // Pad's attribute is `paddings` in opset 1.
+    if auto != "NOTSET" || r == 0 || !cx.ty(x).dtype.is_float() || ys.len() != xs.len() || n.opset < 2 {
         return None;
     }
     let pads = ints(cx, id, "pads", 2 * r, 0)?;
