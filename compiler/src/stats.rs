@@ -43,6 +43,10 @@ fn bytes_of(t: &TypeInfo) -> u64 {
 fn node_bytes(g: &Graph, id: NodeId) -> u64 {
     let n = &g.nodes[id];
     let Some(op) = n.op.as_deref() else { return 0 };
+    // Nodes with only empty outputs run no kernel (`program::build`).
+    if n.outputs.iter().flatten().all(|&v| g.ty(v).numel() == 0) {
+        return 0;
+    }
     let inputs: Vec<Option<Input>> =
         n.inputs.iter().map(|v| v.map(|v| Input { ty: g.ty(v), value: g.values[v].constant.as_deref() })).collect();
     let outputs: Vec<TypeInfo> = n

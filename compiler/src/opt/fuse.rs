@@ -412,7 +412,8 @@ fn is_producer(cx: &Ctx, id: NodeId) -> Option<ValueId> {
     let n = cx.node(id);
     let op = n.op.as_deref()?;
     let y = n.outputs.first().copied().flatten()?;
-    if n.outputs.iter().skip(1).flatten().any(|&v| cx.used(v)) || cx.constant(y).is_some() {
+    // Empty outputs get no kernels at all (`program::build`).
+    if n.outputs.iter().skip(1).flatten().any(|&v| cx.used(v)) || cx.constant(y).is_some() || cx.ty(y).numel() == 0 {
         return None;
     }
     let inputs: Vec<Option<Input>> =
