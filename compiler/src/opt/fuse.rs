@@ -403,7 +403,7 @@ fn is_member_candidate(cx: &Ctx, id: NodeId, shape: &[usize]) -> bool {
     let inputs: Vec<Option<Input>> =
         n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
     let probe: Vec<String> = (0..inputs.len()).map(|k| format!("o{k}")).collect();
-    op.pointwise(&LowerCtx { inputs, outputs: vec![cx.ty(y).clone()] }, &probe).is_some()
+    cx.memo("pointwise", id, || op.pointwise(&LowerCtx { inputs, outputs: vec![cx.ty(y).clone()] }, &probe).is_some())
 }
 
 /// Whether node `id` can be a producer: its lowering stores output 0 once
@@ -416,16 +416,19 @@ fn is_producer(cx: &Ctx, id: NodeId) -> Option<ValueId> {
     if n.outputs.iter().skip(1).flatten().any(|&v| cx.used(v)) || cx.constant(y).is_some() || cx.ty(y).numel() == 0 {
         return None;
     }
-    let inputs: Vec<Option<Input>> =
-        n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
-    let lcx = LowerCtx { inputs, outputs: vec![cx.ty(y).clone()] };
-    if !op.data_dependent_dims(&lcx).is_empty() {
-        return None;
-    }
-    let Ok(Lowering::Kernels { kernels, .. }) = op.lower(&lcx) else { return None };
-    let writes = kernels.iter().flat_map(|k| &k.args).filter(|a| a.tensor == TensorRef::Output(0));
-    let (all_once, some) = writes.fold((true, false), |(once, _), a| (once && a.stored_once, true));
-    (all_once && some).then_some(y)
+    let stores_once = || {
+        let inputs: Vec<Option<Input>> =
+            n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
+        let lcx = LowerCtx { inputs, outputs: vec![cx.ty(y).clone()] };
+        if !op.data_dependent_dims(&lcx).is_empty() {
+            return false;
+        }
+        let Ok(Lowering::Kernels { kernels, .. }) = op.lower(&lcx) else { return false };
+        let writes = kernels.iter().flat_map(|k| &k.args).filter(|a| a.tensor == TensorRef::Output(0));
+        let (all_once, some) = writes.fold((true, false), |(once, _), a| (once && a.stored_once, true));
+        all_once && some
+    };
+    cx.memo("stores-once", id, stores_once).then_some(y)
 }
 
 /// The members fused after the producer `p` (output `y`), in order; empty

@@ -71,5 +71,25 @@ pub fn run(g: &mut Graph, order: Vec<NodeId>, passes: &[&Pass]) -> Result<Vec<No
             rewrite::check(g, &order, pass.name)?;
         }
     }
+    release_unused_constants(g);
     Ok(order)
+}
+
+/// Drops the data of constants no live node reads any more (weights
+/// replaced by folded ones), so compiling a large model does not hold both.
+fn release_unused_constants(g: &mut Graph) {
+    let mut used = vec![false; g.values.len()];
+    for (_, n) in g.live_nodes() {
+        for &v in n.inputs.iter().flatten() {
+            used[v] = true;
+        }
+    }
+    for &v in g.inputs.iter().chain(&g.outputs) {
+        used[v] = true;
+    }
+    for (v, value) in g.values.iter_mut().enumerate() {
+        if !used[v] && value.constant.is_some() {
+            value.constant = None;
+        }
+    }
 }

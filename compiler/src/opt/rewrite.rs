@@ -124,15 +124,31 @@ impl Index {
     }
 }
 
+/// Facts about single nodes that rules compute expensively (whether a
+/// node's lowering stores once): nodes never change, so they hold for a
+/// whole pass.
+pub type Memo = std::cell::RefCell<HashMap<(&'static str, NodeId), bool>>;
+
 /// What rules see: the graph with its producer and consumer tables.
 pub struct Ctx<'g> {
     pub g: &'g Graph,
     ix: &'g Index,
+    memo: &'g Memo,
 }
 
 impl<'g> Ctx<'g> {
-    pub fn new(g: &'g Graph, ix: &'g Index) -> Ctx<'g> {
-        Ctx { g, ix }
+    pub fn new(g: &'g Graph, ix: &'g Index, memo: &'g Memo) -> Ctx<'g> {
+        Ctx { g, ix, memo }
+    }
+
+    /// `fact(id)`, computed once per pass.
+    pub fn memo(&self, fact: &'static str, id: NodeId, compute: impl FnOnce() -> bool) -> bool {
+        if let Some(&known) = self.memo.borrow().get(&(fact, id)) {
+            return known;
+        }
+        let v = compute();
+        self.memo.borrow_mut().insert((fact, id), v);
+        v
     }
 
     pub fn node(&self, id: NodeId) -> &'g Node {
@@ -218,6 +234,7 @@ pub fn run_pass(g: &mut Graph, order: Vec<NodeId>, pass: &Pass) -> Result<Vec<No
     // A pass that keeps matching is a bug in a rule; stop rather than hang.
     let budget = 8 * g.nodes.len() + 64;
     let mut applied = 0;
+    let memo = Memo::default();
     loop {
         let mut changed = false;
         let mut k = 0;
@@ -229,7 +246,7 @@ pub fn run_pass(g: &mut Graph, order: Vec<NodeId>, pass: &Pass) -> Result<Vec<No
                 continue;
             }
             let patch = {
-                let ctx = Ctx::new(g, &ix);
+                let ctx = Ctx::new(g, &ix, &memo);
                 let n = &g.nodes[id];
                 pass.rules
                     .iter()
