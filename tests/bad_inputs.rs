@@ -284,9 +284,21 @@ fn mlp_compiles_runs_and_matches_the_reference() {
     }
 
     let text = assert_succeeds(&drift(["inspect".as_ref(), bundle.as_os_str()]));
-    for needle in ["dispatches", "kernels", "SPIR-V"] {
+    for needle in ["dispatches", "kernels", "SPIR-V", "lower bound", "naive"] {
         assert!(text.contains(needle), "inspect output lacks '{needle}':\n{text}");
     }
+
+    let json = assert_succeeds(&drift(["inspect".as_ref(), bundle.as_os_str(), "--json".as_ref()]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}:\n{json}"));
+    let bytes = |key: &str| v["memory"][key].as_u64().unwrap_or_else(|| panic!("memory.{key} missing:\n{json}"));
+    let (arena, lower, naive) = (bytes("arena_bytes"), bytes("lower_bound_bytes"), bytes("naive_bytes"));
+    // The MLP's weights: 64·128 + 128 + 128·64 + 64 + 64·10 + 10 floats.
+    assert!(bytes("weights_bytes") >= 4 * (64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10), "{json}");
+    assert!(lower <= arena && arena as f64 <= 1.05 * lower as f64 && arena < naive, "{json}");
+    assert!(
+        v["dispatches"].as_u64().is_some_and(|d| d >= 4) && v["kernels"].as_u64().is_some_and(|k| k >= 1),
+        "{json}"
+    );
 }
 
 // ------------------------------------------------------- unreadable models

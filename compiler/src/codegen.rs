@@ -18,6 +18,18 @@ pub struct ArgBinding {
     /// Index of the storage binding (1-based: binding 0 is the parameters).
     pub binding: u32,
     pub writable: bool,
+    /// Set when the tensor is larger than one binding: it spans consecutive
+    /// windows of its buffer, bound at these bindings (the first is
+    /// `binding`). Element indices are then relative to the first window.
+    pub windows: Option<Windows>,
+}
+
+/// The windows one argument spans.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Windows {
+    pub bindings: Vec<u32>,
+    /// log2 of the window size in 32-bit words.
+    pub shift: u32,
 }
 
 /// A storage binding of the kernel.
@@ -37,6 +49,10 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     }
     for (k, a) in args.iter().enumerate() {
         let off = format!("p.o[{}].{}", k / 4, ["x", "y", "z", "w"][k % 4]);
+        if let Some(w) = &a.windows {
+            s += &windowed_accessors(a, w, &off);
+            continue;
+        }
         let (t, b) = (a.phys.wgsl(), a.binding);
         let load =
             if a.phys == Phys::U32 { format!("b{b}[{off} + i]") } else { format!("bitcast<{t}>(b{b}[{off} + i])") };
@@ -45,6 +61,38 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
             let store = if a.phys == Phys::U32 { "v".to_string() } else { "bitcast<u32>(v)".to_string() };
             s += &format!("fn st_{}(i: u32, v: {t}) {{ b{b}[{off} + i] = {store}; }}\n", a.name);
         }
+    }
+    s
+}
+
+/// Accessors of an argument spanning several windows: the element's word
+/// index picks the window (a switch over the bindings) and the word in it.
+/// Only tensors larger than one binding pay for this.
+fn windowed_accessors(a: &ArgBinding, w: &Windows, off: &str) -> String {
+    let t = a.phys.wgsl();
+    let mask = (1u64 << w.shift) - 1;
+    let cases = |stmt: &dyn Fn(u32) -> String| {
+        let mut s = String::new();
+        for (k, b) in w.bindings.iter().enumerate() {
+            let label = if k + 1 == w.bindings.len() { "default".to_string() } else { format!("case {k}u") };
+            s += &format!(" {label}: {{ {} }}", stmt(*b));
+        }
+        s
+    };
+    let locate = format!("let g = {off} + i; let r = g & {mask}u;");
+    let load = cases(&|b| format!("v = b{b}[r];"));
+    let value = if a.phys == Phys::U32 { "v".to_string() } else { format!("bitcast<{t}>(v)") };
+    let mut s = format!(
+        "fn ld_{}(i: u32) -> {t} {{ {locate} var v: u32; switch (g >> {}u) {{{load} }} return {value}; }}\n",
+        a.name, w.shift
+    );
+    if a.writable {
+        let word = if a.phys == Phys::U32 { "v".to_string() } else { "bitcast<u32>(v)".to_string() };
+        let store = cases(&|b| format!("b{b}[r] = u;"));
+        s += &format!(
+            "fn st_{}(i: u32, v: {t}) {{ {locate} let u = {word}; switch (g >> {}u) {{{store} }} }}\n",
+            a.name, w.shift
+        );
     }
     s
 }

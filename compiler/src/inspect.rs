@@ -1,61 +1,170 @@
-//! Human-readable description of a bundle for `drift inspect`.
+//! What `drift inspect` prints about a bundle: one [`Summary`], shown as
+//! text ([`describe`]) or as JSON ([`to_json`], `drift inspect --json`).
 
 use drift_runtime::bundle::{BufferKind, Bundle, IoTensor};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-pub fn describe(b: &Bundle) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "model      {}", b.model_name);
-    let _ = writeln!(s, "compiler   drift {}", b.compiler_version);
-    for (title, list) in [("inputs", &b.inputs), ("outputs", &b.outputs)] {
-        let _ = writeln!(s, "{title}:");
-        for t in list {
-            let _ = writeln!(s, "  {}", io_line(t));
-        }
-    }
-    let arena: u64 = b.buffers.iter().filter(|x| x.kind == BufferKind::Arena as i32).map(|x| x.size).sum();
-    let weights: u64 = b.buffers.iter().filter(|x| x.kind == BufferKind::Weights as i32).map(|x| x.size).sum();
-    let _ = writeln!(s, "memory:");
-    let _ = writeln!(s, "  arena      {:>12} bytes", arena);
-    let _ = writeln!(s, "  weights    {:>12} bytes in {} buffer(s)", weights, b.buffers.len() - 1);
-    let _ = writeln!(s, "  params     {:>12} bytes", b.params.len());
-    for (i, buf) in b.buffers.iter().enumerate() {
-        let kind = if buf.kind == BufferKind::Arena as i32 { "arena" } else { "weights" };
-        let _ = writeln!(s, "  buffer {i}: {kind} {} bytes", buf.size);
-    }
-    let mut langs = vec![];
+/// Everything `drift inspect` reports.
+#[derive(Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub compiler: String,
+    pub inputs: Vec<Io>,
+    pub outputs: Vec<Io>,
+    pub memory: Memory,
+    /// Shader languages every kernel carries.
+    pub shaders: Vec<&'static str>,
+    /// Distinct kernels (after deduplication by text).
+    pub kernels: usize,
+    pub dispatches: usize,
+    /// Per kernel name: how many variants and how many dispatches use them.
+    pub kernel_usage: Vec<KernelUsage>,
+}
+
+#[derive(Serialize)]
+pub struct Io {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub buffer: u32,
+    pub offset: u64,
+}
+
+/// Memory figures, in bytes. `lower_bound_bytes` and `naive_bytes` come
+/// from the planner (absent in bundles that do not record them).
+#[derive(Serialize)]
+pub struct Memory {
+    pub arena_bytes: u64,
+    pub lower_bound_bytes: Option<u64>,
+    pub naive_bytes: Option<u64>,
+    pub weights_bytes: u64,
+    pub params_bytes: u64,
+    pub strategy: Option<String>,
+    pub in_place: Option<u32>,
+    pub buffers: Vec<BufferInfo>,
+}
+
+#[derive(Serialize)]
+pub struct BufferInfo {
+    pub kind: &'static str,
+    pub size: u64,
+}
+
+#[derive(Serialize)]
+pub struct KernelUsage {
+    pub name: String,
+    pub variants: usize,
+    pub dispatches: usize,
+}
+
+pub fn summarize(b: &Bundle) -> Summary {
+    let io = |t: &IoTensor| Io {
+        name: t.name.clone(),
+        dtype: drift_ops::onnx_type_name(t.dtype).to_string(),
+        shape: t.shape.clone(),
+        buffer: t.buffer,
+        offset: t.offset,
+    };
+    let sum_of = |kind: BufferKind| b.buffers.iter().filter(|x| x.kind == kind as i32).map(|x| x.size).sum();
+    let stats = b.memory.as_ref();
+    let memory = Memory {
+        arena_bytes: sum_of(BufferKind::Arena),
+        lower_bound_bytes: stats.map(|m| m.lower_bound_bytes),
+        naive_bytes: stats.map(|m| m.naive_bytes),
+        weights_bytes: sum_of(BufferKind::Weights),
+        params_bytes: b.params.len() as u64,
+        strategy: stats.map(|m| m.strategy.clone()),
+        in_place: stats.map(|m| m.in_place),
+        buffers: b
+            .buffers
+            .iter()
+            .map(|x| BufferInfo {
+                kind: if x.kind == BufferKind::Arena as i32 { "arena" } else { "weights" },
+                size: x.size,
+            })
+            .collect(),
+    };
+    let mut shaders = vec![];
     if b.kernels.iter().all(|k| !k.spirv.is_empty()) {
-        langs.push("SPIR-V");
+        shaders.push("SPIR-V");
     }
     if b.kernels.iter().all(|k| !k.msl.is_empty()) {
-        langs.push("MSL");
+        shaders.push("MSL");
     }
     if b.kernels.iter().all(|k| !k.wgsl.is_empty()) {
-        langs.push("WGSL");
+        shaders.push("WGSL");
     }
-    let _ = writeln!(s, "shaders    {}", langs.join(", "));
-    let _ = writeln!(s, "kernels    {}", b.kernels.len());
-    let _ = writeln!(s, "dispatches {}", b.dispatches.len());
-    let mut per_kernel: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    Summary {
+        model: b.model_name.clone(),
+        compiler: b.compiler_version.clone(),
+        inputs: b.inputs.iter().map(io).collect(),
+        outputs: b.outputs.iter().map(io).collect(),
+        memory,
+        shaders,
+        kernels: b.kernels.len(),
+        dispatches: b.dispatches.len(),
+        kernel_usage: kernel_usage(b),
+    }
+}
+
+fn kernel_usage(b: &Bundle) -> Vec<KernelUsage> {
     let mut used = vec![0usize; b.kernels.len()];
     for d in &b.dispatches {
         if let Some(u) = used.get_mut(d.kernel as usize) {
             *u += 1;
         }
     }
+    let mut per_name: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for (k, kern) in b.kernels.iter().enumerate() {
-        let e = per_kernel.entry(kern.name.as_str()).or_default();
+        let e = per_name.entry(kern.name.as_str()).or_default();
         e.0 += 1;
         e.1 += used[k];
     }
-    let _ = writeln!(s, "  {:<24} {:>8} {:>10}", "kernel", "variants", "dispatches");
-    for (name, (variants, n)) in per_kernel {
-        let _ = writeln!(s, "  {name:<24} {variants:>8} {n:>10}");
-    }
-    s
+    per_name
+        .into_iter()
+        .map(|(name, (variants, dispatches))| KernelUsage { name: name.to_string(), variants, dispatches })
+        .collect()
 }
 
-fn io_line(t: &IoTensor) -> String {
-    format!("{} {} {:?} (buffer {} offset {})", t.name, drift_ops::onnx_type_name(t.dtype), t.shape, t.buffer, t.offset)
+/// `drift inspect --json`.
+pub fn to_json(b: &Bundle) -> String {
+    serde_json::to_string_pretty(&summarize(b)).expect("a summary always serializes") + "\n"
+}
+
+/// `drift inspect`.
+pub fn describe(b: &Bundle) -> String {
+    let sum = summarize(b);
+    let mut s = String::new();
+    let _ = writeln!(s, "model      {}", sum.model);
+    let _ = writeln!(s, "compiler   drift {}", sum.compiler);
+    for (title, list) in [("inputs", &sum.inputs), ("outputs", &sum.outputs)] {
+        let _ = writeln!(s, "{title}:");
+        for t in list {
+            let _ = writeln!(s, "  {} {} {:?} (buffer {} offset {})", t.name, t.dtype, t.shape, t.buffer, t.offset);
+        }
+    }
+    let m = &sum.memory;
+    let known = |v: Option<u64>| v.map_or("unknown".to_string(), |v| v.to_string());
+    let _ = writeln!(s, "memory:");
+    let _ = writeln!(s, "  arena        {:>12} bytes", m.arena_bytes);
+    let _ = writeln!(s, "  lower bound  {:>12} bytes (most bytes live at once)", known(m.lower_bound_bytes));
+    let _ = writeln!(s, "  naive        {:>12} bytes (every tensor on its own)", known(m.naive_bytes));
+    let _ = writeln!(s, "  weights      {:>12} bytes", m.weights_bytes);
+    let _ = writeln!(s, "  params       {:>12} bytes", m.params_bytes);
+    if let (Some(strategy), Some(in_place)) = (&m.strategy, m.in_place) {
+        let _ = writeln!(s, "  plan         {strategy}, {in_place} tensor(s) written in place");
+    }
+    for (i, buf) in m.buffers.iter().enumerate() {
+        let _ = writeln!(s, "  buffer {i}: {} {} bytes", buf.kind, buf.size);
+    }
+    let _ = writeln!(s, "shaders    {}", sum.shaders.join(", "));
+    let _ = writeln!(s, "kernels    {}", sum.kernels);
+    let _ = writeln!(s, "dispatches {}", sum.dispatches);
+    let _ = writeln!(s, "  {:<24} {:>8} {:>10}", "kernel", "variants", "dispatches");
+    for k in &sum.kernel_usage {
+        let _ = writeln!(s, "  {:<24} {:>8} {:>10}", k.name, k.variants, k.dispatches);
+    }
+    s
 }

@@ -57,7 +57,12 @@ enum Command {
         output_dir: Option<PathBuf>,
     },
     /// Describe a bundle: inputs, outputs, kernels, dispatches, memory.
-    Inspect { bundle: PathBuf },
+    Inspect {
+        bundle: PathBuf,
+        /// Print JSON (memory.arena_bytes, memory.lower_bound_bytes, ...).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,7 +79,7 @@ fn main() -> ExitCode {
         Command::Run { bundle, inputs, random_inputs, output_dir } => {
             run(&bundle, &inputs, random_inputs, output_dir.as_deref())
         }
-        Command::Inspect { bundle } => inspect(&bundle),
+        Command::Inspect { bundle, json } => inspect(&bundle, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -287,9 +292,13 @@ fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Result<HostTensor,
     )
 }
 
-fn inspect(path: &Path) -> Result<(), String> {
+fn inspect(path: &Path, json: bool) -> Result<(), String> {
     let model = load(path)?;
-    print!("{}", drift_compiler::inspect::describe(model.bundle()));
+    if json {
+        print!("{}", drift_compiler::inspect::to_json(model.bundle()));
+    } else {
+        print!("{}", drift_compiler::inspect::describe(model.bundle()));
+    }
     Ok(())
 }
 

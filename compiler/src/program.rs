@@ -11,8 +11,18 @@ use drift_runtime::bundle::{self as b, BindingKind, BufferKind, PARAMS_ALIGN};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Byte alignment of tensors inside arena and weight buffers.
-const TENSOR_ALIGN: u64 = 256;
+/// Byte alignment of tensors inside weights buffers.
+const WEIGHTS_ALIGN: u64 = 256;
+/// Byte alignment of tensors inside the arena. Kernels index 32-bit words
+/// from an offset in their params and copies need 4-byte alignment, so this
+/// only keeps tensors off each other's 16-byte lines; 256 for all would
+/// waste more than the planner's 5% budget on models of many small tensors.
+const ARENA_ALIGN: u64 = 16;
+/// Arena tensors of at least ARENA_BIG_BYTES start at multiples of
+/// ARENA_BIG_ALIGN, so streaming kernels read whole cache lines; on such
+/// tensors the padding is under 0.4%.
+const ARENA_BIG_BYTES: u64 = 64 << 10;
+const ARENA_BIG_ALIGN: u64 = 256;
 
 /// Where a tensor lives before buffers are assigned.
 #[derive(Clone, Debug)]
@@ -40,14 +50,19 @@ struct Step {
 /// Limits the plan must respect.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Largest buffer one binding may cover (the arena and each weights buffer).
+    /// Most bytes one binding may cover. A larger buffer is bound in windows.
     pub max_binding_bytes: u64,
+    /// Largest buffer (the arena, or a weights buffer holding one constant
+    /// larger than a binding).
+    pub max_buffer_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        // WebGPU's default maxStorageBufferBindingSize, also lavapipe's.
-        Limits { max_binding_bytes: 128 << 20 }
+        // WebGPU's default maxStorageBufferBindingSize, also lavapipe's; and
+        // lavapipe's max_buffer_size (NVIDIA allows 4 GiB, WebGPU by default
+        // 256 MiB: the runtime checks the device at load).
+        Limits { max_binding_bytes: 128 << 20, max_buffer_bytes: 2 << 30 }
     }
 }
 
@@ -216,7 +231,7 @@ impl<'g> Builder<'g> {
         let mut dispatches = vec![];
         let mut params: Vec<u8> = vec![];
         for step in &self.steps {
-            let (source, buffers, offsets) = layout.kernel_source(step);
+            let (source, binds, offsets) = layout.kernel_source(step);
             let k = match kernel_index.get(&source) {
                 Some(&k) => k,
                 None => {
@@ -225,7 +240,7 @@ impl<'g> Builder<'g> {
                         node: step.node.clone(),
                         msg,
                     })?;
-                    kernels.push(bundle_kernel(step, &buffers, &layout, shaders, offsets.len()));
+                    kernels.push(bundle_kernel(step, &binds.buffers, &layout, shaders, offsets.len()));
                     kernel_index.insert(source, kernels.len() as u32 - 1);
                     kernels.len() as u32 - 1
                 }
@@ -235,10 +250,11 @@ impl<'g> Builder<'g> {
             params.resize(params.len().next_multiple_of(PARAMS_ALIGN as usize), 0);
             dispatches.push(b::Dispatch {
                 kernel: k,
-                buffers,
+                buffers: binds.buffers,
                 params_offset,
                 workgroups: step.kernel.workgroups.iter().map(|&w| w.max(1)).collect(),
                 label: step.node.clone(),
+                windows: binds.windows,
             });
         }
         let io = |v: &ValueId| {
@@ -266,6 +282,7 @@ impl<'g> Builder<'g> {
             dispatches,
             params,
             weights_size: layout.weights.len() as u64,
+            memory: Some(layout.memory.clone()),
         };
         Ok(Program { bundle, weights: layout.weights })
     }
@@ -308,97 +325,151 @@ fn bundle_kernel(step: &Step, buffers: &[u32], layout: &Layout, s: codegen::Shad
 /// Final placement: each slot's buffer and byte offset.
 struct Layout {
     buffers: Vec<b::Buffer>,
+    /// Per buffer: the window size when it is larger than one binding.
+    window: Vec<Option<u64>>,
     /// (buffer, byte offset) per slot.
     place: Vec<(u32, u64)>,
+    /// Bytes per slot.
+    bytes: Vec<u64>,
     weights: Vec<u8>,
     phys: Vec<Phys>,
+    memory: b::MemoryStats,
+}
+
+/// The storage bindings of one dispatch.
+struct Binds {
+    /// Buffer per binding (bindings 1..).
+    buffers: Vec<u32>,
+    /// Range per binding; empty when every binding is a whole buffer.
+    windows: Vec<b::Window>,
+}
+
+/// The arena's plan: offsets per arena slot and what the planner reports.
+struct ArenaPlan {
+    offsets: Vec<u64>,
+    size: u64,
+    window: Option<u64>,
+    memory: b::MemoryStats,
 }
 
 impl Layout {
     fn new(bld: &Builder, limits: &Limits) -> Result<Layout> {
         let n = bld.slots.len();
         let mut place = vec![(0u32, 0u64); n];
-        let mut buffers = vec![];
-        // Arena: lifetimes over the step list.
+        let mut bytes = vec![0u64; n];
         let arena_slots: Vec<usize> = (0..n).filter(|&s| matches!(bld.slots[s].home, Home::Arena { .. })).collect();
-        let lifetimes = arena_lifetimes(bld, &arena_slots);
-        let planned = plan::greedy_by_size(&lifetimes, TENSOR_ALIGN);
-        let arena_size = planned.total.max(4);
-        if arena_size > limits.max_binding_bytes {
-            return Err(Error::Other(format!(
-                "activations need {arena_size} bytes, more than one binding may hold ({}); splitting the arena is not supported yet",
-                limits.max_binding_bytes
-            )));
-        }
-        buffers.push(b::Buffer { kind: BufferKind::Arena as i32, size: arena_size, weights_offset: 0 });
+        let arena = plan_arena(bld, &arena_slots, limits)?;
+        let mut buffers = vec![b::Buffer { kind: BufferKind::Arena as i32, size: arena.size, weights_offset: 0 }];
+        let mut window = vec![arena.window];
         for (i, &s) in arena_slots.iter().enumerate() {
-            place[s] = (0, planned.offsets[i]);
+            place[s] = (0, arena.offsets[i]);
+            if let Home::Arena { bytes: b } = bld.slots[s].home {
+                bytes[s] = b;
+            }
         }
-        // Weights: packed in order into buffers no larger than one binding.
+        // Weights: packed in order into buffers no larger than one binding;
+        // a constant larger than that gets a buffer of its own, bound in windows.
         let mut weights: Vec<u8> = vec![];
         let mut cur: Option<usize> = None;
         for (s, slot) in bld.slots.iter().enumerate() {
             let Home::Weight(t) = &slot.home else { continue };
             let words = t.to_phys_words().map_err(|e| Error::Other(format!("constant: {e}")))?;
-            let bytes = elem_bytes(words.len());
-            if bytes > limits.max_binding_bytes {
+            let size = elem_bytes(words.len());
+            if size > limits.max_buffer_bytes {
                 return Err(Error::Other(format!(
-                    "a constant of shape {:?} needs {bytes} bytes, more than one binding may hold ({})",
-                    t.shape, limits.max_binding_bytes
+                    "a constant of shape {:?} needs {size} bytes, more than one buffer may hold ({})",
+                    t.shape, limits.max_buffer_bytes
                 )));
             }
-            let fits =
-                cur.is_some_and(|c| buffers[c].size.next_multiple_of(TENSOR_ALIGN) + bytes <= limits.max_binding_bytes);
+            let oversized = size > limits.max_binding_bytes;
+            let fits = !oversized
+                && cur.is_some_and(|c| {
+                    buffers[c].size.next_multiple_of(WEIGHTS_ALIGN) + size <= limits.max_binding_bytes
+                });
             if !fits {
-                weights.resize(weights.len().next_multiple_of(TENSOR_ALIGN as usize), 0);
+                weights.resize(weights.len().next_multiple_of(WEIGHTS_ALIGN as usize), 0);
                 buffers.push(b::Buffer {
                     kind: BufferKind::Weights as i32,
                     size: 0,
                     weights_offset: weights.len() as u64,
                 });
+                window.push(oversized.then(|| window_bytes(limits)).transpose()?);
                 cur = Some(buffers.len() - 1);
             }
             let c = cur.expect("set above");
-            let off = buffers[c].size.next_multiple_of(TENSOR_ALIGN);
+            let off = buffers[c].size.next_multiple_of(WEIGHTS_ALIGN);
             let start = buffers[c].weights_offset + off;
             weights.resize(start as usize, 0);
             weights.extend(words.iter().flat_map(|w| w.to_le_bytes()));
             if words.is_empty() {
                 weights.extend([0u8; 4]);
             }
-            buffers[c].size = off + bytes;
+            buffers[c].size = off + size;
             place[s] = (c as u32, off);
+            bytes[s] = size;
+            if oversized {
+                // Nothing else goes into a windowed buffer.
+                cur = None;
+            }
         }
         let phys = bld.slots.iter().map(|s| s.phys).collect();
-        Ok(Layout { buffers, place, weights, phys })
+        Ok(Layout { buffers, window, place, bytes, weights, phys, memory: arena.memory })
     }
 
-    /// The kernel's full WGSL, the buffer bound at each storage binding and
-    /// each argument's element offset.
-    fn kernel_source(&self, step: &Step) -> (String, Vec<u32>, Vec<u32>) {
-        let mut buffers: Vec<u32> = vec![];
+    /// The kernel's full WGSL, its storage bindings and each argument's
+    /// element offset (relative to the start of its first binding).
+    fn kernel_source(&self, step: &Step) -> (String, Binds, Vec<u32>) {
+        // Distinct (buffer, window) pairs in order of first use; `None` is
+        // the whole buffer.
+        let mut bound: Vec<(u32, Option<u64>)> = vec![];
+        let mut binding_of = |key: (u32, Option<u64>)| {
+            let k = bound.iter().position(|&x| x == key).unwrap_or_else(|| {
+                bound.push(key);
+                bound.len() - 1
+            });
+            k as u32 + 1
+        };
         let mut args = vec![];
         let mut offsets = vec![];
         for (a, &s) in step.kernel.args.iter().zip(&step.slots) {
             let (buf, off) = self.place[s];
-            let binding = match buffers.iter().position(|&x| x == buf) {
-                Some(k) => k,
-                None => {
-                    buffers.push(buf);
-                    buffers.len() - 1
-                }
-            } as u32
-                + 1;
             let writable = self.buffers[buf as usize].kind == BufferKind::Arena as i32;
-            args.push(ArgBinding { name: a.name.clone(), phys: self.phys[s], binding, writable });
-            offsets.push((off / 4) as u32);
+            let (first, spanned, local) = match self.window[buf as usize] {
+                None => (None, 1, off),
+                Some(w) => {
+                    let end = off + self.bytes[s].max(1) - 1;
+                    (Some(off / w), end / w - off / w + 1, off % w)
+                }
+            };
+            let bindings: Vec<u32> = (0..spanned).map(|k| binding_of((buf, first.map(|f| f + k)))).collect();
+            let windows = (spanned > 1).then(|| codegen::Windows {
+                bindings: bindings.clone(),
+                shift: (self.window[buf as usize].unwrap_or(4) / 4).trailing_zeros(),
+            });
+            let phys = self.phys[s];
+            args.push(ArgBinding { name: a.name.clone(), phys, binding: bindings[0], writable, windows });
+            offsets.push((local / 4) as u32);
         }
-        let storage: Vec<StorageBinding> = buffers
+        let storage: Vec<StorageBinding> = bound
             .iter()
-            .map(|&buf| StorageBinding { read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32 })
+            .map(|&(buf, _)| StorageBinding { read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32 })
             .collect();
         let source = codegen::prelude(&args, &storage) + &step.kernel.body;
-        (source, buffers, offsets)
+        let windows = if bound.iter().any(|(_, w)| w.is_some()) {
+            bound.iter().map(|&(buf, w)| self.window_range(buf, w)).collect()
+        } else {
+            vec![]
+        };
+        (source, Binds { buffers: bound.iter().map(|&(buf, _)| buf).collect(), windows }, offsets)
+    }
+
+    /// The byte range that window `w` (or the whole buffer) of `buf` covers.
+    fn window_range(&self, buf: u32, w: Option<u64>) -> b::Window {
+        let size = self.buffers[buf as usize].size;
+        match (w, self.window[buf as usize]) {
+            (Some(k), Some(bytes)) => b::Window { offset: k * bytes, size: bytes.min(size - k * bytes) },
+            _ => b::Window { offset: 0, size },
+        }
     }
 
     fn io_tensor(&self, g: &Graph, value_slot: &HashMap<ValueId, usize>, v: ValueId) -> b::IoTensor {
@@ -454,6 +525,79 @@ fn fixed_input(g: &Graph, v: ValueId) -> b::FixedInput {
         shape: t.shape.iter().map(|&d| d as u64).collect(),
         value: t.to_raw(),
     }
+}
+
+/// The window size for buffers larger than one binding: the largest power
+/// of two that one binding may cover.
+fn window_bytes(limits: &Limits) -> Result<u64> {
+    let w = 1u64 << (63 - limits.max_binding_bytes.max(1).leading_zeros());
+    if w < b::WINDOW_ALIGN {
+        return Err(Error::Other(format!(
+            "a binding of at most {} bytes cannot hold a {}-byte window",
+            limits.max_binding_bytes,
+            b::WINDOW_ALIGN
+        )));
+    }
+    Ok(w)
+}
+
+/// Plans the arena over the step list with the best strategy. When the
+/// arena outgrows one binding it is planned again with windows, so that
+/// tensors that fit one window stay inside one.
+fn plan_arena(bld: &Builder, arena_slots: &[usize], limits: &Limits) -> Result<ArenaPlan> {
+    let tensors = arena_lifetimes(bld, arena_slots);
+    let in_place = in_place_pairs(bld, arena_slots);
+    let big_align = Some((ARENA_BIG_BYTES, ARENA_BIG_ALIGN));
+    let mut problem = plan::Problem { tensors, in_place, align: ARENA_ALIGN, big_align, window: None };
+    let mut planned = plan::plan(&problem, plan::Strategy::Best);
+    if planned.total > limits.max_binding_bytes {
+        problem.window = Some(window_bytes(limits)?);
+        planned = plan::plan(&problem, plan::Strategy::Best);
+    }
+    debug_assert_eq!(plan::check(&problem, &planned), Ok(()));
+    let size = planned.total.next_multiple_of(4).max(4);
+    let lower_bound_bytes = plan::problem_lower_bound(&problem);
+    if size > limits.max_buffer_bytes {
+        return Err(Error::Other(format!(
+            "the activations need an arena of {size} bytes ({lower_bound_bytes} live at once), more than one buffer may hold ({})",
+            limits.max_buffer_bytes
+        )));
+    }
+    let memory = b::MemoryStats {
+        lower_bound_bytes,
+        naive_bytes: plan::naive_bytes(&problem.tensors),
+        strategy: planned.strategy.name().to_string(),
+        in_place: planned.in_place.len() as u32,
+        tensors: problem.tensors.len() as u32,
+    };
+    Ok(ArenaPlan { offsets: planned.offsets, size, window: problem.window, memory })
+}
+
+/// Pairs (input, output), as indices into `arena_slots`, of a step whose
+/// kernel touches both only pointwise: the output may be written over the
+/// input if the input dies there (the planner checks lifetimes and sizes).
+fn in_place_pairs(bld: &Builder, arena_slots: &[usize]) -> Vec<(usize, usize)> {
+    let index: HashMap<usize, usize> = arena_slots.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    let mut pairs = vec![];
+    for step in &bld.steps {
+        let args = step.kernel.args.iter().zip(&step.slots);
+        // A tensor qualifies only if every argument naming it is pointwise.
+        let pointwise = |slot: usize| args.clone().all(|(a, &s)| s != slot || a.pointwise);
+        for (out, &o) in args.clone().filter(|(a, _)| matches!(a.tensor, TensorRef::Output(_))) {
+            for (inp, &i) in args.clone().filter(|(a, _)| matches!(a.tensor, TensorRef::Input(_))) {
+                if out.pointwise
+                    && inp.pointwise
+                    && i != o
+                    && pointwise(i)
+                    && pointwise(o)
+                    && let (Some(&a), Some(&b)) = (index.get(&i), index.get(&o))
+                {
+                    pairs.push((a, b));
+                }
+            }
+        }
+    }
+    pairs
 }
 
 /// First and last step touching each arena slot; graph inputs live from

@@ -143,16 +143,27 @@ pub struct KernelArg {
     /// final value, and never reads it back: the compiler may then replace
     /// the store `st_<name>(i, v)` by a fused consumer's computation.
     pub stored_once: bool,
+    /// The kernel touches this tensor only at the element its thread owns:
+    /// the thread of element `i` reads element `i` (before writing any
+    /// output) or writes element `i`, and nothing else. An output and an
+    /// input that are both pointwise may share memory (in-place reuse).
+    pub pointwise: bool,
 }
 
 impl KernelArg {
     pub fn new(name: &str, tensor: TensorRef) -> KernelArg {
-        KernelArg { name: name.to_string(), tensor, stored_once: false }
+        KernelArg { name: name.to_string(), tensor, stored_once: false, pointwise: false }
     }
 
     /// Declares the output written once per element (see `stored_once`).
     pub fn stored_once(mut self) -> KernelArg {
         self.stored_once = true;
+        self
+    }
+
+    /// Marks the argument as touched only at its thread's own element.
+    pub fn pointwise(mut self) -> KernelArg {
+        self.pointwise = true;
         self
     }
 }

@@ -24,6 +24,9 @@ pub const FILE_HEADER_LEN: usize = 24;
 /// Each dispatch's parameter block starts at a multiple of this (the
 /// WebGPU default `min_uniform_buffer_offset_alignment`).
 pub const PARAMS_ALIGN: u32 = 256;
+/// Window offsets are multiples of this (WebGPU's default
+/// `min_storage_buffer_offset_alignment`).
+pub const WINDOW_ALIGN: u64 = 256;
 
 /// The whole program: tensors at the boundary, buffers, kernels and the
 /// ordered dispatch list.
@@ -54,6 +57,31 @@ pub struct Bundle {
     /// place on the GPU; a caller may pass them, and must pass these values.
     #[prost(message, repeated, tag = "20")]
     pub fixed_inputs: Vec<FixedInput>,
+    /// What the memory planner achieved, for `drift inspect`; the runtime
+    /// ignores it.
+    #[prost(message, optional, tag = "30")]
+    pub memory: Option<MemoryStats>,
+}
+
+/// The memory plan's figures (all in bytes) next to the arena it produced.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemoryStats {
+    /// The most bytes of arena tensors live at once over the dispatch list:
+    /// no plan can be smaller.
+    #[prost(uint64, tag = "1")]
+    pub lower_bound_bytes: u64,
+    /// Bytes if every arena tensor had memory of its own.
+    #[prost(uint64, tag = "2")]
+    pub naive_bytes: u64,
+    /// The strategy whose plan was taken.
+    #[prost(string, tag = "3")]
+    pub strategy: String,
+    /// Tensors written over an input in place.
+    #[prost(uint32, tag = "4")]
+    pub in_place: u32,
+    /// Arena tensors planned (views share their input's).
+    #[prost(uint32, tag = "5")]
+    pub tensors: u32,
 }
 
 /// A graph input fixed at compile time (`drift compile --const-input`),
@@ -203,4 +231,20 @@ pub struct Dispatch {
     /// The graph node(s) this dispatch computes, for profiles and errors.
     #[prost(string, tag = "5")]
     pub label: String,
+    /// Empty: each storage binding binds its whole buffer. Otherwise one
+    /// range per storage binding: buffers larger than one binding are bound
+    /// in windows (one buffer may appear at several bindings).
+    #[prost(message, repeated, tag = "30")]
+    pub windows: Vec<Window>,
+}
+
+/// The byte range of a buffer that one binding covers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Window {
+    /// A multiple of WINDOW_ALIGN.
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    /// Positive, a multiple of 4.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
 }

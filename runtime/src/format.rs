@@ -14,7 +14,7 @@ use prost::Message;
 
 use crate::bundle::{
     BindingKind, BufferKind, Bundle, Dispatch, Extent, FILE_HEADER_LEN, FORMAT_VERSION, IoTensor, Kernel, MAGIC,
-    PARAMS_ALIGN, PhysType, WEIGHTS_ALIGN,
+    PARAMS_ALIGN, PhysType, WEIGHTS_ALIGN, WINDOW_ALIGN,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result, bundle_err, fmt_shape};
@@ -311,6 +311,7 @@ fn validate_dispatch(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<(
             return Err(bundle_err(f, format!("= {buffer} is bound both read-only and read-write")));
         }
     }
+    validate_windows(bundle, i, dispatch)?;
     if !dispatch.params_offset.is_multiple_of(PARAMS_ALIGN) {
         return Err(bundle_err(
             field("params_offset"),
@@ -335,6 +336,30 @@ fn validate_dispatch(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<(
             field("workgroups"),
             format!("= {} is not three counts in 1..={MAX_WORKGROUPS_PER_DIM}", fmt_shape(wg)),
         ));
+    }
+    Ok(())
+}
+
+/// Windows, when present: one per storage binding, aligned, inside the buffer.
+fn validate_windows(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<()> {
+    if dispatch.windows.is_empty() {
+        return Ok(());
+    }
+    if dispatch.windows.len() != dispatch.buffers.len() {
+        return Err(bundle_err(
+            format!("dispatches[{i}].windows"),
+            format!("has {} entries for {} storage bindings", dispatch.windows.len(), dispatch.buffers.len()),
+        ));
+    }
+    for (j, (w, &buffer)) in dispatch.windows.iter().zip(&dispatch.buffers).enumerate() {
+        let size = bundle.buffers[buffer as usize].size;
+        let fits = w.size > 0 && w.size.is_multiple_of(4) && w.offset.saturating_add(w.size) <= size;
+        if !fits || !w.offset.is_multiple_of(WINDOW_ALIGN) {
+            return Err(bundle_err(
+                format!("dispatches[{i}].windows[{j}]"),
+                format!("= {}+{} is empty, unaligned or runs past buffers[{buffer}] ({size} bytes)", w.offset, w.size),
+            ));
+        }
     }
     Ok(())
 }

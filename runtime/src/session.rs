@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, mpsc};
 
-use crate::bundle::{BindingKind, Buffer, BufferKind, Bundle, Dispatch, IoTensor, Kernel, PARAMS_ALIGN};
+use crate::bundle::{BindingKind, Buffer, BufferKind, Bundle, Dispatch, IoTensor, Kernel, PARAMS_ALIGN, WINDOW_ALIGN};
 use crate::error::{Error, Result, fmt_shape};
 use crate::format::{binding_kinds, io_size};
 use crate::gpu::{Gpu, ShaderPath, take_error};
@@ -355,12 +355,13 @@ fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
     if align == 0 || !PARAMS_ALIGN.is_multiple_of(align) {
         return unsupported(format!("its uniform offset alignment {align} does not divide {}", PARAMS_ALIGN));
     }
-    let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
     for (i, b) in bundle.buffers.iter().enumerate() {
-        if b.size > max_buffer {
-            return unsupported(format!("buffers[{i}] has {} bytes, the GPU binds at most {max_buffer}", b.size));
+        if b.size > limits.max_buffer_size {
+            let max = limits.max_buffer_size;
+            return unsupported(format!("buffers[{i}] has {} bytes, the GPU allows at most {max}", b.size));
         }
     }
+    check_binding_limits(&limits, bundle)?;
     for (i, k) in bundle.kernels.iter().enumerate() {
         check_kernel_limits(&limits, i, k)?;
     }
@@ -372,6 +373,27 @@ fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
             "dispatches[{i}] launches {} workgroups, the GPU allows {max_groups} per dimension",
             fmt_shape(&d.workgroups)
         ));
+    }
+    Ok(())
+}
+
+/// Every storage binding (a whole buffer or a window) against the largest
+/// binding and the window alignment the GPU allows.
+fn check_binding_limits(limits: &wgpu::Limits, bundle: &Bundle) -> Result<()> {
+    let align = u64::from(limits.min_storage_buffer_offset_alignment);
+    if bundle.dispatches.iter().any(|d| !d.windows.is_empty()) && (align == 0 || !WINDOW_ALIGN.is_multiple_of(align)) {
+        return Err(Error::Unsupported(format!("its storage offset alignment {align} does not divide {WINDOW_ALIGN}")));
+    }
+    let max = limits.max_storage_buffer_binding_size;
+    for (i, d) in bundle.dispatches.iter().enumerate() {
+        for (j, &b) in d.buffers.iter().enumerate() {
+            let size = d.windows.get(j).map_or(bundle.buffers[b as usize].size, |w| w.size);
+            if size > max {
+                return Err(Error::Unsupported(format!(
+                    "dispatches[{i}] binds {size} bytes of buffers[{b}] at once, the GPU binds at most {max}"
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -591,7 +613,15 @@ fn create_bind_group(
     let mut entries =
         vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(params_binding) }];
     for (j, &b) in dispatch.buffers.iter().enumerate() {
-        entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: buffers[b as usize].as_entire_binding() });
+        let resource = match dispatch.windows.get(j) {
+            Some(w) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &buffers[b as usize],
+                offset: w.offset,
+                size: wgpu::BufferSize::new(w.size),
+            }),
+            None => buffers[b as usize].as_entire_binding(),
+        };
+        entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource });
     }
     device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(&dispatch.label),

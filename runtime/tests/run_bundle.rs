@@ -103,6 +103,7 @@ fn dispatch(kernel: u32, buffers: Vec<u32>, block: u32, n: u32, label: &str) -> 
         params_offset: block * PARAMS_ALIGN,
         workgroups: vec![n.div_ceil(64), 1, 1],
         label: label.into(),
+        windows: vec![],
     }
 }
 
@@ -168,6 +169,7 @@ fn test_bundle() -> (Bundle, Vec<u8>) {
             shape: vec![2],
             value: [0i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect(),
         }],
+        memory: None,
     };
     (bundle, weights)
 }

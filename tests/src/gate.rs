@@ -8,14 +8,9 @@
 //! regenerates docs/conformance.md. Fixtures must all pass.
 
 use crate::suite::{self, Result as CaseResult};
-use crate::{Case, Outcome};
-use drift_runtime::{Gpu, HostTensor};
+use crate::Outcome;
+use drift_runtime::Gpu;
 use std::collections::BTreeSet;
-use std::path::Path;
-
-/// Tolerance against onnxruntime's float32 outputs for the fixtures.
-const FIXTURE_RTOL: f64 = 1e-3;
-const FIXTURE_ATOL: f64 = 1e-5;
 
 /// Runs `suites` and the fixtures, compiled with or without the optimizer;
 /// exits non-zero on a regression. `bless` rewrites the pass lists and the
@@ -107,7 +102,7 @@ fn run_fixtures(gpu: &Gpu) -> Vec<CaseResult> {
             continue;
         }
         let name = case_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let (outcome, fixed_inputs) = match load_fixture(&case_dir, &name) {
+        let (outcome, fixed_inputs) = match crate::load_fixture(&case_dir) {
             Ok(case) => suite::guarded_run(gpu, &case),
             Err(e) => (Outcome::Data(e), vec![]),
         };
@@ -117,32 +112,4 @@ fn run_fixtures(gpu: &Gpu) -> Vec<CaseResult> {
         fail("no fixtures found under fixtures/");
     }
     results
-}
-
-fn load_fixture(dir: &Path, name: &str) -> Result<Case, String> {
-    Ok(Case {
-        name: name.to_string(),
-        dir: dir.to_path_buf(),
-        model: dir.join("model.onnx"),
-        inputs: read_npy_dir(&dir.join("inputs"))?,
-        expected: read_npy_dir(&dir.join("outputs"))?,
-        rtol: FIXTURE_RTOL,
-        atol: FIXTURE_ATOL,
-    })
-}
-
-fn read_npy_dir(dir: &Path) -> Result<Vec<(String, HostTensor)>, String> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "npy"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| {
-            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            drift_compiler::npy::read(p).map(|t| (name, t))
-        })
-        .collect()
 }

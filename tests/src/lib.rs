@@ -3,6 +3,7 @@
 //! compare with the expected outputs the way numpy's `isclose` does.
 
 pub mod gate;
+pub mod memory;
 pub mod suite;
 
 use drift_compiler::Options;
@@ -94,20 +95,46 @@ fn read_pb_set(dir: &Path, prefix: &str) -> Result<Vec<(String, HostTensor)>, St
     Ok(out)
 }
 
+/// Tolerance against onnxruntime's float32 outputs for the fixtures.
+pub const FIXTURE_RTOL: f64 = 1e-3;
+pub const FIXTURE_ATOL: f64 = 1e-5;
+
+/// Reads a fixture folder: `model.onnx`, `inputs/*.npy` and the outputs
+/// onnxruntime computed, `outputs/*.npy`.
+pub fn load_fixture(dir: &Path) -> Result<Case, String> {
+    Ok(Case {
+        name: dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        dir: dir.to_path_buf(),
+        model: dir.join("model.onnx"),
+        inputs: read_npy_dir(&dir.join("inputs"))?,
+        expected: read_npy_dir(&dir.join("outputs"))?,
+        rtol: FIXTURE_RTOL,
+        atol: FIXTURE_ATOL,
+    })
+}
+
+fn read_npy_dir(dir: &Path) -> Result<Vec<(String, HostTensor)>, String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            drift_compiler::npy::read(p).map(|t| (name, t))
+        })
+        .collect()
+}
+
 /// An ops tensor as the runtime's host tensor.
 pub fn to_host(t: &drift_ops::Tensor) -> Result<HostTensor, String> {
     let dtype = DType::from_onnx(t.dtype.onnx()).ok_or_else(|| format!("dtype {} unsupported", t.dtype))?;
     HostTensor::new(dtype, t.shape.clone(), t.to_raw()).map_err(|e| e.to_string())
 }
 
-/// Compiles a case for the shapes of its inputs, runs it and compares.
-///
-/// When the compiler needs the value of a shape-deciding operand that comes
-/// from graph inputs (Reshape's shape, Reduce's axes, Resize's scales, ...),
-/// those inputs are fixed at compile time to the test's values, as a user
-/// does with `drift compile --const-input`; the test still passes them at
-/// run time and the runtime checks that they match. Returns the outcome and
-/// the names of the inputs fixed that way.
 /// Whether cases compile with the graph optimizer (the default) or without
 /// it (`drift compile --no-opt`); the conformance gate runs both.
 static OPTIMIZE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
@@ -118,7 +145,21 @@ pub fn set_optimize(on: bool) {
     OPTIMIZE.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Compiles a case for the shapes of its inputs, runs it and compares.
+///
+/// When the compiler needs the value of a shape-deciding operand that comes
+/// from graph inputs (Reshape's shape, Reduce's axes, Resize's scales, ...),
+/// those inputs are fixed at compile time to the test's values, as a user
+/// does with `drift compile --const-input`; the test still passes them at
+/// run time and the runtime checks that they match. Returns the outcome and
+/// the names of the inputs fixed that way.
 pub fn run_case(gpu: &Gpu, case: &Case) -> (Outcome, Vec<String>) {
+    run_case_with(gpu, case, &Options::default())
+}
+
+/// [`run_case`] from `base` options (e.g. smaller [`drift_compiler::Limits`]);
+/// the case's input shapes are added to them.
+pub fn run_case_with(gpu: &Gpu, case: &Case, base: &Options) -> (Outcome, Vec<String>) {
     let graph = match drift_compiler::import::import_file(&case.model) {
         Ok(g) => g,
         Err(e) => return (Outcome::Compile(e.to_string()), vec![]),
@@ -131,7 +172,7 @@ pub fn run_case(gpu: &Gpu, case: &Case) -> (Outcome, Vec<String>) {
         .enumerate()
         .map(|(k, (n, t))| (if n.is_empty() { graph_inputs.get(k).map_or("", |s| s.as_str()) } else { n.as_str() }, t))
         .collect();
-    let mut opts = Options { no_opt: !OPTIMIZE.load(std::sync::atomic::Ordering::Relaxed), ..Options::default() };
+    let mut opts = Options { no_opt: !OPTIMIZE.load(std::sync::atomic::Ordering::Relaxed), ..base.clone() };
     for (name, t) in &named {
         opts.input_shapes.insert(name.to_string(), t.shape.clone());
     }

@@ -257,6 +257,8 @@ fn padded_load(mut k: Kernel, p: &Prologue, source: &TypeInfo) -> Kernel {
     for a in k.args.iter_mut().filter(|a| a.tensor == TensorRef::Input(p.input)) {
         let unpadded = format!("{}_unpadded", a.name);
         let name = std::mem::replace(&mut a.name, unpadded);
+        // The padded index is not the thread's own element of the source.
+        a.pointwise = false;
         let mut f = format!("fn ld_{name}(j: u32) -> {t} {{\n{}", unravel("pj", "j", shape));
         let mut conds = vec![];
         let mut idx = vec![];

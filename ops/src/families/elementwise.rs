@@ -712,13 +712,29 @@ impl Op for Elementwise {
         }
         let expr = self.wgsl_fold(&operands, cx.input(self.data_operand())?.dtype)?;
         body += &format!("    st_y(i, {expr});\n");
-        let mut args: Vec<KernelArg> =
-            names.iter().enumerate().map(|(k, nm)| KernelArg::new(nm, TensorRef::Input(k))).collect();
-        args.push(KernelArg::new("y", TensorRef::Output(0)).stored_once());
+        // Operands of the output's own shape are read at `i` only: they may
+        // share memory with the output (in-place).
+        let mut args: Vec<KernelArg> = names
+            .iter()
+            .enumerate()
+            .map(|(k, nm)| {
+                let arg = KernelArg::new(nm, TensorRef::Input(k));
+                if shapes[k] == out.shape { arg.pointwise() } else { arg }
+            })
+            .collect();
+        args.push(KernelArg::new("y", TensorRef::Output(0)).pointwise().stored_once());
         let name = format!("{:?}", self.func).to_lowercase();
         let name = name.split([' ', '(', '{']).next().unwrap_or("eltwise").to_string();
         Ok(Lowering::one(kernel_1d(&name, args, out.numel(), HELPERS, &body)))
     }
+}
+
+/// `x` → `y`, each element read and written by its own thread only.
+fn pointwise_xy() -> Vec<KernelArg> {
+    vec![
+        KernelArg::new("x", TensorRef::Input(0)).pointwise(),
+        KernelArg::new("y", TensorRef::Output(0)).pointwise().stored_once(),
+    ]
 }
 
 impl Elementwise {
@@ -821,8 +837,7 @@ impl Op for Cast {
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let from = cx.input(0)?.dtype;
         let (expr, helpers) = cast_expr("ld_x(i)", from, self.to, self.mode);
-        let args =
-            vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
+        let args = pointwise_xy();
         Ok(Lowering::one(kernel_1d("cast", args, cx.output(0).numel(), &helpers, &format!("    st_y(i, {expr});"))))
     }
 }
@@ -1075,7 +1090,7 @@ impl Op for BitCast {
         if !helpers.contains(&more) {
             helpers += &more;
         }
-        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+        let args = pointwise_xy();
         Ok(Lowering::one(kernel_1d("bitcast", args, cx.output(0).numel(), &helpers, &format!("    st_y(i, {y});"))))
     }
 }
