@@ -7,8 +7,8 @@
 //! extended with `DRIFT_BLESS=1` (on the optimizer-on gate), which also
 //! regenerates docs/conformance.md. Fixtures must all pass.
 
-use crate::suite::{self, Result as CaseResult};
 use crate::Outcome;
+use crate::suite::{self, Result as CaseResult};
 use drift_runtime::Gpu;
 use std::collections::BTreeSet;
 
