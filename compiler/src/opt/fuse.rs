@@ -19,8 +19,9 @@
 //!   all of them alike;
 //! - every value inside the group except the last is used only inside it;
 //! - no member reads a value computed from the group outside it (no cycle),
-//!   so the fused node can run at the last member's position, where every
-//!   operand is ready.
+//!   so the fused node can run as soon as the producer's inputs and the
+//!   members' other operands are ready (right after the last of their
+//!   producers), at the latest where the last member ran.
 
 use super::rewrite::{Ctx, Pass, Patch, Ref, Rule};
 use crate::ir::{NodeId, ValueId};
@@ -285,8 +286,15 @@ fn splice(mut k: Kernel, store_fn: &dyn Fn(&str) -> String, extra: &[KernelArg])
     if !k.args[pos].stored_once {
         drift_ops::bail!("kernel '{}' does not store its output once", k.name);
     }
-    let name = k.args.remove(pos).name;
-    k.args.extend(extra.iter().cloned());
+    let y = k.args.remove(pos);
+    let name = y.name;
+    // The fused store touches only element `i` of its output and of the
+    // operands it reads at `i`; that keeps them pointwise (in-place reuse)
+    // only if the producer's own store was.
+    k.args.extend(extra.iter().cloned().map(|mut a| {
+        a.pointwise &= y.pointwise;
+        a
+    }));
     k.body = merge_helpers(&k.body, &store_fn(&name)) + &k.body;
     k.name = format!("{}_fused", k.name);
     Ok(k)
@@ -353,7 +361,10 @@ impl FusedOp {
         let n_ext = cx.inputs.len() - self.producer_inputs;
         let mut args: Vec<KernelArg> =
             (0..n_ext).map(|n| KernelArg::new(&format!("fz{n}"), TensorRef::Input(self.producer_inputs + n))).collect();
-        args.push(KernelArg::new("fzy", TensorRef::Output(0)).stored_once());
+        let mut fzy = KernelArg::new("fzy", TensorRef::Output(0)).stored_once();
+        // Element `i` of the output (unless padded); operands read only at `i`.
+        fzy.pointwise = self.pad.is_none();
+        let mut at_own = vec![true; n_ext];
         let mut helpers = String::new();
         let mut stmts = unravel("fc", "i", &shape);
         for (j, m) in self.members.iter().enumerate() {
@@ -374,6 +385,7 @@ impl FusedOp {
                         let own = &m.operand_types[k].as_ref().expect("typed").shape;
                         let s = pw.operand_shapes.get(k).unwrap_or(own);
                         let idx = if *s == shape { "i".to_string() } else { broadcast_index("fc", &shape, s) };
+                        at_own[*n] &= idx == "i";
                         format!("ld_fz{n}({idx})")
                     }
                 };
@@ -389,6 +401,10 @@ impl FusedOp {
             Some(pad) => padded_store(&shape, pad, &last),
             None => format!("    st_fzy(i, {last});\n"),
         };
+        for (a, own) in args.iter_mut().zip(&at_own) {
+            a.pointwise = *own;
+        }
+        args.push(fzy);
         let store = move |name: &str| format!("{helpers}fn st_{name}(i: u32, v: {t}) {{\n{stmts}}}\n");
         Ok((Box::new(store), args))
     }
@@ -509,15 +525,29 @@ fn zero_pad(cx: &Ctx, pad: NodeId) -> Option<PadStore> {
     Some(PadStore { begin: pads[..rank].iter().map(|&p| p as usize).collect(), out })
 }
 
+/// Most a padded layout may add to a tensor's size for fusion to store
+/// into it. Past that (small images: 7x7 padded to 9x9 is 65% more) the
+/// extra memory costs more than it saves, and the consumer reads the
+/// unpadded tensor through bounds-checked loads instead.
+const MAX_PAD_GROWTH: f64 = 1.2;
+
+/// Whether storing into `pad`'s layout is worth its memory.
+fn worth_storing_padded(cx: &Ctx, pad: NodeId, layout: &PadStore) -> bool {
+    let src = cx.input(pad, 0).map_or(0, |v| cx.ty(v).numel());
+    layout.out.numel() as f64 <= MAX_PAD_GROWTH * src as f64
+}
+
 /// A zero Pad that is the only use of `v`, which fusion can store into.
 fn terminal_pad(cx: &Ctx, v: ValueId) -> Option<(NodeId, PadStore)> {
     let [pad] = cx.consumers(v) else { return None };
     (!cx.is_output(v) && cx.input(*pad, 0) == Some(v)).then_some(())?;
-    Some((*pad, zero_pad(cx, *pad)?))
+    let layout = zero_pad(cx, *pad)?;
+    worth_storing_padded(cx, *pad, &layout).then_some((*pad, layout))
 }
 
-/// Inputs of `p` that are zero Pads of graph inputs (no kernel can store
-/// those padded): `p` reads them through a bounds-checked load instead.
+/// Inputs of `p` that are zero Pads no kernel stores padded (of graph
+/// inputs, or not worth the memory): `p` reads them through a
+/// bounds-checked load instead.
 fn prologue_pads(cx: &Ctx, p: NodeId) -> Vec<Prologue> {
     let n = cx.node(p);
     (0..n.inputs.len())
@@ -526,10 +556,12 @@ fn prologue_pads(cx: &Ctx, p: NodeId) -> Vec<Prologue> {
             let pad = cx.produced_by(v, "Pad")?;
             let src = cx.input(pad, 0)?;
             let once = n.inputs.iter().filter(|&&i| i == Some(v)).count() == 1;
-            if !cx.only_used_by(v, p) || !once || cx.producer(src).is_some() || cx.constant(src).is_some() {
+            if !cx.only_used_by(v, p) || !once || cx.constant(src).is_some() {
                 return None;
             }
-            Some(Prologue { input: k, pad: zero_pad(cx, pad)?, source: src })
+            let layout = zero_pad(cx, pad)?;
+            let stored = cx.producer(src).is_some() && worth_storing_padded(cx, pad, &layout);
+            (!stored).then_some(Prologue { input: k, pad: layout, source: src })
         })
         .collect()
 }
@@ -654,7 +686,11 @@ fn build_patch(
     let name = fused.describe();
     let mut patch = Patch::new();
     let out = patch.built(&name, Box::new(fused), inputs);
-    Some(patch.replace(cx.output(last, 0)?, out).at(last))
+    // As early as every operand allows: right after the producer, or after
+    // the last node computing an operand of a member. Running it there keeps
+    // the producer's inputs from living longer than before.
+    let ready = externals.iter().filter_map(|&v| cx.producer(v));
+    Some(patch.replace(cx.output(last, 0)?, out).after_all(std::iter::once(p).chain(ready)))
 }
 
 /// A fresh copy of node `id`'s op (ops are not `Clone`), rebuilt from its

@@ -42,6 +42,11 @@ fn conv_padded_input(cx: &Ctx, id: NodeId) -> Option<Patch> {
     if auto != "NOTSET" || r == 0 || !cx.ty(x).dtype.is_float() || ys.len() != xs.len() || n.opset < 2 {
         return None;
     }
+    // A Conv feeding a Concat runs while the concatenated features are all
+    // live (DenseNet): a padded copy of its input would add to the peak.
+    if cx.consumers(y).iter().any(|&c| cx.node(c).op_type == "Concat") {
+        return None;
+    }
     let pads = ints(cx, id, "pads", 2 * r, 0)?;
     let strides = ints(cx, id, "strides", r, 1)?;
     let dil = ints(cx, id, "dilations", r, 1)?;

@@ -56,9 +56,9 @@ pub struct Patch {
     pub consts: Vec<Tensor>,
     /// Every use of the old value becomes a use of the new one.
     pub replace: Vec<(ValueId, Ref)>,
-    /// The node after which the new nodes are placed in the order (default:
-    /// the root); they must be computable there.
-    pub anchor: Option<NodeId>,
+    /// The new nodes are placed right after the last of these nodes in the
+    /// order (default: the root); they must be computable there.
+    pub anchors: Vec<NodeId>,
 }
 
 impl Patch {
@@ -89,7 +89,13 @@ impl Patch {
     }
 
     pub fn at(mut self, anchor: NodeId) -> Patch {
-        self.anchor = Some(anchor);
+        self.anchors.push(anchor);
+        self
+    }
+
+    /// Places the new nodes after the last of `anchors` (see `anchors`).
+    pub fn after_all(mut self, anchors: impl IntoIterator<Item = NodeId>) -> Patch {
+        self.anchors.extend(anchors);
         self
     }
 }
@@ -405,8 +411,12 @@ pub fn apply(g: &mut Graph, order: &mut Vec<NodeId>, root: NodeId, patch: Patch)
             }
         }
     }
-    let anchor = patch.anchor.unwrap_or(root);
-    let at = order.iter().position(|&id| id == anchor).map_or(order.len(), |p| p + 1);
+    let anchors = if patch.anchors.is_empty() { vec![root] } else { patch.anchors };
+    let at = anchors
+        .iter()
+        .map(|a| order.iter().position(|id| id == a).map_or(order.len(), |p| p + 1))
+        .max()
+        .unwrap_or(order.len());
     order.splice(at..at, first_new_node..g.nodes.len());
     remove_unused(g, order);
     Ok(true)
