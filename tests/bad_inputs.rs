@@ -301,6 +301,75 @@ fn mlp_compiles_runs_and_matches_the_reference() {
     );
 }
 
+/// Untrusted (the default) runs WGSL; --trusted takes the passthrough path
+/// where the GPU has one (lavapipe: Vulkan SPIR-V).
+#[test]
+fn run_is_untrusted_unless_told_otherwise() {
+    let dir = TempDir::new("trust");
+    let bundle = compile_ok(&fixture("mlp/model.onnx"), &dir, "mlp.drift");
+    let input = format!("x={}", fixture("mlp/inputs/x.npy").display());
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&OsStr> = vec!["run".as_ref(), bundle.as_os_str(), "--input".as_ref(), OsStr::new(&input)];
+        args.extend(extra.iter().map(OsStr::new));
+        drift(args)
+    };
+    let out = run(&[]);
+    let text = assert_succeeds(&out);
+    assert!(text.contains("shaders: wgsl"), "{text}");
+    let trusted = assert_succeeds(&run(&["--trusted"]));
+    if stderr(&out).contains("untrusted bundle") {
+        // The GPU has a passthrough path, and only --trusted takes it.
+        assert!(trusted.contains("passthrough"), "{trusted}");
+    }
+}
+
+#[test]
+fn f16_weights_compile_run_and_stay_close() {
+    let dir = TempDir::new("f16");
+    let model = fixture("mlp/model.onnx");
+    let f32 = compile_ok(&model, &dir, "f32.drift");
+    let out = drift([
+        "compile".as_ref(),
+        model.as_os_str(),
+        "-o".as_ref(),
+        dir.path("f16.drift").as_os_str(),
+        "--weights".as_ref(),
+        "f16".as_ref(),
+    ]);
+    assert_succeeds(&out);
+    let (a, b) =
+        (std::fs::metadata(&f32).expect("f32").len(), std::fs::metadata(dir.path("f16.drift")).expect("f16").len());
+    assert!(b < a, "f16 bundle {b} bytes, f32 {a}");
+    let out_dir = dir.path("out");
+    let input = format!("x={}", fixture("mlp/inputs/x.npy").display());
+    let f16 = dir.path("f16.drift");
+    assert_succeeds(&drift([
+        "run".as_ref(),
+        f16.as_os_str(),
+        "--input".as_ref(),
+        OsStr::new(&input),
+        "--output-dir".as_ref(),
+        out_dir.as_os_str(),
+    ]));
+    let got = drift_compiler::npy::read(&out_dir.join("y.npy")).expect("y.npy").to_f64_vec();
+    let want = drift_compiler::npy::read(&fixture("mlp/outputs/y.npy")).expect("reference").to_f64_vec();
+    // 8 f16 unit roundoffs of the output scale, as tests/f16_weights.rs explains.
+    let scale = want.iter().fold(0f64, |m, w| m.max(w.abs()));
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 8.0 / 2048.0 * scale, "y[{i}] = {g}, reference {w}");
+    }
+    let bad = drift([
+        "compile".as_ref(),
+        model.as_os_str(),
+        "-o".as_ref(),
+        dir.path("x.drift").as_os_str(),
+        "--weights".as_ref(),
+        "f8".as_ref(),
+    ]);
+    let err = stderr(&bad);
+    assert!(!bad.status.success() && err.contains("'f8' is not a weight format"), "{err}");
+}
+
 // ------------------------------------------------------- unreadable models
 
 #[test]
@@ -410,6 +479,176 @@ fn a_cycle_names_a_node_on_it() {
     let model = dir.write("cycle.onnx", &bytes);
     let err = assert_fails(&compile(&model, &dir, &[]), &["cycle"]);
     assert!(err.contains("'ping'") || err.contains("'pong'"), "the cycle error names neither node: {err}");
+}
+
+#[test]
+fn a_node_feeding_itself_is_a_cycle() {
+    let dir = TempDir::new("self-cycle");
+    let bytes = model_bytes(
+        vec![node("ouroboros", "Relu", &["tail"], &["tail"]), node("sum", "Add", &["x", "tail"], &["y"])],
+        vec![value_info("x", FLOAT, &[D::N(4)])],
+        vec![output("y")],
+        vec![],
+    );
+    let model = dir.write("self.onnx", &bytes);
+    assert_fails(&compile(&model, &dir, &[]), &["'ouroboros'", "cycle"]);
+}
+
+#[test]
+fn duplicate_names_are_rejected() {
+    let dir = TempDir::new("duplicates");
+    let x = || value_info("x", FLOAT, &[D::N(4)]);
+    let w = |v: f32| {
+        let mut t = tensor("w", FLOAT, &[4]);
+        t.float_data = vec![v; 4];
+        t
+    };
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "inputs",
+            model_bytes(vec![node("adder", "Add", &["x", "x"], &["y"])], vec![x(), x()], vec![output("y")], vec![]),
+            &["tensor 'x'", "declared twice as a graph input"],
+        ),
+        (
+            "initializers",
+            model_bytes(
+                vec![node("adder", "Add", &["x", "w"], &["y"])],
+                vec![x()],
+                vec![output("y")],
+                vec![w(1.0), w(2.0)],
+            ),
+            &["tensor 'w'", "defined twice as an initializer"],
+        ),
+        (
+            "outputs",
+            model_bytes(vec![node("act", "Relu", &["x"], &["y"])], vec![x()], vec![output("y"), output("y")], vec![]),
+            &["tensor 'y'", "listed twice as a graph output"],
+        ),
+        (
+            "overwritten-initializer",
+            model_bytes(
+                vec![node("act", "Relu", &["x"], &["w"]), node("adder", "Add", &["x", "w"], &["y"])],
+                vec![x()],
+                vec![output("y")],
+                vec![w(1.0)],
+            ),
+            &["tensor 'w'", "an initializer and also the output of node 'act'"],
+        ),
+        (
+            "overwritten-input",
+            model_bytes(vec![node("act", "Relu", &["x"], &["x"])], vec![x()], vec![output("x")], vec![]),
+            &["tensor 'x'", "a graph input and also the output of node 'act'"],
+        ),
+    ];
+    for (name, bytes, needles) in cases {
+        let model = dir.write(&format!("{name}.onnx"), &bytes);
+        assert_fails(&compile(&model, &dir, &[]), needles);
+    }
+}
+
+/// 10^12 elements fit a u64 but no GPU tensor (at most 2^32 - 1 elements):
+/// declared, as an initializer without data, and computed by Expand and
+/// ConstantOfShape. Each is refused before anything is allocated.
+#[test]
+fn tera_element_tensors_fail_without_allocating() {
+    let dir = TempDir::new("tera");
+    let tera = [D::N(1_000_000), D::N(1_000_000)];
+    let mut shape = tensor("shape", INT64, &[2]);
+    shape.int64_data = vec![1_000_000; 2];
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "input",
+            model_bytes(
+                vec![node("act", "Relu", &["x"], &["y"])],
+                vec![value_info("x", FLOAT, &tera)],
+                vec![output("y")],
+                vec![],
+            ),
+            vec!["'x'", "1000000000000 elements"],
+        ),
+        (
+            "initializer",
+            model_bytes(
+                vec![node("adder", "Add", &["x", "w"], &["y"])],
+                vec![value_info("x", FLOAT, &[D::N(1)])],
+                vec![output("y")],
+                vec![tensor("w", FLOAT, &[1_000_000, 1_000_000])],
+            ),
+            vec!["'w'"],
+        ),
+        (
+            "expand",
+            model_bytes(
+                vec![node("grow", "Expand", &["x", "shape"], &["y"])],
+                vec![value_info("x", FLOAT, &[D::N(1)])],
+                vec![output("y")],
+                vec![shape.clone()],
+            ),
+            vec!["'grow'", "Expand", "1000000000000 elements"],
+        ),
+        (
+            "fill",
+            model_bytes(
+                vec![node("fill", "ConstantOfShape", &["shape"], &["y"])],
+                vec![],
+                vec![output("y")],
+                vec![shape],
+            ),
+            vec!["'fill'", "ConstantOfShape", "1000000000000 elements"],
+        ),
+    ];
+    for (name, bytes, needles) in cases {
+        let model = dir.write(&format!("{name}.onnx"), &bytes);
+        assert_fails(&compile(&model, &dir, &[]), &needles);
+    }
+}
+
+#[test]
+fn negative_dims_are_rejected() {
+    let dir = TempDir::new("negative");
+    let bytes = model_bytes(
+        vec![node("act", "Relu", &["x"], &["y"])],
+        vec![value_info("x", FLOAT, &[D::N(-5), D::N(4)])],
+        vec![output("y")],
+        vec![],
+    );
+    let model = dir.write("declared.onnx", &bytes);
+    assert_fails(&compile(&model, &dir, &[]), &["tensor 'x'", "negative dimension -5 at axis 0"]);
+
+    let mut shape = tensor("shape", INT64, &[2]);
+    shape.int64_data = vec![-3, 2];
+    let bytes = model_bytes(
+        vec![node("reshaper", "Reshape", &["x", "shape"], &["y"])],
+        vec![value_info("x", FLOAT, &[D::N(6)])],
+        vec![output("y")],
+        vec![shape],
+    );
+    let model = dir.write("reshape.onnx", &bytes);
+    assert_fails(&compile(&model, &dir, &[]), &["'reshaper'", "Reshape", "-3"]);
+    // A target whose element count overflows (found by the onnx_compile fuzzer).
+    let mut shape = tensor("shape", INT64, &[2]);
+    shape.int64_data = vec![(1 << 40) + 3, 3 << 32];
+    let bytes = model_bytes(
+        vec![node("reshaper", "Reshape", &["x", "shape"], &["y"])],
+        vec![value_info("x", FLOAT, &[D::N(2), D::N(6)])],
+        vec![output("y")],
+        vec![shape],
+    );
+    let model = dir.write("overflow.onnx", &bytes);
+    assert_fails(&compile(&model, &dir, &[]), &["'reshaper'", "cannot reshape [2, 6] (12 elements)"]);
+}
+
+#[test]
+fn an_input_without_a_type_is_named() {
+    let dir = TempDir::new("untyped");
+    let bytes = model_bytes(
+        vec![node("act", "Relu", &["x"], &["y"])],
+        vec![ValueInfoProto { name: "x".into(), ..Default::default() }],
+        vec![output("y")],
+        vec![],
+    );
+    let model = dir.write("untyped.onnx", &bytes);
+    assert_fails(&compile(&model, &dir, &[]), &["tensor 'x'", "no tensor type"]);
 }
 
 #[test]
@@ -618,7 +857,7 @@ fn damaged_bundles_are_rejected_by_run_and_inspect() {
     let dir = TempDir::new("bundles");
     let bundle = mlp_bundle(&dir);
     let bytes = std::fs::read(&bundle).expect("bundle");
-    let header_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")) as usize;
+    let header_len = u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes"));
 
     // Wrong magic: an ONNX model, and a bundle with its magic overwritten.
     let onnx = dir.write("model.drift", &std::fs::read(fixture("mlp/model.onnx")).expect("fixture"));
@@ -636,23 +875,25 @@ fn damaged_bundles_are_rejected_by_run_and_inspect() {
     // Trailing garbage.
     let mut b = bytes.clone();
     b.extend([0xAB; 16]);
-    assert_bad_bundle(&dir.write("long.drift", &b), &["weights_size", "unused"]);
+    assert_bad_bundle(&dir.write("long.drift", &b), &["preamble.weights_len", "unused"]);
 
-    // Flipped bytes in the fixed header: version, flags, header length.
+    // Flipped bytes in the preamble: the version has its own message, any
+    // other byte breaks the preamble's checksum; resealed, the field's own
+    // check speaks.
     let flip = |at: usize, mask: u8| {
         let mut b = bytes.clone();
         b[at] ^= mask;
         b
     };
-    assert_bad_bundle(&dir.write("version.drift", &flip(8, 0xFF)), &["version"]);
-    assert_bad_bundle(&dir.write("flags.drift", &flip(13, 0x01)), &["flags"]);
-    assert_bad_bundle(&dir.write("length.drift", &flip(22, 0xFF)), &["truncated bundle"]);
-    // Flipped bytes in the encoded header: the compiler version string
-    // (field 1, encoded first at offset 26) stops being UTF-8.
-    assert_bad_bundle(&dir.write("utf8.drift", &flip(26, 0x80)), &["does not decode"]);
+    assert_bad_bundle(&dir.write("version.drift", &flip(8, 0xFF)), &["version", "reads format version 2 only"]);
+    assert_bad_bundle(&dir.write("length.drift", &flip(34, 0xFF)), &["preamble checksum mismatch"]);
+    assert_bad_bundle(&dir.write("flags.drift", &resealed(flip(13, 0x01))), &["flags"]);
+    assert_bad_bundle(&dir.write("writer.drift", &resealed(flip(17, 0x80))), &["preamble.compiler_version"]);
+    // Flipped bytes in the header and in the weights.
+    assert_bad_bundle(&dir.write("header.drift", &flip(100, 0x04)), &["header checksum mismatch"]);
+    assert_bad_bundle(&dir.write("weights.drift", &flip(bytes.len() - 3, 0x04)), &["weights checksum mismatch"]);
     // A nonsense header length that still fits the file moves the weights.
-    let mut b = bytes.clone();
-    b[16..24].copy_from_slice(&((header_len - 7) as u64).to_le_bytes());
+    let b = with_u64(bytes.clone(), 32, header_len - 7);
     assert_bad_bundle(&dir.write("shifted.drift", &b), &["bundle"]);
 
     // A missing file.
@@ -682,17 +923,30 @@ fn damaged_shader_code_is_caught_at_load() {
     assert_bad_bundle(&count, &["kernels[0].spirv", "damaged"]);
 }
 
+/// Rewrites the preamble's CRC-32 (bytes 60..64 over 0..60), so that a test
+/// can change a preamble field and reach that field's own check.
+fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&bytes[..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// `bytes` with the u64 at `at` set to `value`, resealed.
+fn with_u64(mut bytes: Vec<u8>, at: usize, value: u64) -> Vec<u8> {
+    bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    resealed(bytes)
+}
+
 /// Every single-byte flip in the first 4 KiB of a bundle, and every 61st
-/// byte after that, loads or fails cleanly: never a panic (in process, as
-/// `drift inspect` loads and describes), and never a crash of the binary
-/// for a sample of them.
+/// byte after that, is rejected with a message (the checksums cover every
+/// byte): never a panic in process, as `drift inspect` loads and describes,
+/// and never a crash of the binary for a sample of them.
 #[test]
-fn byte_flips_never_panic() {
+fn every_byte_flip_is_rejected() {
     let dir = TempDir::new("flips");
     let bundle = mlp_bundle(&dir);
     let bytes = std::fs::read(&bundle).expect("bundle");
     let positions: Vec<usize> = (0..bytes.len().min(4096)).chain((4096..bytes.len()).step_by(61)).collect();
-    let mut rejected = 0;
     for &at in &positions {
         for mask in [0xFF, 0x01] {
             let mut b = bytes.clone();
@@ -703,27 +957,67 @@ fn byte_flips_never_panic() {
                     .map_err(|e| e.to_string())
             });
             match result {
-                Ok(Ok(_)) => {}
-                Ok(Err(msg)) => {
-                    rejected += 1;
-                    assert!(!msg.is_empty(), "empty error for a flip at {at}");
-                }
+                Ok(Ok(_)) => panic!("a bundle with byte {at} ^= {mask:#x} loaded"),
+                Ok(Err(msg)) => assert!(!msg.is_empty(), "empty error for a flip at {at}"),
                 Err(_) => panic!("loading a bundle with byte {at} ^= {mask:#x} panicked"),
             }
         }
     }
-    assert!(rejected > 0, "no flip was rejected");
-    // The binary, on a sample of header flips.
-    for at in (8..bytes.len().min(2048)).step_by(37) {
+    // The binary, on a sample of flips.
+    for at in (8..bytes.len().min(2048)).step_by(97) {
         let mut b = bytes.clone();
         b[at] ^= 0xFF;
         let file = dir.write("flip.drift", &b);
-        let out = drift(["inspect".as_ref(), file.as_os_str()]);
-        let err = stderr(&out);
-        assert!(
-            matches!(out.status.code(), Some(0 | 1)) && !err.contains("panicked"),
-            "drift inspect on byte {at} ^= 0xff: {:?}\n{err}",
-            out.status
-        );
+        assert_fails(&drift(["inspect".as_ref(), file.as_os_str()]), &["flip.drift"]);
     }
+}
+
+/// A compiled bundle cut at every section boundary (and one byte either
+/// side): the message says truncated and names the section that is cut.
+#[test]
+fn truncation_at_every_section_boundary_names_the_section() {
+    let dir = TempDir::new("cuts");
+    let bundle = mlp_bundle(&dir);
+    let bytes = std::fs::read(&bundle).expect("bundle");
+    let frame = drift_runtime::format::frame(&bytes).expect("the bundle frames");
+    let (header, weights) = (frame.header, frame.weights);
+    let boundaries = [0, 8, 12, 16, 32, 40, 48, 60, 64, header.end, weights.start, weights.end];
+    let mut cuts: Vec<usize> = boundaries.iter().flat_map(|&b| [b.saturating_sub(1), b, b + 1]).collect();
+    cuts.retain(|&c| c < bytes.len());
+    cuts.sort_unstable();
+    cuts.dedup();
+    for cut in cuts {
+        let section = match cut {
+            _ if cut < 64 => "shorter than the fixed file header",
+            _ if cut < header.end => "the header section",
+            _ => "the weights section",
+        };
+        let file = dir.write(&format!("cut-{cut}.drift"), &bytes[..cut]);
+        assert_fails(&drift(["inspect".as_ref(), file.as_os_str()]), &["truncated bundle", section]);
+    }
+}
+
+/// Lengths that claim far more than the file holds, with a valid preamble
+/// checksum, and headers with absurd entry counts: refused before anything
+/// is allocated for them.
+#[test]
+fn oversized_lengths_and_counts_are_refused() {
+    let dir = TempDir::new("oversized");
+    let bundle = mlp_bundle(&dir);
+    let bytes = std::fs::read(&bundle).expect("bundle");
+    let huge = dir.write("header-len.drift", &with_u64(bytes.clone(), 32, 1 << 62));
+    assert_bad_bundle(&huge, &["truncated bundle", "the header section ends at byte 4611686018427387968"]);
+    let huge = dir.write("weights-len.drift", &with_u64(bytes.clone(), 40, u64::MAX));
+    assert_bad_bundle(&huge, &["truncated bundle", "the weights section"]);
+
+    let (mut header, weights) = drift_runtime::parse(&bytes).expect("bundle parses");
+    let weights = &bytes[weights];
+    header.kernels = vec![Default::default(); 100_000];
+    let many = dir.write("kernels.drift", &drift_runtime::write_bundle(&header, weights));
+    assert_bad_bundle(&many, &["bundle field kernels has more than 65536 entries"]);
+    // A tensor of 10^12 elements in a 1 KiB arena.
+    let (mut header, _) = drift_runtime::parse(&bytes).expect("bundle parses");
+    header.outputs[0].shape = vec![1_000_000, 1_000_000];
+    let wide = dir.write("wide.drift", &drift_runtime::write_bundle(&header, weights));
+    assert_bad_bundle(&wide, &["bundle field outputs[0].offset", "4000000000000 bytes", "runs past buffers[0]"]);
 }

@@ -6,7 +6,7 @@
 //! here: dense bindings 0..n-1 in group 0, no `arrayLength`, no override
 //! constants, no reliance on zero-initialized workgroup memory.
 
-use drift_ops::Phys;
+use drift_ops::{Phys, Storage};
 use naga::back::{msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -15,6 +15,9 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 pub struct ArgBinding {
     pub name: String,
     pub phys: Phys,
+    /// How the elements sit in the buffer; the argument's params offset
+    /// counts elements of this storage.
+    pub storage: Storage,
     /// Index of the storage binding (1-based: binding 0 is the parameters).
     pub binding: u32,
     pub writable: bool,
@@ -36,33 +39,70 @@ pub struct Windows {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StorageBinding {
     pub read_write: bool,
+    /// The buffer holds f16 activations (`--precision f16`): bound as
+    /// `array<f16>`, its accessors convert to and from f32, so kernel
+    /// bodies compute in f32 whatever the storage.
+    pub half: bool,
 }
 
 /// The prelude for `args` over `storage` bindings (binding k+1 = storage[k]).
 pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     let vecs = args.len().div_ceil(4).max(1);
-    let mut s = format!("struct Params {{ o: array<vec4<u32>, {vecs}> }}\n");
+    let mut s = String::new();
+    if storage.iter().any(|b| b.half) {
+        s += "enable f16;\n";
+    }
+    s += &format!("struct Params {{ o: array<vec4<u32>, {vecs}> }}\n");
     s += "@group(0) @binding(0) var<uniform> p: Params;\n";
     for (k, b) in storage.iter().enumerate() {
         let access = if b.read_write { "read_write" } else { "read" };
-        s += &format!("@group(0) @binding({}) var<storage, {access}> b{}: array<u32>;\n", k + 1, k + 1);
+        let elem = if b.half { "f16" } else { "u32" };
+        s += &format!("@group(0) @binding({}) var<storage, {access}> b{}: array<{elem}>;\n", k + 1, k + 1);
     }
     for (k, a) in args.iter().enumerate() {
         let off = format!("p.o[{}].{}", k / 4, ["x", "y", "z", "w"][k % 4]);
-        if let Some(w) = &a.windows {
-            s += &windowed_accessors(a, w, &off);
-            continue;
-        }
-        let (t, b) = (a.phys.wgsl(), a.binding);
-        let load =
-            if a.phys == Phys::U32 { format!("b{b}[{off} + i]") } else { format!("bitcast<{t}>(b{b}[{off} + i])") };
-        s += &format!("fn ld_{}(i: u32) -> {t} {{ return {load}; }}\n", a.name);
-        if a.writable {
-            let store = if a.phys == Phys::U32 { "v".to_string() } else { "bitcast<u32>(v)".to_string() };
-            s += &format!("fn st_{}(i: u32, v: {t}) {{ b{b}[{off} + i] = {store}; }}\n", a.name);
-        }
+        let half = storage.get(a.binding as usize - 1).is_some_and(|s| s.half);
+        s += &match &a.windows {
+            Some(w) => windowed_accessors(a, w, &off),
+            None => accessors(a, &off, half),
+        };
     }
     s
+}
+
+/// `ld_<name>` and, for writable word storage, `st_<name>` of one argument
+/// whose element offset is the WGSL expression `off`; `half` when its
+/// binding is an `array<f16>` (f16 activations).
+fn accessors(a: &ArgBinding, off: &str, half: bool) -> String {
+    let (t, b, name) = (a.phys.wgsl(), a.binding, &a.name);
+    if half {
+        let mut s = format!("fn ld_{name}(i: u32) -> f32 {{ return f32(b{b}[{off} + i]); }}\n");
+        if a.writable {
+            s += &format!("fn st_{name}(i: u32, v: f32) {{ b{b}[{off} + i] = f16(v); }}\n");
+        }
+        return s;
+    }
+    match a.storage {
+        Storage::Word => {
+            let load = match a.phys {
+                Phys::U32 => format!("b{b}[{off} + i]"),
+                _ => format!("bitcast<{t}>(b{b}[{off} + i])"),
+            };
+            let mut s = format!("fn ld_{name}(i: u32) -> {t} {{ return {load}; }}\n");
+            if a.writable {
+                let store = if a.phys == Phys::U32 { "v" } else { "bitcast<u32>(v)" };
+                s += &format!("fn st_{name}(i: u32, v: {t}) {{ b{b}[{off} + i] = {store}; }}\n");
+            }
+            s
+        }
+        // Halves, two per word, element 2k in the low half. Read-only: a
+        // store of one half would race with the thread storing the other,
+        // so no st_ is generated and a kernel writing one fails to validate.
+        Storage::F16 => format!(
+            "fn ld_{name}(i: u32) -> f32 {{ let e = {off} + i; let h = unpack2x16float(b{b}[e >> 1u]); \
+             return select(h.x, h.y, (e & 1u) != 0u); }}\n"
+        ),
+    }
 }
 
 /// Accessors of an argument spanning several windows: the element's word
@@ -79,14 +119,23 @@ fn windowed_accessors(a: &ArgBinding, w: &Windows, off: &str) -> String {
         }
         s
     };
-    let locate = format!("let g = {off} + i; let r = g & {mask}u;");
+    // F16: `e` counts halves, the window and the word in it follow from e / 2.
+    let f16 = a.storage == Storage::F16;
+    let locate = match f16 {
+        true => format!("let e = {off} + i; let g = e >> 1u; let r = g & {mask}u;"),
+        false => format!("let g = {off} + i; let r = g & {mask}u;"),
+    };
     let load = cases(&|b| format!("v = b{b}[r];"));
-    let value = if a.phys == Phys::U32 { "v".to_string() } else { format!("bitcast<{t}>(v)") };
+    let value = match (f16, a.phys) {
+        (true, _) => "select(unpack2x16float(v).x, unpack2x16float(v).y, (e & 1u) != 0u)".to_string(),
+        (false, Phys::U32) => "v".to_string(),
+        (false, _) => format!("bitcast<{t}>(v)"),
+    };
     let mut s = format!(
         "fn ld_{}(i: u32) -> {t} {{ {locate} var v: u32; switch (g >> {}u) {{{load} }} return {value}; }}\n",
         a.name, w.shift
     );
-    if a.writable {
+    if a.writable && !f16 {
         let word = if a.phys == Phys::U32 { "v".to_string() } else { "bitcast<u32>(v)".to_string() };
         let store = cases(&|b| format!("b{b}[r] = u;"));
         s += &format!(
@@ -106,14 +155,55 @@ pub struct Shaders {
     pub msl_entry_point: String,
 }
 
-/// Validates `source` and writes it as WGSL, SPIR-V and MSL.
+/// WGSL requires `enable` directives before everything else, but kernel
+/// bodies (which follow the prelude) may need some: moves them to the top,
+/// once each.
+pub fn hoist_enables(source: &str) -> String {
+    let mut enables: Vec<&str> = vec![];
+    let mut rest = String::with_capacity(source.len());
+    for line in source.lines() {
+        if line.starts_with("enable ") {
+            if !enables.contains(&line) {
+                enables.push(line);
+            }
+        } else {
+            rest += line;
+            rest += "\n";
+        }
+    }
+    if enables.is_empty() {
+        return source.to_string();
+    }
+    enables.join("\n") + "\n" + &rest
+}
+
+/// The validator capabilities a kernel's `enable` directives ask for.
+fn capabilities(source: &str) -> Capabilities {
+    let mut caps = Capabilities::empty();
+    if source.contains("enable f16;") {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    if source.contains("enable wgpu_cooperative_matrix;") {
+        caps |= Capabilities::COOPERATIVE_MATRIX;
+    }
+    caps
+}
+
+/// Validates `source` and writes it as WGSL, SPIR-V and MSL. Kernels using
+/// cooperative matrices get no MSL (Metal has only 8x8 simdgroup matrices)
+/// and, where naga cannot write them back, no WGSL: SPIR-V is their form.
 pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
+    let source = &hoist_enables(source);
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
-        .validate(&module)
-        .map_err(|e| e.emit_to_string(source))?;
-    let wgsl = naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty())
-        .map_err(|e| format!("WGSL writer: {e}"))?;
+    // unpack2x16float (f16 weights) is core on Vulkan, Metal and DX12.
+    let caps = capabilities(source) | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    let info = Validator::new(ValidationFlags::all(), caps).validate(&module).map_err(|e| e.emit_to_string(source))?;
+    let optional = caps.contains(Capabilities::COOPERATIVE_MATRIX);
+    let wgsl = match naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty()) {
+        Ok(w) => w,
+        Err(_) if optional => String::new(),
+        Err(e) => return Err(format!("WGSL writer: {e}")),
+    };
     let spv_options = spv::Options {
         lang_version: (1, 3),
         // Kernels never read workgroup memory before writing it, and guard
@@ -136,9 +226,13 @@ pub fn compile_wgsl(source: &str) -> Result<Shaders, String> {
         entry_point: Some((naga::ShaderStage::Compute, "main".to_string())),
         ..msl::PipelineOptions::default()
     };
-    let (msl, tinfo) =
-        msl::write_string(&module, &info, &msl_options, &pipeline).map_err(|e| format!("MSL writer: {e}"))?;
-    let msl_entry_point =
-        tinfo.entry_point_names.first().cloned().and_then(|r| r.ok()).unwrap_or_else(|| "main_".into());
+    let (msl, msl_entry_point) = match msl::write_string(&module, &info, &msl_options, &pipeline) {
+        Ok((msl, tinfo)) => {
+            let entry = tinfo.entry_point_names.first().cloned().and_then(|r| r.ok()).unwrap_or_else(|| "main_".into());
+            (msl, entry)
+        }
+        Err(_) if optional => (String::new(), String::new()),
+        Err(e) => return Err(format!("MSL writer: {e}")),
+    };
     Ok(Shaders { wgsl, spirv, msl, msl_entry_point })
 }

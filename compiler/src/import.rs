@@ -57,6 +57,7 @@ struct Builder {
 
 impl Builder {
     fn graph(&mut self, graph: &GraphProto) -> Result<()> {
+        check_unique_names(graph)?;
         for init in &graph.initializer {
             let t =
                 tensor_from_proto(init, &self.dir).map_err(|msg| Error::Tensor { tensor: init.name.clone(), msg })?;
@@ -66,7 +67,7 @@ impl Builder {
         }
         for vi in &graph.input {
             let id = self.value(&vi.name);
-            self.g.values[id].declared = declared_type(vi.type_.as_ref());
+            self.g.values[id].declared = declared_type(vi)?;
             // Old models list initializers among the inputs; they are weights.
             if self.g.values[id].constant.is_none() {
                 self.g.inputs.push(id);
@@ -75,7 +76,7 @@ impl Builder {
         for vi in graph.value_info.iter().chain(&graph.output) {
             let id = self.value(&vi.name);
             if self.g.values[id].declared.is_none() {
-                self.g.values[id].declared = declared_type(vi.type_.as_ref());
+                self.g.values[id].declared = declared_type(vi)?;
             }
         }
         for (i, n) in graph.node.iter().enumerate() {
@@ -219,19 +220,67 @@ pub fn inline_body(
     Ok((outputs, (first_node..g.nodes.len()).collect()))
 }
 
-fn declared_type(tp: Option<&onnx_protobuf::TypeProto>) -> Option<(i32, Vec<Dim>)> {
-    let Some(type_proto::Value::TensorType(t)) = tp?.value.as_ref() else { return None };
-    let shape = t.shape.as_ref()?;
-    let dims = shape
-        .dim
-        .iter()
-        .map(|d| match &d.value {
-            Some(dimension::Value::DimValue(v)) if *v >= 0 => Dim::Fixed(*v as usize),
+/// The element type and shape a value info declares; a negative dimension
+/// is an error naming the tensor (unknown dims are `Dim::Unknown`).
+fn declared_type(vi: &onnx_protobuf::ValueInfoProto) -> Result<Option<(i32, Vec<Dim>)>> {
+    let Some(type_proto::Value::TensorType(t)) = vi.type_.as_ref().and_then(|tp| tp.value.as_ref()) else {
+        return Ok(None);
+    };
+    let Some(shape) = t.shape.as_ref() else { return Ok(None) };
+    let mut dims = Vec::with_capacity(shape.dim.len());
+    for (axis, d) in shape.dim.iter().enumerate() {
+        dims.push(match &d.value {
+            Some(dimension::Value::DimValue(v)) if *v < 0 => {
+                return Err(Error::Tensor {
+                    tensor: vi.name.clone(),
+                    msg: format!("declares a negative dimension {v} at axis {axis}"),
+                });
+            }
+            Some(dimension::Value::DimValue(v)) => Dim::Fixed(*v as usize),
             Some(dimension::Value::DimParam(s)) if !s.is_empty() => Dim::Sym(s.clone()),
             _ => Dim::Unknown,
-        })
-        .collect();
-    Some((t.elem_type, dims))
+        });
+    }
+    Ok(Some((t.elem_type, dims)))
+}
+
+/// Each name is defined once: graph inputs, initializers and graph outputs
+/// are each listed once, and no node writes an initializer or a graph input
+/// (one that is not also an initializer, as old models list weights there).
+fn check_unique_names(graph: &GraphProto) -> Result<()> {
+    let twice = |tensor: &str, what: &str| Error::Tensor { tensor: tensor.to_string(), msg: format!("is {what}") };
+    let mut inits = std::collections::HashSet::new();
+    for t in &graph.initializer {
+        if !inits.insert(t.name.as_str()) {
+            return Err(twice(&t.name, "defined twice as an initializer"));
+        }
+    }
+    let mut inputs = std::collections::HashSet::new();
+    for vi in &graph.input {
+        if !inputs.insert(vi.name.as_str()) {
+            return Err(twice(&vi.name, "declared twice as a graph input"));
+        }
+    }
+    let mut outputs = std::collections::HashSet::new();
+    for vi in &graph.output {
+        if !outputs.insert(vi.name.as_str()) {
+            return Err(twice(&vi.name, "listed twice as a graph output"));
+        }
+    }
+    for (i, n) in graph.node.iter().enumerate() {
+        let node = if n.name.is_empty() { format!("{}_{i}", n.op_type) } else { n.name.clone() };
+        for out in n.output.iter().filter(|o| !o.is_empty()) {
+            let what = if inits.contains(out.as_str()) {
+                "an initializer"
+            } else if inputs.contains(out.as_str()) {
+                "a graph input"
+            } else {
+                continue;
+            };
+            return Err(twice(out, &format!("{what} and also the output of node '{node}'")));
+        }
+    }
+    Ok(())
 }
 
 fn attr_from_proto(a: &AttributeProto, dir: &Path) -> std::result::Result<Attr, String> {

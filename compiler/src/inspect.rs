@@ -1,7 +1,8 @@
 //! What `drift inspect` prints about a bundle: one [`Summary`], shown as
 //! text ([`describe`]) or as JSON ([`to_json`], `drift inspect --json`).
 
-use drift_runtime::bundle::{BufferKind, Bundle, IoTensor};
+use drift_runtime::bundle::{BufferKind, Bundle, IoTensor, Need};
+use drift_runtime::model::target_name;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -21,6 +22,39 @@ pub struct Summary {
     pub dispatches: usize,
     /// Per kernel name: how many variants and how many dispatches use them.
     pub kernel_usage: Vec<KernelUsage>,
+    /// The kernel sets (`drift compile --target`): the top level first (the
+    /// fallback), then the variants the runtime picks by GPU vendor.
+    pub kernel_sets: Vec<KernelSet>,
+}
+
+/// One device target's program in the bundle.
+#[derive(Serialize)]
+pub struct KernelSet {
+    pub target: String,
+    pub vendors: Vec<u32>,
+    pub needs: Vec<String>,
+    pub kernels: usize,
+    pub dispatches: usize,
+    pub arena_bytes: u64,
+    /// Sums of the dispatches' recorded work.
+    pub flops: u64,
+    pub bytes: u64,
+    pub kernel_usage: Vec<KernelUsage>,
+}
+
+fn kernel_set(b: &Bundle) -> KernelSet {
+    let needs = b.needs.iter().map(|&n| Need::try_from(n).map(|n| format!("{n:?}")).unwrap_or_else(|_| n.to_string()));
+    KernelSet {
+        target: target_name(b).to_string(),
+        vendors: b.vendors.clone(),
+        needs: needs.collect(),
+        kernels: b.kernels.len(),
+        dispatches: b.dispatches.len(),
+        arena_bytes: b.buffers.iter().filter(|x| x.kind == BufferKind::Arena as i32).map(|x| x.size).sum(),
+        flops: b.dispatches.iter().map(|d| d.flops).sum(),
+        bytes: b.dispatches.iter().map(|d| d.bytes).sum(),
+        kernel_usage: kernel_usage(b),
+    }
 }
 
 #[derive(Serialize)]
@@ -67,7 +101,10 @@ pub fn summarize(b: &Bundle) -> Summary {
         buffer: t.buffer,
         offset: t.offset,
     };
-    let sum_of = |kind: BufferKind| b.buffers.iter().filter(|x| x.kind == kind as i32).map(|x| x.size).sum();
+    // Sizes are validated per buffer, not their sum: add without overflow.
+    let sum_of = |kind: BufferKind| {
+        b.buffers.iter().filter(|x| x.kind == kind as i32).fold(0u64, |n, x| n.saturating_add(x.size))
+    };
     let stats = b.memory.as_ref();
     let memory = Memory {
         arena_bytes: sum_of(BufferKind::Arena),
@@ -106,6 +143,7 @@ pub fn summarize(b: &Bundle) -> Summary {
         kernels: b.kernels.len(),
         dispatches: b.dispatches.len(),
         kernel_usage: kernel_usage(b),
+        kernel_sets: [b].into_iter().chain(&b.variants).map(kernel_set).collect(),
     }
 }
 
@@ -165,6 +203,32 @@ pub fn describe(b: &Bundle) -> String {
     let _ = writeln!(s, "  {:<24} {:>8} {:>10}", "kernel", "variants", "dispatches");
     for k in &sum.kernel_usage {
         let _ = writeln!(s, "  {:<24} {:>8} {:>10}", k.name, k.variants, k.dispatches);
+    }
+    let _ = writeln!(
+        s,
+        "kernel sets ({}; the first, described above, is the fallback; the runtime takes the first other one made for the GPU):",
+        sum.kernel_sets.len()
+    );
+    for k in &sum.kernel_sets {
+        let vendors: Vec<String> = k.vendors.iter().map(|v| format!("{v:#06x}")).collect();
+        let _ = writeln!(
+            s,
+            "  {:<8} vendors [{}] needs [{}] {} kernels, {} dispatches, arena {} bytes, {:.3} GFLOP, {:.1} MB moved",
+            k.target,
+            vendors.join(", "),
+            k.needs.join(", "),
+            k.kernels,
+            k.dispatches,
+            k.arena_bytes,
+            k.flops as f64 / 1e9,
+            k.bytes as f64 / 1e6
+        );
+    }
+    for k in sum.kernel_sets.iter().skip(1) {
+        let _ = writeln!(s, "[{}] {:<15} {:>8} {:>10}", k.target, "kernel", "variants", "dispatches");
+        for u in &k.kernel_usage {
+            let _ = writeln!(s, "  {:<24} {:>8} {:>10}", u.name, u.variants, u.dispatches);
+        }
     }
     s
 }

@@ -19,7 +19,7 @@ pub mod program;
 pub mod stats;
 
 pub use error::{Error, Result};
-pub use program::Limits;
+pub use program::{Limits, WeightFormat};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,6 +37,15 @@ pub struct Options {
     pub limits: Limits,
     /// Skip the graph optimizer (`--no-opt`).
     pub no_opt: bool,
+    /// How float constants are stored (`--weights f32|f16`).
+    pub weights: WeightFormat,
+    /// Device targets to emit kernel sets for (`--target`); empty means
+    /// `generic` alone. The first of `generic` or, lacking it, the last
+    /// listed is the bundle's top-level program, the others its variants.
+    pub targets: Vec<drift_ops::Target>,
+    /// `--precision f16`: activations stored as f16 (math and accumulation
+    /// stay f32 except in cooperative-matrix products, which multiply f16).
+    pub f16: bool,
 }
 
 /// A compiled model, ready to be written.
@@ -74,7 +83,19 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     let order = passes::split_oversized_weights(&mut g, &order, opts.limits.max_binding_bytes)?;
     passes::eliminate_dead_nodes(&mut g, &order);
     let order = opt::run(&mut g, order, if opts.no_opt { &[] } else { opt::FUSE })?;
-    let program = program::build(&g, &order, &opts.limits)?;
+    let targets = if opts.targets.is_empty() { vec![drift_ops::Target::GENERIC] } else { opts.targets.clone() };
+    let mut programs = vec![];
+    for target in targets {
+        let target = drift_ops::Target { f16: opts.f16, ..target };
+        // Targets of big GPUs bind more than WebGPU's default.
+        let limits = Limits {
+            max_binding_bytes: opts.limits.max_binding_bytes.max(target.max_binding_bytes),
+            ..opts.limits.clone()
+        };
+        let limits = if target.name == "generic" { opts.limits.clone() } else { limits };
+        programs.push(program::build(&g, &order, &limits, &target, opts.weights)?);
+    }
+    let program = program::with_variants(programs);
     let stats = stats::of(&g, &order, &program.bundle);
     Ok(Compiled { program, stats })
 }

@@ -1,8 +1,10 @@
 //! The `drift` command line: compile, run, inspect.
 
+mod bench;
+
 use clap::{Parser, Subcommand};
-use drift_compiler::{Options, npy};
-use drift_runtime::{DType, Gpu, HostTensor, Model, Session};
+use drift_compiler::{Options, WeightFormat, npy};
+use drift_runtime::{DType, Gpu, HostTensor, Model, Session, ShaderPath, Trust};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,6 +35,23 @@ enum Command {
         /// The bundle checks that runs pass the same value.
         #[arg(long = "const-input", value_name = "NAME=FILE.npy")]
         const_inputs: Vec<String>,
+        /// How float weights are stored: f32, or f16 (half the size; kernels
+        /// still compute in f32; small or out-of-range constants stay f32).
+        #[arg(long, value_name = "f32|f16", default_value = "f32", value_parser = parse_weights)]
+        weights: WeightFormat,
+        /// Device targets to put kernel sets for into the bundle, e.g.
+        /// --target generic,nvidia (of: generic, nvidia, amd, intel, apple,
+        /// adreno, mali). The runtime picks the set matching the GPU.
+        #[arg(long, value_delimiter = ',', default_value = "generic")]
+        target: Vec<String>,
+        /// f32, or f16: activations stored as f16 (reductions and products
+        /// accumulate in f32).
+        #[arg(long, default_value = "f32")]
+        precision: String,
+        /// Largest buffer one binding may hold, in MiB (default: 128 for
+        /// generic, the target's own limit for the others).
+        #[arg(long = "max-binding-mib")]
+        max_binding_mib: Option<u64>,
         /// Compile without the graph optimizer (no folding of BatchNorm, no fusion, ...).
         #[arg(long)]
         no_opt: bool,
@@ -55,6 +74,12 @@ enum Command {
         /// Write each output as <name>.npy into this folder.
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// Vouch for the bundle (e.g. you compiled it): its kernels may use the
+        /// GPU's SPIR-V/MSL passthrough path, which skips shader validation and
+        /// bounds checks. Without it kernels run from WGSL, validated by naga
+        /// and bounds-checked (docs/security.md).
+        #[arg(long)]
+        trusted: bool,
     },
     /// Describe a bundle: inputs, outputs, kernels, dispatches, memory.
     Inspect {
@@ -63,23 +88,70 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time a bundle on the GPU: median and p90 latency, CPU cost per
+    /// dispatch, and with --profile the GPU time of every kernel.
+    Bench {
+        bundle: PathBuf,
+        /// Timed runs (after warm-up).
+        #[arg(long, default_value_t = 100)]
+        iters: usize,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Per-kernel GPU time from timestamps, with GB/s and GFLOP/s.
+        #[arg(long)]
+        profile: bool,
+        /// An input as NAME=FILE.npy (repeatable); others get random values.
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        /// Vouch for the bundle, as `run --trusted`: passthrough shaders.
+        #[arg(long)]
+        trusted: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compile { model, output, dims, input_shapes, const_inputs, no_opt, stats, json } => {
+        Command::Compile {
+            model,
+            output,
+            dims,
+            input_shapes,
+            const_inputs,
+            weights,
+            target,
+            precision,
+            max_binding_mib,
+            no_opt,
+            stats,
+            json,
+        } => {
             let report = match (stats, json) {
                 (false, _) => Report::None,
                 (true, false) => Report::Text,
                 (true, true) => Report::Json,
             };
-            compile(&model, output, &dims, &input_shapes, &const_inputs, no_opt, report)
+            let choice = TargetChoice { targets: target, precision, max_binding_mib, no_opt, report };
+            compile(&model, output, &dims, &input_shapes, &const_inputs, &choice, weights)
         }
-        Command::Run { bundle, inputs, random_inputs, output_dir } => {
-            run(&bundle, &inputs, random_inputs, output_dir.as_deref())
+        Command::Run { bundle, inputs, random_inputs, output_dir, trusted } => {
+            let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
+            run(&bundle, &inputs, random_inputs, output_dir.as_deref(), trust)
         }
         Command::Inspect { bundle, json } => inspect(&bundle, json),
+        Command::Bench { bundle, iters, warmup, json, profile, inputs, trusted } => {
+            let args = bench::BenchArgs { iters, warmup, json, profile };
+            let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
+            load(&bundle).map(|m| m.with_trust(trust)).and_then(|model| {
+                let given = read_inputs(&model, &inputs, true)?;
+                let list: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                bench::bench(&model, &list, &args)
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,16 +170,52 @@ enum Report {
     Json,
 }
 
+/// `--target`, `--precision`, `--max-binding-mib`, `--no-opt` and `--stats`.
+struct TargetChoice {
+    targets: Vec<String>,
+    precision: String,
+    max_binding_mib: Option<u64>,
+    no_opt: bool,
+    report: Report,
+}
+
+impl TargetChoice {
+    fn apply(&self, opts: &mut Options) -> Result<(), String> {
+        for name in &self.targets {
+            let t = drift_ops::Target::named(name).ok_or_else(|| {
+                let all: Vec<&str> = drift_ops::Target::ALL.iter().map(|t| t.name).collect();
+                format!("--target {name}: unknown target (targets: {})", all.join(", "))
+            })?;
+            if !opts.targets.contains(&t) {
+                opts.targets.push(t);
+            }
+        }
+        opts.f16 = match self.precision.as_str() {
+            "f32" => false,
+            "f16" => true,
+            other => return Err(format!("--precision {other}: expected f32 or f16")),
+        };
+        if let Some(mib) = self.max_binding_mib {
+            if mib == 0 || mib > 4096 {
+                return Err(format!("--max-binding-mib {mib}: expected 1..=4096"));
+            }
+            opts.limits.max_binding_bytes = (mib << 20).min(u64::from(u32::MAX) - 3);
+        }
+        Ok(())
+    }
+}
+
 fn compile(
     model: &Path,
     output: Option<PathBuf>,
     dims: &[String],
     shapes: &[String],
     const_inputs: &[String],
-    no_opt: bool,
-    report: Report,
+    choice: &TargetChoice,
+    weights: WeightFormat,
 ) -> Result<(), String> {
-    let mut opts = Options { no_opt, ..Options::default() };
+    let mut opts = Options { weights, no_opt: choice.no_opt, ..Options::default() };
+    choice.apply(&mut opts)?;
     for d in dims {
         let (k, v) = split_kv(d, "--dim")?;
         let n = v.parse().map_err(|_| format!("--dim {d}: '{v}' is not a non-negative integer"))?;
@@ -129,6 +237,7 @@ fn compile(
         opts.input_shapes.insert(name.to_string(), value.shape.clone());
         opts.const_inputs.insert(name.to_string(), value);
     }
+    let report = choice.report;
     let before = if report == Report::None {
         None
     } else {
@@ -141,13 +250,16 @@ fn compile(
     let bytes = compiled.to_bytes();
     std::fs::write(&out, &bytes).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     let b = &compiled.program.bundle;
+    let targets: Vec<&str> =
+        [b.target.as_str()].into_iter().chain(b.variants.iter().map(|v| v.target.as_str())).collect();
     println!(
-        "compiled {} -> {} ({} bytes, {} kernels, {} dispatches) in {:.2} s",
+        "compiled {} -> {} ({} bytes, {} kernels, {} dispatches; targets {}) in {:.2} s",
         model.display(),
         out.display(),
         bytes.len(),
         b.kernels.len(),
         b.dispatches.len(),
+        targets.join(", "),
         start.elapsed().as_secs_f64()
     );
     if let Some(before) = before {
@@ -180,12 +292,54 @@ fn print_stats(before: &drift_compiler::stats::Stats, after: &drift_compiler::st
     );
 }
 
+fn parse_weights(s: &str) -> Result<WeightFormat, String> {
+    match s {
+        "f32" => Ok(WeightFormat::F32),
+        "f16" => Ok(WeightFormat::F16),
+        _ => Err(format!("'{s}' is not a weight format (f32, f16)")),
+    }
+}
+
 fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {
     s.split_once('=').ok_or_else(|| format!("{flag} {s}: expected NAME=VALUE"))
 }
 
-fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>) -> Result<(), String> {
-    let model = load(bundle)?;
+fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>, trust: Trust) -> Result<(), String> {
+    let model = load(bundle)?.with_trust(trust);
+    let given = read_inputs(&model, inputs, random)?;
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let mut info = gpu.info();
+    let mut session = Session::new(&gpu, &model).map_err(|e| e.to_string())?;
+    info.shader_path = session.shader_path();
+    if trust == Trust::Untrusted && gpu.shader_path() != ShaderPath::Wgsl {
+        eprintln!("note: untrusted bundle: kernels run from WGSL with bounds checks (--trusted uses passthrough)");
+    }
+    let args: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let start = std::time::Instant::now();
+    let outputs = session.run(&args).map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed();
+    println!(
+        "ran {} on {info} (target {}) in {:.2} ms",
+        bundle.display(),
+        session.target(),
+        elapsed.as_secs_f64() * 1e3
+    );
+    if let Some(dir) = output_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    for (name, t) in &outputs {
+        println!("{}", summary(name, t));
+        if let Some(dir) = output_dir {
+            let file = dir.join(format!("{}.npy", sanitize(name)));
+            npy::write(&file, t)?;
+        }
+    }
+    Ok(())
+}
+
+/// The `--input NAME=FILE.npy` tensors, converted to the model's dtypes;
+/// with `random`, inputs not given get random values.
+fn read_inputs(model: &Model, inputs: &[String], random: bool) -> Result<BTreeMap<String, HostTensor>, String> {
     let mut given: BTreeMap<String, HostTensor> = BTreeMap::new();
     for spec in inputs {
         let (name, file) = split_kv(spec, "--input")?;
@@ -211,25 +365,7 @@ fn run(bundle: &Path, inputs: &[String], random: bool, output_dir: Option<&Path>
             }
         }
     }
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let info = gpu.info();
-    let mut session = Session::new(&gpu, &model).map_err(|e| e.to_string())?;
-    let args: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let start = std::time::Instant::now();
-    let outputs = session.run(&args).map_err(|e| e.to_string())?;
-    let elapsed = start.elapsed();
-    println!("ran {} on {info} in {:.2} ms", bundle.display(), elapsed.as_secs_f64() * 1e3);
-    if let Some(dir) = output_dir {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    for (name, t) in &outputs {
-        println!("{}", summary(name, t));
-        if let Some(dir) = output_dir {
-            let file = dir.join(format!("{}.npy", sanitize(name)));
-            npy::write(&file, t)?;
-        }
-    }
-    Ok(())
+    Ok(given)
 }
 
 fn sanitize(name: &str) -> String {

@@ -6,9 +6,9 @@ use crate::codegen::{self, ArgBinding, StorageBinding};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, ValueId};
 use crate::plan::{self, Lifetime};
-use drift_ops::{Input, Kernel, KernelArg, LowerCtx, Lowering, Phys, Tensor, TensorRef, TypeInfo};
+use drift_ops::{Input, Kernel, KernelArg, LowerCtx, Lowering, Phys, Storage, Target, Tensor, TensorRef, TypeInfo};
 use drift_runtime::bundle::{self as b, BindingKind, BufferKind, PARAMS_ALIGN};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Byte alignment of tensors inside weights buffers.
@@ -37,6 +37,35 @@ enum Home {
 struct Slot {
     home: Home,
     phys: Phys,
+    storage: Storage,
+}
+
+impl Slot {
+    fn word(home: Home, phys: Phys) -> Slot {
+        Slot { home, phys, storage: Storage::Word }
+    }
+}
+
+/// How float constants are stored in the weights section (`drift compile --weights`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// One 32-bit word per element, as the kernels compute.
+    #[default]
+    F32,
+    /// IEEE halves for float constants of at least [`MIN_F16_ELEMS`]
+    /// elements whose values fit f16's range; kernels widen them to f32.
+    F16,
+}
+
+/// Smaller float constants stay f32 under `WeightFormat::F16`: they cost
+/// next to nothing, and they are often scalars (epsilons, scales, clip
+/// bounds) where f16's rounding or a flushed subnormal would hurt most.
+pub const MIN_F16_ELEMS: usize = 256;
+
+/// The storage of a constant under `format`.
+fn weight_storage(t: &Tensor, phys: Phys, format: WeightFormat) -> Storage {
+    let f16 = format == WeightFormat::F16 && phys == Phys::F32 && t.len() >= MIN_F16_ELEMS && t.fits_f16();
+    if f16 { Storage::F16 } else { Storage::Word }
 }
 
 /// One kernel launch before codegen.
@@ -74,16 +103,27 @@ pub struct Program {
 
 struct Builder<'g> {
     g: &'g Graph,
+    weights: WeightFormat,
     slots: Vec<Slot>,
     value_slot: HashMap<ValueId, usize>,
     steps: Vec<Step>,
     /// Outputs of data-dependent length: value → (axis, slot of the count).
     extents: HashMap<ValueId, (usize, usize)>,
+    target: Target,
 }
 
-/// Lowers the live nodes of `g` (in `order`) into a program.
-pub fn build(g: &Graph, order: &[NodeId], limits: &Limits) -> Result<Program> {
-    let mut bld = Builder { g, slots: vec![], value_slot: HashMap::new(), steps: vec![], extents: HashMap::new() };
+/// Lowers the live nodes of `g` (in `order`) into a program for `target`,
+/// with float constants stored as `weights` says.
+pub fn build(g: &Graph, order: &[NodeId], limits: &Limits, target: &Target, weights: WeightFormat) -> Result<Program> {
+    let mut bld = Builder {
+        g,
+        weights,
+        slots: vec![],
+        value_slot: HashMap::new(),
+        steps: vec![],
+        extents: HashMap::new(),
+        target: *target,
+    };
     for &v in g.inputs.iter().filter(|&&v| g.values[v].constant.is_none()) {
         bld.slot_of(v);
     }
@@ -111,11 +151,14 @@ impl<'g> Builder<'g> {
         }
         let value = &self.g.values[v];
         let ty = self.g.ty(v);
-        let home = match &value.constant {
-            Some(t) => Home::Weight(t.clone()),
-            None => Home::Arena { bytes: elem_bytes(ty.numel()) },
+        let phys = ty.dtype.phys();
+        let slot = match &value.constant {
+            Some(t) => {
+                Slot { storage: weight_storage(t, phys, self.weights), ..Slot::word(Home::Weight(t.clone()), phys) }
+            }
+            None => Slot::word(Home::Arena { bytes: elem_bytes(ty.numel()) }, phys),
         };
-        self.slots.push(Slot { home, phys: ty.dtype.phys() });
+        self.slots.push(slot);
         let s = self.slots.len() - 1;
         self.value_slot.insert(v, s);
         s
@@ -135,7 +178,7 @@ impl<'g> Builder<'g> {
             .iter()
             .map(|v| v.map(|v| g.ty(v).clone()).unwrap_or_else(|| TypeInfo::new(drift_ops::DType::F32, vec![0])))
             .collect();
-        let cx = LowerCtx { inputs, outputs };
+        let cx = LowerCtx { inputs, outputs, target: self.target };
         let extents = op.data_dependent_dims(&cx);
         if extents.is_empty() && produces_nothing(node, &cx.outputs) {
             // Every output is empty: there is nothing to compute, and kernel
@@ -168,7 +211,7 @@ impl<'g> Builder<'g> {
                 let temp_slots: Vec<usize> = temps
                     .iter()
                     .map(|t| {
-                        self.slots.push(Slot { home: Home::Arena { bytes: elem_bytes(t.elems) }, phys: t.phys });
+                        self.slots.push(Slot::word(Home::Arena { bytes: elem_bytes(t.elems) }, t.phys));
                         self.slots.len() - 1
                     })
                     .collect();
@@ -215,7 +258,7 @@ impl<'g> Builder<'g> {
                 continue;
             }
             let ty = self.g.ty(v);
-            self.slots.push(Slot { home: Home::Arena { bytes: elem_bytes(ty.numel()) }, phys: ty.dtype.phys() });
+            self.slots.push(Slot::word(Home::Arena { bytes: elem_bytes(ty.numel()) }, ty.dtype.phys()));
             let dst = self.slots.len() - 1;
             self.value_slot.insert(v, dst);
             let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
@@ -248,14 +291,24 @@ impl<'g> Builder<'g> {
             let params_offset = params.len() as u32;
             params.extend(offsets.iter().flat_map(|o| o.to_le_bytes()));
             params.resize(params.len().next_multiple_of(PARAMS_ALIGN as usize), 0);
+            let touched: HashSet<usize> = step.slots.iter().copied().collect();
             dispatches.push(b::Dispatch {
                 kernel: k,
                 buffers: binds.buffers,
                 params_offset,
                 workgroups: step.kernel.workgroups.iter().map(|&w| w.max(1)).collect(),
                 label: step.node.clone(),
+                bytes: touched.iter().map(|&s| layout.bytes[s]).sum(),
+                flops: step.kernel.flops,
                 windows: binds.windows,
             });
+        }
+        let mut needs = vec![];
+        if kernel_index.keys().any(|src| src.contains("enable f16;")) {
+            needs.push(b::Need::F16 as i32);
+        }
+        if kernel_index.keys().any(|src| src.contains("enable wgpu_cooperative_matrix;")) {
+            needs.push(b::Need::CooperativeMatrix as i32);
         }
         let io = |v: &ValueId| {
             let mut t = layout.io_tensor(self.g, &self.value_slot, *v);
@@ -282,10 +335,61 @@ impl<'g> Builder<'g> {
             dispatches,
             params,
             weights_size: layout.weights.len() as u64,
+            variants: vec![],
+            target: self.target.name.to_string(),
+            vendors: self.target.vendors.to_vec(),
+            needs,
             memory: Some(layout.memory.clone()),
         };
         Ok(Program { bundle, weights: layout.weights })
     }
+}
+
+/// One bundle from the programs of several targets: the `generic` one (or
+/// the last) is the top level, the others its variants. Weights buffers
+/// with the same bytes are stored once, so targets sharing a weight layout
+/// cost no extra file size.
+pub fn with_variants(mut programs: Vec<Program>) -> Program {
+    let top = programs.iter().position(|p| p.bundle.target == "generic").unwrap_or(programs.len() - 1);
+    let mut main = programs.remove(top);
+    let mut known: HashMap<&[u8], u64> = HashMap::new();
+    let weights_of = |p: &Program, buf: &b::Buffer| {
+        let start = buf.weights_offset as usize;
+        p.weights[start..start + buf.size as usize].to_vec()
+    };
+    let mut appended: Vec<u8> = main.weights.clone();
+    for buf in main.bundle.buffers.iter().filter(|x| x.kind == BufferKind::Weights as i32) {
+        let start = buf.weights_offset as usize;
+        known.entry(&main.weights[start..start + buf.size as usize]).or_insert(buf.weights_offset);
+    }
+    let mut variants = vec![];
+    for mut p in programs {
+        for i in 0..p.bundle.buffers.len() {
+            if p.bundle.buffers[i].kind != BufferKind::Weights as i32 {
+                continue;
+            }
+            let bytes = weights_of(&p, &p.bundle.buffers[i]);
+            let offset = match known.get(bytes.as_slice()) {
+                Some(&o) => o,
+                None => {
+                    appended.resize(appended.len().next_multiple_of(WEIGHTS_ALIGN as usize), 0);
+                    let o = appended.len() as u64;
+                    appended.extend_from_slice(&bytes);
+                    o
+                }
+            };
+            p.bundle.buffers[i].weights_offset = offset;
+        }
+        variants.push(p.bundle);
+    }
+    drop(known);
+    for v in &mut variants {
+        v.weights_size = appended.len() as u64;
+    }
+    main.bundle.weights_size = appended.len() as u64;
+    main.bundle.variants = variants;
+    main.weights = appended;
+    main
 }
 
 /// Whether all of a node's present outputs have no elements.
@@ -333,6 +437,9 @@ struct Layout {
     bytes: Vec<u64>,
     weights: Vec<u8>,
     phys: Vec<Phys>,
+    storage: Vec<Storage>,
+    /// The arena of f16 activations (`--precision f16`), if any.
+    half_buffer: Option<u32>,
     memory: b::MemoryStats,
 }
 
@@ -358,13 +465,29 @@ impl Layout {
         let mut place = vec![(0u32, 0u64); n];
         let mut bytes = vec![0u64; n];
         let arena_slots: Vec<usize> = (0..n).filter(|&s| matches!(bld.slots[s].home, Home::Arena { .. })).collect();
-        let arena = plan_arena(bld, &arena_slots, limits)?;
+        // f16 activations (`--precision f16`) get an arena of their own.
+        let half = half_slots(bld);
+        let (halves, fulls): (Vec<usize>, Vec<usize>) = arena_slots.iter().partition(|&&s| half.contains(&s));
+        let arena = plan_arena(bld, &fulls, limits, false)?;
         let mut buffers = vec![b::Buffer { kind: BufferKind::Arena as i32, size: arena.size, weights_offset: 0 }];
         let mut window = vec![arena.window];
-        for (i, &s) in arena_slots.iter().enumerate() {
+        for (i, &s) in fulls.iter().enumerate() {
             place[s] = (0, arena.offsets[i]);
             if let Home::Arena { bytes: b } = bld.slots[s].home {
                 bytes[s] = b;
+            }
+        }
+        let mut half_buffer = None;
+        if !halves.is_empty() {
+            let plan = plan_arena(bld, &halves, limits, true)?;
+            half_buffer = Some(buffers.len() as u32);
+            buffers.push(b::Buffer { kind: BufferKind::Arena as i32, size: plan.size, weights_offset: 0 });
+            window.push(None);
+            for (i, &s) in halves.iter().enumerate() {
+                place[s] = (1, plan.offsets[i]);
+                if let Home::Arena { bytes: b } = bld.slots[s].home {
+                    bytes[s] = half_bytes(b);
+                }
             }
         }
         // Weights: packed in order into buffers no larger than one binding;
@@ -373,8 +496,8 @@ impl Layout {
         let mut cur: Option<usize> = None;
         for (s, slot) in bld.slots.iter().enumerate() {
             let Home::Weight(t) = &slot.home else { continue };
-            let words = t.to_phys_words().map_err(|e| Error::Other(format!("constant: {e}")))?;
-            let size = elem_bytes(words.len());
+            let data = t.to_storage_bytes(slot.storage).map_err(|e| Error::Other(format!("constant: {e}")))?;
+            let size = data.len() as u64;
             if size > limits.max_buffer_bytes {
                 return Err(Error::Other(format!(
                     "a constant of shape {:?} needs {size} bytes, more than one buffer may hold ({})",
@@ -400,10 +523,7 @@ impl Layout {
             let off = buffers[c].size.next_multiple_of(WEIGHTS_ALIGN);
             let start = buffers[c].weights_offset + off;
             weights.resize(start as usize, 0);
-            weights.extend(words.iter().flat_map(|w| w.to_le_bytes()));
-            if words.is_empty() {
-                weights.extend([0u8; 4]);
-            }
+            weights.extend(data);
             buffers[c].size = off + size;
             place[s] = (c as u32, off);
             bytes[s] = size;
@@ -413,7 +533,8 @@ impl Layout {
             }
         }
         let phys = bld.slots.iter().map(|s| s.phys).collect();
-        Ok(Layout { buffers, window, place, bytes, weights, phys, memory: arena.memory })
+        let storage = bld.slots.iter().map(|s| s.storage).collect();
+        Ok(Layout { buffers, window, place, bytes, weights, phys, storage, memory: arena.memory, half_buffer })
     }
 
     /// The kernel's full WGSL, its storage bindings and each argument's
@@ -446,13 +567,19 @@ impl Layout {
                 bindings: bindings.clone(),
                 shift: (self.window[buf as usize].unwrap_or(4) / 4).trailing_zeros(),
             });
-            let phys = self.phys[s];
-            args.push(ArgBinding { name: a.name.clone(), phys, binding: bindings[0], writable, windows });
-            offsets.push((local / 4) as u32);
+            let (phys, storage) = (self.phys[s], self.storage[s]);
+            args.push(ArgBinding { name: a.name.clone(), phys, storage, binding: bindings[0], writable, windows });
+            // Offsets count elements of the storage: halves in the f16
+            // activation arena and for f16 weights, words otherwise.
+            let elem = if Some(buf) == self.half_buffer { 2 } else { storage.elem_bytes() };
+            offsets.push((local / elem) as u32);
         }
         let storage: Vec<StorageBinding> = bound
             .iter()
-            .map(|&(buf, _)| StorageBinding { read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32 })
+            .map(|&(buf, _)| StorageBinding {
+                read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32,
+                half: Some(buf) == self.half_buffer,
+            })
             .collect();
         let source = codegen::prelude(&args, &storage) + &step.kernel.body;
         let windows = if bound.iter().any(|(_, w)| w.is_some()) {
@@ -490,6 +617,30 @@ impl Layout {
             extent: None,
         }
     }
+}
+
+/// Bytes of a tensor of `word_bytes` (4 per element) stored as f16.
+fn half_bytes(word_bytes: u64) -> u64 {
+    (word_bytes / 2).next_multiple_of(4)
+}
+
+/// Slots stored as f16 under `--precision f16`: float activations between
+/// nodes. Graph inputs and outputs stay f32 (the runtime's boundary), and
+/// so do kernels' temps (partial sums keep f32 accumulation).
+fn half_slots(bld: &Builder) -> HashSet<usize> {
+    if !bld.target.f16 {
+        return HashSet::new();
+    }
+    let io: HashSet<usize> =
+        bld.g.inputs.iter().chain(&bld.g.outputs).filter_map(|v| bld.value_slot.get(v).copied()).collect();
+    bld.value_slot
+        .values()
+        .copied()
+        .filter(|&s| {
+            let slot = &bld.slots[s];
+            slot.phys == Phys::F32 && matches!(slot.home, Home::Arena { .. }) && !io.contains(&s)
+        })
+        .collect()
 }
 
 /// A value of data-dependent length has its actual shape only at run time,
@@ -544,12 +695,25 @@ fn window_bytes(limits: &Limits) -> Result<u64> {
 /// Plans the arena over the step list with the best strategy. When the
 /// arena outgrows one binding it is planned again with windows, so that
 /// tensors that fit one window stay inside one.
-fn plan_arena(bld: &Builder, arena_slots: &[usize], limits: &Limits) -> Result<ArenaPlan> {
-    let tensors = arena_lifetimes(bld, arena_slots);
+/// `half`: the arena of f16 activations, whose tensors take 2 bytes an
+/// element and which is never windowed (windowed accessors read words).
+fn plan_arena(bld: &Builder, arena_slots: &[usize], limits: &Limits, half: bool) -> Result<ArenaPlan> {
+    let mut tensors = arena_lifetimes(bld, arena_slots);
+    if half {
+        for t in &mut tensors {
+            t.bytes = half_bytes(t.bytes);
+        }
+    }
     let in_place = in_place_pairs(bld, arena_slots);
     let big_align = Some((ARENA_BIG_BYTES, ARENA_BIG_ALIGN));
     let mut problem = plan::Problem { tensors, in_place, align: ARENA_ALIGN, big_align, window: None };
     let mut planned = plan::plan(&problem, plan::Strategy::Best);
+    if planned.total > limits.max_binding_bytes && half {
+        return Err(Error::Other(format!(
+            "the f16 activations need {} bytes, more than one binding may hold ({}); compile with --precision f32",
+            planned.total, limits.max_binding_bytes
+        )));
+    }
     if planned.total > limits.max_binding_bytes {
         problem.window = Some(window_bytes(limits)?);
         planned = plan::plan(&problem, plan::Strategy::Best);

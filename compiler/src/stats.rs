@@ -54,7 +54,7 @@ fn node_bytes(g: &Graph, id: NodeId) -> u64 {
         .iter()
         .map(|v| v.map(|v| g.ty(v).clone()).unwrap_or_else(|| TypeInfo::new(drift_ops::DType::F32, vec![0])))
         .collect();
-    let cx = LowerCtx { inputs, outputs };
+    let cx = LowerCtx { inputs, outputs, target: Default::default() };
     let Ok(Lowering::Kernels { temps, kernels }) = op.lower(&cx) else { return 0 };
     let size = |t: &TensorRef| -> u64 {
         match *t {
@@ -85,7 +85,7 @@ fn node_flops(g: &Graph, id: NodeId) -> u64 {
     let n = &g.nodes[id];
     let ty = |k: usize| n.inputs.get(k).copied().flatten().map(|v| g.ty(v));
     let out = n.outputs.first().copied().flatten().map_or(0, |v| g.ty(v).numel() as u64);
-    let parts: Vec<&str> = n.op_type.split('+').collect();
+    let parts: Vec<&str> = n.op_type.trim_start_matches("Pad>").split('+').collect();
     let main = match parts[0] {
         "MatMul" | "Gemm" | "MatMulInteger" => {
             let a = ty(0).map_or(0, |t| {

@@ -163,6 +163,42 @@ impl std::fmt::Display for DType {
     }
 }
 
+/// How a tensor's elements sit in their buffer. Kernels see every element
+/// as its [`Phys`] type either way: the generated `ld_`/`st_` accessors
+/// convert, so a kernel body never depends on the storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// One 32-bit word per element, of the `Phys` type.
+    #[default]
+    Word,
+    /// IEEE binary16, two elements per 32-bit word, element `2k` in the low
+    /// half (the order of WGSL's `unpack2x16float`). Float tensors
+    /// (`Phys::F32`) only; kernels still compute in f32.
+    F16,
+}
+
+impl Storage {
+    /// Bytes of one element; kernel parameters give offsets in these units.
+    pub fn elem_bytes(self) -> u64 {
+        match self {
+            Storage::Word => 4,
+            Storage::F16 => 2,
+        }
+    }
+
+    /// Bytes `n` elements take in a buffer: whole 32-bit words, at least one.
+    pub fn bytes(self, n: usize) -> u64 {
+        (n.max(1) as u64 * self.elem_bytes()).next_multiple_of(4)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::Word => "word",
+            Storage::F16 => "f16",
+        }
+    }
+}
+
 impl Phys {
     /// The WGSL scalar type.
     pub fn wgsl(self) -> &'static str {

@@ -10,7 +10,9 @@ mod attr;
 mod dtype;
 mod error;
 mod op;
+mod products;
 mod registry;
+mod target;
 mod tensor;
 pub mod wgsl;
 
@@ -20,11 +22,12 @@ mod testing;
 pub mod families;
 
 pub use attr::{Attr, Attrs};
-pub use dtype::{CastMode, DType, Phys, onnx_type_name, round_float, wgsl_round_fn};
+pub use dtype::{CastMode, DType, Phys, Storage, onnx_type_name, round_float, wgsl_round_fn};
 pub use error::{Error, Result};
 pub use op::{
     DataDependentDim, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Pointwise, TempSpec, TensorRef, TypeInfo, arg,
     need_value, norm_axis, ty, value,
 };
 pub use registry::{build_op, is_supported};
+pub use target::{Target, Tile};
 pub use tensor::{Data, Tensor, numel};

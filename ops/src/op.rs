@@ -88,6 +88,8 @@ pub struct DataDependentDim {
 pub struct LowerCtx<'a> {
     pub inputs: Vec<Option<Input<'a>>>,
     pub outputs: Vec<TypeInfo>,
+    /// The device family the kernels are for (tiles, f16, tensor cores).
+    pub target: crate::Target,
 }
 
 impl<'a> LowerCtx<'a> {
@@ -180,6 +182,10 @@ pub struct Kernel {
     pub body: String,
     pub workgroup_size: [u32; 3],
     pub workgroups: [u32; 3],
+    /// Floating-point (or integer multiply-add) operations of one dispatch,
+    /// counted as 2 per multiply-add; 0 where only bytes matter. Recorded in
+    /// the bundle for `drift bench --profile`.
+    pub flops: u64,
 }
 
 /// A scratch tensor private to one lowering.

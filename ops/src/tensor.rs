@@ -6,7 +6,7 @@
 //! CPU references read values as f64 or i64 and build results with
 //! `Tensor::from_f64` / `from_i64`, which round to the target type.
 
-use crate::{CastMode, DType, Error, Result, bail, round_float};
+use crate::{CastMode, DType, Error, Result, Storage, bail, round_float};
 use drift_numerics::{self as minifloat, E8M0Round, MiniFloat};
 use half::{bf16, f16};
 
@@ -24,9 +24,11 @@ pub struct Tensor {
     pub data: Data,
 }
 
-/// Element count of a shape (1 for a scalar).
+/// Element count of a shape (1 for a scalar). Saturates instead of
+/// overflowing, so an absurd shape compares unequal to any real count
+/// (shape rules check counts with it before anything is allocated).
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
 }
 
 impl Tensor {
@@ -111,6 +113,33 @@ impl Tensor {
             Data::F64(v) => v.iter().map(|&x| float_to_word(self.dtype, x)).collect(),
             Data::I64(v) => v.iter().map(|&x| int_to_word(self.dtype, x)).collect(),
         }
+    }
+
+    /// Whether every value keeps its magnitude as an IEEE half: a float
+    /// tensor whose finite values all round to finite f16 (|x| < 65520).
+    /// NaN and infinities stay what they are; precision is not checked,
+    /// that is what choosing f16 storage trades.
+    pub fn fits_f16(&self) -> bool {
+        match &self.data {
+            Data::F32(v) => v.iter().all(|&x| !x.is_finite() || f16::from_f32(x).is_finite()),
+            Data::F64(v) => v.iter().all(|&x| !x.is_finite() || f16::from_f64(x).is_finite()),
+            Data::I64(_) => false,
+        }
+    }
+
+    /// Elements laid out as `storage` puts them in a buffer, little endian,
+    /// padded with zeros to `storage.bytes(len)`. `Word` is
+    /// [`Tensor::to_phys_words`]; `F16` rounds each value to nearest even
+    /// (from f64 directly for float64, so there is no double rounding).
+    pub fn to_storage_bytes(&self, storage: Storage) -> Result<Vec<u8>> {
+        let mut out: Vec<u8> = match (storage, &self.data) {
+            (Storage::Word, _) => self.to_phys_words()?.iter().flat_map(|w| w.to_le_bytes()).collect(),
+            (Storage::F16, Data::F32(v)) => v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+            (Storage::F16, Data::F64(v)) => v.iter().flat_map(|&x| f16::from_f64(x).to_le_bytes()).collect(),
+            (Storage::F16, Data::I64(_)) => bail!("{} values cannot be stored as f16", self.dtype),
+        };
+        out.resize(storage.bytes(self.len()) as usize, 0);
+        Ok(out)
     }
 
     /// Reads a tensor back from physical 32-bit words.

@@ -35,7 +35,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {{
 }}
 "
     );
-    Kernel { name: name.to_string(), args, body, workgroup_size: [WG, 1, 1], workgroups }
+    Kernel { name: name.to_string(), args, body, workgroup_size: [WG, 1, 1], workgroups, flops: 0 }
 }
 
 /// Row-major strides of a shape.

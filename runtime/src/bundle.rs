@@ -1,26 +1,38 @@
 //! The bundle schema: what the compiler writes and the runtime replays.
 //!
-//! A bundle file is
+//! A bundle file (format version 2) is
 //! ```text
-//! offset 0   magic  b"DRIFTBN\0"            (8 bytes)
-//! offset 8   format version, u32 LE        (FORMAT_VERSION)
-//! offset 12  flags, u32 LE                 (0; reserved)
-//! offset 16  header length H, u64 LE
-//! offset 24  header: a prost-encoded `Bundle` (H bytes)
+//! offset 0   magic  b"DRIFTBN\0"                    (8 bytes)
+//! offset 8   format version, u32 LE                  (FORMAT_VERSION)
+//! offset 12  flags, u32 LE                           (0; reserved)
+//! offset 16  compiler version, ASCII, NUL-padded     (16 bytes)
+//! offset 32  header length H, u64 LE
+//! offset 40  weights length W, u64 LE
+//! offset 48  CRC-32 of the header, u32 LE
+//! offset 52  CRC-32 of the weights section, u32 LE
+//! offset 56  reserved, u32 (0)
+//! offset 60  CRC-32 of bytes 0..60, u32 LE
+//! offset 64  header: a prost-encoded `Bundle` (H bytes)
 //! then zero padding to the next multiple of WEIGHTS_ALIGN
-//!            weights section (`Bundle::weights_size` bytes)
+//!            weights section (W bytes); the file ends there
 //! ```
-//! The messages are declared with prost derives rather than a `.proto` file so
-//! the build needs no `protoc`; `docs/bundle.md` gives the equivalent schema.
+//! Offsets 0..32 keep their meaning in every format version, so a runtime
+//! can name the compiler of a bundle it cannot read. The messages are
+//! declared with prost derives rather than a `.proto` file so the build
+//! needs no `protoc`; `docs/bundle.md` gives the equivalent schema.
 
 /// First eight bytes of every bundle.
 pub const MAGIC: &[u8; 8] = b"DRIFTBN\0";
-/// Bumped on every incompatible change of the layout or the messages.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped on every incompatible change of the layout or the messages. This
+/// runtime reads exactly this version. History: 1 = 24-byte preamble, no
+/// checksums; 2 = 64-byte preamble with compiler version and CRC-32s.
+pub const FORMAT_VERSION: u32 = 2;
 /// The weights section starts at a multiple of this many bytes.
 pub const WEIGHTS_ALIGN: u64 = 256;
-/// Size of the fixed file header before the prost message.
-pub const FILE_HEADER_LEN: usize = 24;
+/// Size of the fixed preamble before the prost message.
+pub const FILE_HEADER_LEN: usize = 64;
+/// Bytes of the compiler version field in the preamble.
+pub const COMPILER_VERSION_LEN: usize = 16;
 /// Each dispatch's parameter block starts at a multiple of this (the
 /// WebGPU default `min_uniform_buffer_offset_alignment`).
 pub const PARAMS_ALIGN: u32 = 256;
@@ -61,6 +73,31 @@ pub struct Bundle {
     /// ignores it.
     #[prost(message, optional, tag = "30")]
     pub memory: Option<MemoryStats>,
+    /// Other kernel sets of the same model, one per device target (`drift
+    /// compile --target`), each a whole program over the same weights
+    /// section: the runtime runs the first whose vendors and needs match the
+    /// adapter, else this top-level program. Variants have no variants.
+    #[prost(message, repeated, tag = "40")]
+    pub variants: Vec<Bundle>,
+    /// The target this program was compiled for ("" or "generic": any GPU).
+    #[prost(string, tag = "41")]
+    pub target: String,
+    /// PCI vendor ids of the GPUs the program is for; empty: any.
+    #[prost(uint32, repeated, tag = "42")]
+    pub vendors: Vec<u32>,
+    /// Device features the kernels use.
+    #[prost(enumeration = "Need", repeated, tag = "43")]
+    pub needs: Vec<i32>,
+}
+
+/// A device feature a program's kernels need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Need {
+    /// f16 arithmetic and 16-bit storage buffers (`Features::SHADER_F16`).
+    F16 = 0,
+    /// Cooperative-matrix (tensor-core) operations.
+    CooperativeMatrix = 1,
 }
 
 /// The memory plan's figures (all in bytes) next to the arena it produced.
@@ -231,6 +268,14 @@ pub struct Dispatch {
     /// The graph node(s) this dispatch computes, for profiles and errors.
     #[prost(string, tag = "5")]
     pub label: String,
+    /// Bytes of the tensors the dispatch reads and writes (each counted
+    /// once), for achieved-bandwidth figures in profiles.
+    #[prost(uint64, tag = "40")]
+    pub bytes: u64,
+    /// Arithmetic operations (a multiply-add counts 2); 0 when only bytes
+    /// matter.
+    #[prost(uint64, tag = "41")]
+    pub flops: u64,
     /// Empty: each storage binding binds its whole buffer. Otherwise one
     /// range per storage binding: buffers larger than one binding are bound
     /// in windows (one buffer may appear at several bindings).

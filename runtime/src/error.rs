@@ -17,19 +17,25 @@ pub enum Error {
     #[error("not a drift bundle (bad magic)")]
     BadMagic,
 
-    #[error("bundle format version {0} is not supported (this runtime reads {FORMAT_VERSION})")]
-    UnsupportedVersion(u32),
+    #[error("{}", version_message(*version, writer.as_deref()))]
+    UnsupportedVersion { version: u32, writer: Option<String> },
 
     #[error("bundle flags {0:#x} are not supported (this runtime knows none)")]
     UnsupportedFlags(u32),
 
-    /// The file ends before the fixed 24-byte header does.
+    /// The file ends before the fixed 64-byte preamble does.
     #[error("truncated bundle: file has {0} bytes, shorter than the fixed file header")]
     TooShort(usize),
 
-    /// The header or the weights section runs past the end of the file.
-    #[error("truncated bundle: header says {expected} bytes, file has {actual}")]
-    Truncated { expected: u64, actual: u64 },
+    /// A section runs past the end of the file.
+    #[error("truncated bundle: the {section} section ends at byte {expected}, file has {actual}")]
+    Truncated { section: &'static str, expected: u64, actual: u64 },
+
+    /// A section's CRC-32 does not match its bytes.
+    #[error(
+        "bundle {section} checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is damaged"
+    )]
+    Checksum { section: &'static str, stored: u32, computed: u32 },
 
     #[error("bundle header does not decode: {0}")]
     Decode(#[from] prost::DecodeError),
@@ -93,6 +99,22 @@ pub enum Error {
 
 /// The runtime's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Says which versions this runtime reads and what to do about another.
+fn version_message(version: u32, writer: Option<&str>) -> String {
+    let runtime = env!("CARGO_PKG_VERSION");
+    let reads = format!("drift-runtime {runtime} reads format version {FORMAT_VERSION} only");
+    if version < FORMAT_VERSION {
+        format!(
+            "bundle format version {version} is older than this runtime supports ({reads}); recompile the model with drift-compiler {runtime}"
+        )
+    } else {
+        let by = writer.map(|w| format!(", written by drift-compiler {w}")).unwrap_or_default();
+        format!(
+            "bundle format version {version} is newer than this runtime supports ({reads}){by}; use a matching runtime or recompile with drift-compiler {runtime}"
+        )
+    }
+}
 
 /// Shorthand for an [`Error::Bundle`].
 pub(crate) fn bundle_err(field: impl Into<String>, problem: impl Into<String>) -> Error {

@@ -1,13 +1,15 @@
 //! Opening a GPU and deciding how kernels reach it.
 //!
 //! [`Gpu`] holds the wgpu instance, adapter, device and queue, and the
-//! [`ShaderPath`] every session on it uses: SPIR-V passthrough on Vulkan and
-//! MSL passthrough on Metal (the compiler already validated, bounds-checked
-//! and optimised those), WGSL (translated by naga at load) elsewhere.
+//! [`ShaderPath`] that sessions of trusted models on it use: SPIR-V
+//! passthrough on Vulkan and MSL passthrough on Metal (the compiler already
+//! validated those with naga), WGSL (translated by naga at load) elsewhere.
+//! Sessions of untrusted models always take the WGSL path.
 //! GL is never used: its compute support is too uneven to be worth it.
 
 use std::sync::{Arc, Mutex};
 
+use crate::bundle::Need;
 use crate::error::{Error, Result};
 
 /// How kernels are turned into pipelines.
@@ -69,12 +71,15 @@ fn bad_env(var: &'static str, value: &str, allowed: &'static str) -> Error {
 }
 
 /// Features requested when the adapter has them: passthrough for the fast
-/// shader path, timestamps for profiling, f16 and subgroups for kernels that
-/// use them (passthrough SPIR-V gets only the Vulkan features wgpu enabled).
+/// shader path, timestamps (also between dispatches) for profiling, f16,
+/// subgroups and cooperative matrices for kernels that use them
+/// (passthrough SPIR-V gets only the Vulkan features wgpu enabled).
 const WANTED_FEATURES: wgpu::Features = wgpu::Features::PASSTHROUGH_SHADERS
     .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
     .union(wgpu::Features::SHADER_F16)
-    .union(wgpu::Features::SUBGROUP);
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
 
 /// An open GPU. Sessions clone its device and queue handles.
 pub struct Gpu {
@@ -128,11 +133,19 @@ impl Gpu {
         let adapter = pollster::block_on(instance.request_adapter(&adapter_options))
             .map_err(|e| Error::NoAdapter(format!("backends {backends:?}: {e}")))?;
         let features = adapter.features() & WANTED_FEATURES;
+        let experimental_features = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            // SAFETY: only kernels the compiler validated use the feature, and
+            // only where the adapter reports it.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let device_desc = wgpu::DeviceDescriptor {
             label: Some("drift"),
             required_features: features,
             // Large models need the adapter's real binding sizes, not WebGPU's defaults.
             required_limits: adapter.limits(),
+            experimental_features,
             ..Default::default()
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&device_desc))
@@ -175,6 +188,20 @@ impl Gpu {
             backend: info.backend.to_string(),
             driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             shader_path: self.shader_path,
+        }
+    }
+
+    /// The adapter's PCI vendor id (0x10de NVIDIA, 0x1002 AMD, ...).
+    pub fn vendor(&self) -> u32 {
+        self.adapter.get_info().vendor
+    }
+
+    /// Whether the device has what kernels with `need` use.
+    pub fn has(&self, need: Need) -> bool {
+        let f = self.device.features();
+        match need {
+            Need::F16 => f.contains(wgpu::Features::SHADER_F16),
+            Need::CooperativeMatrix => f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
         }
     }
 

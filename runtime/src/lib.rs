@@ -9,6 +9,7 @@
 //! ```no_run
 //! use drift_runtime::{Gpu, HostTensor, Model, Session};
 //! let gpu = Gpu::new()?;
+//! // Untrusted: kernels run from WGSL with bounds checks; see `Model::load_trusted`.
 //! let model = Model::load("model.drift")?;
 //! let mut session = Session::new(&gpu, &model)?;
 //! let x = HostTensor::from_f32(vec![1, 4], &[1.0, 2.0, 3.0, 4.0]);
@@ -19,7 +20,7 @@
 //! ```
 //!
 //! Modules: [`bundle`] (the schema), [`format`] (file framing and
-//! validation), [`model`], [`dtype`] and [`tensor`] (host data), [`gpu`] and
+//! checksums), [`validate`] (field checks), [`model`] (with [`Trust`]), [`dtype`] and [`tensor`] (host data), [`gpu`] and
 //! [`session`] (the GPU side), [`error`].
 
 pub mod bundle;
@@ -30,12 +31,14 @@ pub mod gpu;
 pub mod model;
 pub mod session;
 pub mod tensor;
+pub mod validate;
 
 pub use bundle::Bundle;
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use format::{parse, validate, write_bundle, write_bundle_to};
+pub use format::{parse, write_bundle, write_bundle_to};
 pub use gpu::{Gpu, GpuInfo, GpuOptions, ShaderPath};
-pub use model::{Model, TensorInfo};
+pub use model::{Model, TensorInfo, Trust};
 pub use session::Session;
 pub use tensor::HostTensor;
+pub use validate::validate;

@@ -5,19 +5,27 @@
 //! per dispatch and one staging buffer for all outputs. [`Session::run`] then
 //! only writes inputs, records every dispatch into one compute pass, submits
 //! once, and reads the outputs back with one map.
+//!
+//! Which shaders a session uses depends on the model's [`Trust`]: a trusted
+//! model takes the GPU's passthrough path (SPIR-V or MSL as compiled), an
+//! untrusted one always its WGSL, validated by naga and bounds-checked.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
-use crate::bundle::{BindingKind, Buffer, BufferKind, Bundle, Dispatch, IoTensor, Kernel, PARAMS_ALIGN, WINDOW_ALIGN};
+use crate::bundle::{
+    BindingKind, Buffer, BufferKind, Bundle, Dispatch, IoTensor, Kernel, Need, PARAMS_ALIGN, WINDOW_ALIGN,
+};
 use crate::error::{Error, Result, fmt_shape};
-use crate::format::{binding_kinds, io_size};
 use crate::gpu::{Gpu, ShaderPath, take_error};
-use crate::model::{Model, TensorInfo};
+use crate::model::{Model, TensorInfo, Trust, target_name};
 use crate::tensor::HostTensor;
+use crate::validate::{binding_kinds, io_size};
 
 /// A model instantiated on a GPU, ready to run repeatedly.
 pub struct Session {
+    shader_path: ShaderPath,
     device: wgpu::Device,
     queue: wgpu::Queue,
     errors: Arc<Mutex<Option<String>>>,
@@ -33,6 +41,8 @@ pub struct Session {
     staging: Option<wgpu::Buffer>,
     /// Reused for converting inputs to their GPU form.
     scratch: Vec<u8>,
+    /// The target of the program this session runs (`Model::program_for`).
+    target: String,
 }
 
 /// One dispatch, ready to record.
@@ -73,8 +83,12 @@ fn params_binding_size(kernel: &Kernel) -> u64 {
 impl Session {
     /// Creates every GPU object `model` needs on `gpu`.
     pub fn new(gpu: &Gpu, model: &Model) -> Result<Session> {
-        let bundle = model.bundle();
+        let bundle = model.program_for(gpu.vendor(), |n| gpu.has(n))?;
+        let shader_path = shader_path(gpu, model.trust());
+        // Every check before the first GPU call.
+        check_needs(gpu, bundle)?;
         check_limits(gpu, bundle)?;
+        check_shaders(bundle, shader_path)?;
         let device = &gpu.device;
 
         let inputs: Vec<Slot> = bundle.inputs.iter().zip(model.inputs()).map(|(t, info)| slot(t, info)).collect();
@@ -88,7 +102,7 @@ impl Session {
             return Err(Error::Gpu(format!("creating buffers: {e}")));
         }
 
-        let (layouts, pipelines) = create_pipelines(gpu, bundle)?;
+        let (layouts, pipelines) = create_pipelines(device, shader_path, bundle)?;
         let (steps, err) = catch(device, || {
             let step = |d: &Dispatch| Step {
                 pipeline: d.kernel as usize,
@@ -103,6 +117,7 @@ impl Session {
         }
 
         Ok(Session {
+            shader_path,
             device: device.clone(),
             queue: gpu.queue.clone(),
             errors: Arc::clone(&gpu.errors),
@@ -114,7 +129,97 @@ impl Session {
             outputs,
             staging,
             scratch: Vec::new(),
+            target: target_name(bundle).to_string(),
         })
+    }
+
+    /// How this session's kernels reached the GPU: passthrough only for a
+    /// trusted model on a GPU that has it, WGSL otherwise.
+    pub fn shader_path(&self) -> ShaderPath {
+        self.shader_path
+    }
+
+    /// The target of the kernel set this session runs ("generic", "nvidia", ...).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Number of dispatches one run records.
+    pub fn dispatches(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Replays every dispatch on the inputs of the last run (no uploads, no
+    /// readback) and waits for the GPU. Returns the CPU time spent
+    /// recording and submitting, for benchmarks.
+    pub fn replay(&mut self) -> Result<Duration> {
+        let start = Instant::now();
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        self.record_pass(&mut encoder, None);
+        self.queue.submit([encoder.finish()]);
+        let cpu = start.elapsed();
+        self.wait()?;
+        Ok(cpu)
+    }
+
+    /// GPU nanoseconds of every dispatch of one replay, in dispatch order,
+    /// from timestamps written between dispatches (needs the adapter's
+    /// TIMESTAMP_QUERY_INSIDE_PASSES; not on Apple GPUs).
+    pub fn profile(&mut self) -> Result<Vec<f64>> {
+        let features = self.device.features();
+        if !features.contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
+            return Err(Error::Unsupported("this GPU cannot write timestamps between dispatches".into()));
+        }
+        let count = self.steps.len() as u32 + 1;
+        if count > wgpu::QUERY_SET_MAX_QUERIES {
+            return Err(Error::Unsupported(format!(
+                "profiling {} dispatches needs more than {} timestamps",
+                self.steps.len(),
+                wgpu::QUERY_SET_MAX_QUERIES
+            )));
+        }
+        let bytes = u64::from(count) * wgpu::QUERY_SIZE as u64;
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let buffer = |usage| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile"),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let resolved = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        let readback = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        self.record_pass(&mut encoder, Some(&queries));
+        encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
+        encoder.copy_buffer_to_buffer(&resolved, 0, &readback, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        let view = self.map(&readback)?;
+        let ticks: Vec<u64> =
+            view.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+        drop(view);
+        readback.unmap();
+        if let Some(e) = take_error(&self.errors) {
+            return Err(Error::Gpu(e));
+        }
+        let period = f64::from(self.queue.get_timestamp_period());
+        Ok(ticks.windows(2).map(|w| w[1].saturating_sub(w[0]) as f64 * period).collect())
+    }
+
+    /// Waits for submitted work; reports what wgpu reported meanwhile.
+    fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        match take_error(&self.errors) {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
     }
 
     /// The inputs `run` expects, in bundle order.
@@ -172,15 +277,7 @@ impl Session {
     /// copies of the outputs into the staging buffer.
     fn record(&self) -> wgpu::CommandBuffer {
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for step in &self.steps {
-                pass.set_pipeline(&self.pipelines[step.pipeline]);
-                pass.set_bind_group(0, &step.bind_group, &[step.params_offset]);
-                let [x, y, z] = step.workgroups;
-                pass.dispatch_workgroups(x, y, z);
-            }
-        }
+        self.record_pass(&mut encoder, None);
         if let Some(staging) = &self.staging {
             for out in self.outputs.iter().filter(|o| o.size > 0) {
                 let src = &self.buffers[out.buffer];
@@ -191,6 +288,24 @@ impl Session {
             }
         }
         encoder.finish()
+    }
+
+    /// The compute pass of every dispatch; with `timestamps`, query `i`
+    /// is written before dispatch `i` and the last after all of them.
+    fn record_pass(&self, encoder: &mut wgpu::CommandEncoder, timestamps: Option<&wgpu::QuerySet>) {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for (i, step) in self.steps.iter().enumerate() {
+            if let Some(q) = timestamps {
+                pass.write_timestamp(q, i as u32);
+            }
+            pass.set_pipeline(&self.pipelines[step.pipeline]);
+            pass.set_bind_group(0, &step.bind_group, &[step.params_offset]);
+            let [x, y, z] = step.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+        if let Some(q) = timestamps {
+            pass.write_timestamp(q, self.steps.len() as u32);
+        }
     }
 
     /// Waits for the submitted work, maps the staging buffer once and
@@ -347,6 +462,43 @@ fn catch<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> (T, Option<String>)
     (value, first)
 }
 
+/// The GPU's preferred path for a trusted model; WGSL for an untrusted one.
+fn shader_path(gpu: &Gpu, trust: Trust) -> ShaderPath {
+    match trust {
+        Trust::Trusted => gpu.shader_path,
+        Trust::Untrusted => ShaderPath::Wgsl,
+    }
+}
+
+/// An untrusted bundle runs only WGSL: its SPIR-V would otherwise reach
+/// naga's SPIR-V front end, a larger surface than the WGSL one, for no gain.
+fn check_shaders(bundle: &Bundle, path: ShaderPath) -> Result<()> {
+    if path != ShaderPath::Wgsl {
+        return Ok(());
+    }
+    match bundle.kernels.iter().position(|k| k.wgsl.is_empty()) {
+        Some(i) => Err(crate::error::bundle_err(
+            format!("kernels[{i}].wgsl"),
+            "is empty; without WGSL the kernel can only run as a trusted bundle on a passthrough GPU",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Fails with `Error::Unsupported` when the program's kernels use device
+/// features the GPU lacks (a bundle compiled for other targets only).
+fn check_needs(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
+    for need in bundle.needs.iter().filter_map(|&n| Need::try_from(n).ok()) {
+        if !gpu.has(need) {
+            return Err(Error::Unsupported(format!(
+                "the '{}' kernels need {need:?}, which the GPU lacks (compile with --target generic)",
+                target_name(bundle)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Fails with `Error::Unsupported` when the bundle needs more than the device allows.
 fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
     let limits = gpu.device.limits();
@@ -364,6 +516,13 @@ fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
     check_binding_limits(&limits, bundle)?;
     for (i, k) in bundle.kernels.iter().enumerate() {
         check_kernel_limits(&limits, i, k)?;
+    }
+    let staging = staging_size(bundle);
+    if staging > limits.max_buffer_size {
+        return unsupported(format!(
+            "its outputs need {staging} bytes of readback, the GPU allows {}",
+            limits.max_buffer_size
+        ));
     }
     let max_groups = limits.max_compute_workgroups_per_dimension;
     if let Some((i, d)) =
@@ -492,12 +651,15 @@ fn create_params_buffer(device: &wgpu::Device, queue: &wgpu::Queue, bundle: &Bun
 
 /// Every kernel's bind group layout and pipeline; a kernel that fails to
 /// build is named in the error.
-fn create_pipelines(gpu: &Gpu, bundle: &Bundle) -> Result<(Vec<wgpu::BindGroupLayout>, Vec<wgpu::ComputePipeline>)> {
+fn create_pipelines(
+    device: &wgpu::Device,
+    path: ShaderPath,
+    bundle: &Bundle,
+) -> Result<(Vec<wgpu::BindGroupLayout>, Vec<wgpu::ComputePipeline>)> {
     let mut layouts = Vec::with_capacity(bundle.kernels.len());
     let mut pipelines = Vec::with_capacity(bundle.kernels.len());
     for (index, kernel) in bundle.kernels.iter().enumerate() {
-        let device = &gpu.device;
-        let ((layout, pipeline), err) = catch(device, || create_pipeline(device, gpu.shader_path, kernel));
+        let ((layout, pipeline), err) = catch(device, || create_pipeline(device, path, kernel));
         if let Some(message) = err {
             let name = kernel.name.clone();
             return Err(Error::Kernel { index, name, message });
@@ -568,8 +730,10 @@ fn create_module<'k>(device: &wgpu::Device, path: ShaderPath, kernel: &'k Kernel
             msl,
             ..Default::default()
         };
-        // SAFETY: the compiler validated these shaders with naga and baked in
-        // bounds checks; wgpu cannot check passthrough code.
+        // SAFETY: passthrough code reaches the driver unvalidated and without
+        // bounds checks. Only a model the caller marked Trust::Trusted gets
+        // here (see `shader_path`); the compiler validated it with naga and
+        // its kernels guard their own indices.
         (unsafe { device.create_shader_module_passthrough(desc) }, name)
     };
     match path {
@@ -627,6 +791,18 @@ fn create_bind_group(
         label: Some(&dispatch.label),
         layout: &layouts[dispatch.kernel as usize],
         entries: &entries,
+    })
+}
+
+/// Bytes of the staging buffer `create_staging` makes; saturates.
+fn staging_size(bundle: &Bundle) -> u64 {
+    bundle.outputs.iter().fold(0u64, |end, o| {
+        let data = end
+            .checked_add(io_size(o).unwrap_or(u64::MAX))
+            .and_then(|n| n.checked_next_multiple_of(wgpu::MAP_ALIGNMENT))
+            .unwrap_or(u64::MAX);
+        let extent = if o.extent.is_some() { wgpu::MAP_ALIGNMENT } else { 0 };
+        data.saturating_add(extent)
     })
 }
 

@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 use drift_runtime::bundle::{
     BindingKind, Buffer, BufferKind, Bundle, Dispatch, FixedInput, IoTensor, Kernel, PARAMS_ALIGN, PhysType,
 };
-use drift_runtime::{DType, Gpu, GpuOptions, HostTensor, Model, Session, ShaderPath, write_bundle};
+use drift_runtime::format::frame;
+use drift_runtime::{DType, Gpu, GpuOptions, HostTensor, Model, Session, ShaderPath, Trust, write_bundle};
 
 const N: usize = 100;
 
@@ -103,7 +104,7 @@ fn dispatch(kernel: u32, buffers: Vec<u32>, block: u32, n: u32, label: &str) -> 
         params_offset: block * PARAMS_ALIGN,
         workgroups: vec![n.div_ceil(64), 1, 1],
         label: label.into(),
-        windows: vec![],
+        ..Default::default()
     }
 }
 
@@ -169,7 +170,7 @@ fn test_bundle() -> (Bundle, Vec<u8>) {
             shape: vec![2],
             value: [0i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect(),
         }],
-        memory: None,
+        ..Default::default()
     };
     (bundle, weights)
 }
@@ -226,12 +227,14 @@ fn runs_on_the_passthrough_path_from_a_mapped_file() {
     }
     let path = std::env::temp_dir().join(format!("drift-runtime-test-{}.drift", std::process::id()));
     std::fs::write(&path, test_bytes()).expect("temp file writes");
-    let model = Model::load(&path);
+    let model = Model::load_trusted(&path);
     std::fs::remove_file(&path).expect("temp file removes");
     let model = model.expect("bundle loads");
+    assert_eq!(model.trust(), Trust::Trusted);
     assert_eq!(model.inputs()[2].dtype, DType::I64);
     assert_eq!(model.outputs()[0].shape, [4, 25]);
     let mut session = Session::new(gpu, &model).expect("session builds");
+    assert_eq!(session.shader_path(), gpu.shader_path(), "a trusted model takes the GPU's preferred path");
     // Twice: a second run must reuse everything and see new inputs.
     run_and_check(&mut session, 1.5);
     run_and_check(&mut session, -3.0);
@@ -261,6 +264,20 @@ fn invalid(change: impl FnOnce(&mut Bundle)) -> String {
     load_error(write_bundle(&bundle, &weights))
 }
 
+/// Rewrites the preamble's CRC after a test changed a preamble field, so
+/// that the field's own check is what fails.
+fn reseal_preamble(bytes: &mut [u8]) {
+    let crc = crc32fast::hash(&bytes[..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// `bytes` with the u64 at `at` set to `value` and the preamble resealed.
+fn with_u64(mut bytes: Vec<u8>, at: usize, value: u64) -> Vec<u8> {
+    bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    reseal_preamble(&mut bytes);
+    bytes
+}
+
 #[test]
 fn rejects_bad_framing() {
     let mut bytes = test_bytes();
@@ -268,17 +285,71 @@ fn rejects_bad_framing() {
     assert_eq!(load_error(bytes), "not a drift bundle (bad magic)");
     assert_eq!(load_error(b"GIF89a".to_vec()), "not a drift bundle (bad magic)");
 
+    // Newer: the message names the compiler that wrote it (offsets 16..32
+    // keep their meaning across versions) and what this runtime reads.
     let mut bytes = test_bytes();
     bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
-    assert_eq!(load_error(bytes), "bundle format version 7 is not supported (this runtime reads 1)");
-
+    let msg = load_error(bytes);
+    assert!(msg.starts_with("bundle format version 7 is newer than this runtime supports"), "{msg}");
+    assert!(msg.contains("reads format version 2 only"), "{msg}");
+    assert!(msg.contains("written by drift-compiler test"), "{msg}");
+    // Older: version 1 had a 24-byte preamble and no checksums.
     let mut bytes = test_bytes();
-    bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(load_error(bytes).starts_with("truncated bundle: header says 18446744073709551615 bytes"));
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let msg = load_error(bytes);
+    assert!(msg.starts_with("bundle format version 1 is older than this runtime supports"), "{msg}");
+    assert!(msg.contains("recompile the model"), "{msg}");
+
+    // Oversized lengths, with a valid preamble checksum: never allocated.
+    let msg = load_error(with_u64(test_bytes(), 32, u64::MAX));
+    assert!(msg.starts_with("truncated bundle: the header section ends at byte 18446744073709551615"), "{msg}");
+    let msg = load_error(with_u64(test_bytes(), 40, 1 << 60));
+    assert!(msg.starts_with("truncated bundle: the weights section ends at byte"), "{msg}");
+    let msg = load_error(with_u64(test_bytes(), 32, 1 << 40));
+    assert!(msg.starts_with("truncated bundle: the header section ends at byte 1099511627840"), "{msg}");
 
     let mut bytes = test_bytes();
     bytes.push(0);
-    assert!(load_error(bytes).contains("weights_size"));
+    assert!(load_error(bytes).contains("preamble.weights_len"));
+}
+
+#[test]
+fn checksums_cover_every_section() {
+    let bytes = test_bytes();
+    let f = frame(&bytes).expect("the test bundle frames");
+    let flip = |at: usize| {
+        let mut b = bytes.clone();
+        b[at] ^= 0x10;
+        load_error(b)
+    };
+    assert!(flip(20).starts_with("bundle preamble checksum mismatch"), "{}", flip(20));
+    assert!(flip(f.header.start + 5).starts_with("bundle header checksum mismatch"));
+    assert!(flip(f.weights.end - 1).starts_with("bundle weights checksum mismatch"));
+    assert!(flip(f.header.end).starts_with("bundle field padding byte at file offset"));
+    // A preamble field changed and resealed is checked on its own.
+    let mut b = bytes.clone();
+    b[16..32].copy_from_slice(b"0.1.0\0\0\0\0\0\0\0\0\0\x01\0");
+    reseal_preamble(&mut b);
+    assert!(load_error(b).starts_with("bundle field preamble.compiler_version"));
+    let mut b = bytes.clone();
+    b[16..21].copy_from_slice(b"9.9.9");
+    reseal_preamble(&mut b);
+    assert!(load_error(b).starts_with("bundle field compiler_version = \"test\" differs from the preamble's"));
+}
+
+/// Every single-bit flip anywhere in the file is rejected: CRC-32 detects
+/// all single-bit errors, and the magic and version have their own checks.
+#[test]
+fn every_bit_flip_is_rejected() {
+    let bytes = test_bytes();
+    for at in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut b = bytes.clone();
+            b[at] ^= 1 << bit;
+            let msg = load_error(b);
+            assert!(!msg.is_empty(), "byte {at} bit {bit}");
+        }
+    }
 }
 
 #[test]
@@ -295,17 +366,50 @@ fn load_reports_file_problems() {
     assert_eq!(err.as_deref(), Some("truncated bundle: file has 0 bytes, shorter than the fixed file header"));
 }
 
+/// Cut at every length, which includes every section boundary (inside the
+/// magic, at the version, the preamble's end, the header's end, inside the
+/// padding, at the weights' start and one byte before the end): the
+/// message says truncated and names the section that is cut.
 #[test]
 fn rejects_every_truncation() {
     let bytes = test_bytes();
-    let full = bytes.len();
-    for len in 0..full {
+    let f = frame(&bytes).expect("the test bundle frames");
+    for len in 0..bytes.len() {
         let msg = load_error(bytes[..len].to_vec());
         assert!(msg.starts_with("truncated bundle: "), "at {len} bytes: {msg}");
-        if len >= 24 {
+        let section = match len {
+            _ if len < 64 => "shorter than the fixed file header",
+            _ if len < f.header.end => "the header section",
+            _ => "the weights section",
+        };
+        assert!(msg.contains(section), "at {len} bytes: {msg}");
+        if len >= 64 {
             assert!(msg.ends_with(&format!("file has {len}")), "at {len} bytes: {msg}");
         }
     }
+}
+
+/// Repeated fields are counted before decoding: 70,000 empty entries (2
+/// bytes each on the wire, ~100 bytes each decoded) are refused.
+#[test]
+fn too_many_entries_are_refused_before_decoding() {
+    let (mut bundle, weights) = test_bundle();
+    bundle.inputs = vec![IoTensor::default(); 70_000];
+    assert_eq!(load_error(write_bundle(&bundle, &weights)), "bundle field inputs has more than 65536 entries");
+    let (mut bundle, weights) = test_bundle();
+    bundle.dispatches = vec![Dispatch::default(); (1 << 20) + 1];
+    assert_eq!(load_error(write_bundle(&bundle, &weights)), "bundle field dispatches has more than 1048576 entries");
+    // Variants (kernel sets) are counted too, and so are their own fields.
+    let (mut bundle, weights) = test_bundle();
+    bundle.variants = vec![Bundle::default(); 65];
+    assert_eq!(load_error(write_bundle(&bundle, &weights)), "bundle field variants has more than 64 entries");
+    let (mut bundle, weights) = test_bundle();
+    let variant = Bundle { kernels: vec![Kernel::default(); 70_000], ..Bundle::default() };
+    bundle.variants = vec![Bundle::default(), variant];
+    assert_eq!(
+        load_error(write_bundle(&bundle, &weights)),
+        "bundle field variants[1].kernels has more than 65536 entries"
+    );
 }
 
 #[test]
@@ -316,9 +420,45 @@ fn rejects_inconsistent_fields() {
         ("fixed_inputs[0].name = 'a' is empty or repeated", Box::new(|b| b.fixed_inputs[0].name = "a".into())),
         ("fixed_inputs[0].dtype = 99 is not a supported ONNX type", Box::new(|b| b.fixed_inputs[0].dtype = 99)),
         (
-            "fixed_inputs[0].value tensor: data has 16 bytes, its dtype and shape need 24",
+            "fixed_inputs[0].value has 16 bytes, its dtype and shape [3] need 24",
             Box::new(|b| b.fixed_inputs[0].shape = vec![3]),
         ),
+        (
+            "fixed_inputs[0].value has 16 bytes, its dtype and shape [4294967296,4294967296,4294967296] need more",
+            Box::new(|b| b.fixed_inputs[0].shape = vec![1 << 32; 3]),
+        ),
+        ("preamble.compiler_version = \"\\0", Box::new(|b| b.compiler_version.clear())),
+        (
+            "compiler_version = \"0.1.0-with-a-long-tag\" differs from the preamble's \"0.1.0-with-a-lon\"",
+            Box::new(|b| b.compiler_version = "0.1.0-with-a-long-tag".into()),
+        ),
+        (
+            "kernels[0].entry_point = \"ma\\0in\" is not an identifier",
+            Box::new(|b| b.kernels[0].entry_point = "ma\0in".into()),
+        ),
+        ("kernels[0].entry_point = \"\" is not an identifier", Box::new(|b| b.kernels[0].entry_point.clear())),
+        (
+            "kernels[1].msl_entry_point = \"1st\" is not an identifier",
+            Box::new(|b| b.kernels[1].msl_entry_point = "1st".into()),
+        ),
+        ("kernels[2].params_size = 65540 is more than 65536 bytes", Box::new(|b| b.kernels[2].params_size = 65540)),
+        (
+            "kernels[0].bindings has 257 entries, not 1 to 256",
+            Box::new(|b| b.kernels[0].bindings.resize(257, BindingKind::StorageRead as i32)),
+        ),
+        ("kernels[0].bindings has 0 entries", Box::new(|b| b.kernels[0].bindings.clear())),
+        ("buffers[0].weights_offset = 8 is set on an Arena buffer", Box::new(|b| b.buffers[0].weights_offset = 8)),
+        ("buffers[1].kind = 7 is not a buffer kind", Box::new(|b| b.buffers[1].kind = 7)),
+        (
+            "outputs[0].extent.axis = 2 is out of range for rank 2",
+            Box::new(|b| b.outputs[0].extent = Some(extent(2, 0, 0))),
+        ),
+        (
+            "outputs[0].extent.buffer = 1 is not an Arena buffer",
+            Box::new(|b| b.outputs[0].extent = Some(extent(0, 1, 0))),
+        ),
+        ("outputs[0].extent.offset = 6 is unaligned", Box::new(|b| b.outputs[0].extent = Some(extent(0, 0, 6)))),
+        ("inputs[0].extent is only allowed on outputs", Box::new(|b| b.inputs[0].extent = Some(extent(0, 0, 0)))),
         ("dispatches[0].buffers[0] = 5 is out of range (2 buffers)", Box::new(|b| b.dispatches[0].buffers[0] = 5)),
         (
             "dispatches[0].buffers has 2 entries but kernels[0] 'add_arena' has 1 storage bindings",
@@ -385,6 +525,10 @@ fn rejects_inconsistent_fields() {
         let msg = invalid(change);
         assert!(msg.starts_with(&format!("bundle field {expected}")), "expected '{expected}', got '{msg}'");
     }
+}
+
+fn extent(axis: u32, buffer: u32, offset: u64) -> drift_runtime::bundle::Extent {
+    drift_runtime::bundle::Extent { axis, buffer, offset }
 }
 
 /// The message of `session.run(inputs)`'s error.
@@ -480,4 +624,77 @@ fn random_corruption_never_panics() {
         // Errors are fine; panics are not. Loading must not touch the GPU.
         let _ = Model::from_bytes(corrupt);
     }
+}
+
+// ------------------------------------------------------------------ trust
+
+#[test]
+fn untrusted_models_run_their_wgsl_even_where_passthrough_exists() {
+    let gpu = gpu(false);
+    let model = Model::from_bytes(test_bytes()).expect("bundle loads");
+    assert_eq!(model.trust(), Trust::Untrusted, "untrusted is the default");
+    let mut session = Session::new(gpu, &model).expect("session builds");
+    assert_eq!(session.shader_path(), ShaderPath::Wgsl);
+    run_and_check(&mut session, 0.75);
+}
+
+#[test]
+fn untrusted_models_need_wgsl() {
+    let (mut bundle, weights) = test_bundle();
+    bundle.kernels[2].wgsl.clear();
+    let model = Model::from_bytes(write_bundle(&bundle, &weights)).expect("valid: the SPIR-V is there");
+    let err = Session::new(gpu(false), &model).err().expect("an untrusted bundle needs WGSL").to_string();
+    assert!(err.starts_with("bundle field kernels[2].wgsl is empty"), "{err}");
+    // Trusted, on a GPU with passthrough, the SPIR-V serves.
+    if gpu(false).shader_path() == ShaderPath::SpirvPassthrough {
+        let mut session = Session::new(gpu(false), &model.with_trust(Trust::Trusted)).expect("session builds");
+        assert_eq!(session.shader_path(), ShaderPath::SpirvPassthrough);
+        run_and_check(&mut session, 1.0);
+    }
+}
+
+/// A kernel that writes and reads millions of words past the end of its
+/// 16-word buffer. Through the untrusted (WGSL) path wgpu's bounds checks
+/// keep both inside the binding: the write is clamped to the last word or
+/// dropped, the read clamped or zero, and the buffer next to it untouched.
+/// (The same SPIR-V through passthrough would write wherever it points,
+/// which is why passthrough needs a trusted bundle; it is not run here.)
+const ESCAPE: &str = "
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x != 0u) { return; }
+    let o = p.o[0];
+    arena[o.x + 1000000u] = 42u;
+    arena[o.x] = arena[o.x + 2000000u] + 7u;
+}";
+
+fn escape_bundle() -> Bundle {
+    let words = |n: u64| Buffer { kind: BufferKind::Arena as i32, size: n * 4, weights_offset: 0 };
+    let out = |name: &str, buffer| IoTensor { buffer, ..io(name, DType::U32, &[16], 0) };
+    Bundle {
+        compiler_version: "test".into(),
+        model_name: "escape".into(),
+        outputs: vec![out("target", 0), out("neighbour", 1)],
+        buffers: vec![words(16), words(16)],
+        kernels: vec![kernel("escape", ESCAPE, &[BindingKind::Params, BindingKind::StorageReadWrite])],
+        dispatches: vec![dispatch(0, vec![0], 0, 1, "escape")],
+        params: vec![0; PARAMS_ALIGN as usize],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn untrusted_kernels_cannot_leave_their_buffers() {
+    let model = Model::from_bytes(write_bundle(&escape_bundle(), &[])).expect("bundle loads");
+    let mut session = Session::new(gpu(false), &model).expect("session builds");
+    assert_eq!(session.shader_path(), ShaderPath::Wgsl);
+    let out = session.run(&[]).expect("run succeeds");
+    let words = |t: &HostTensor| -> Vec<u32> {
+        t.data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
+    let (target, neighbour) = (words(&out[0].1), words(&out[1].1));
+    assert_eq!(neighbour, [0; 16], "the other buffer is untouched");
+    assert!([0, 42].contains(&target[15]), "the far write was clamped to the last word or dropped: {target:?}");
+    assert!([7, 49].contains(&target[0]), "the far read was clamped or zero: {target:?}");
+    assert_eq!(target[1..15], [0; 14], "nothing else was written: {target:?}");
 }

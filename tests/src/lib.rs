@@ -2,6 +2,7 @@
 //! (model + `.pb` or `.npy` data), compile it, run it on the GPU, and
 //! compare with the expected outputs the way numpy's `isclose` does.
 
+pub mod fixtures;
 pub mod gate;
 pub mod memory;
 pub mod suite;
@@ -198,8 +199,10 @@ pub fn run_case_with(gpu: &Gpu, case: &Case, base: &Options) -> (Outcome, Vec<St
         }
     };
     let fixed = fixed_names(&opts);
+    // Compiled by this process a moment ago: trusted, so the suite runs the
+    // passthrough kernels that a deployment of trusted bundles runs.
     let model = match Model::from_bytes(compiled.to_bytes()) {
-        Ok(m) => m,
+        Ok(m) => m.with_trust(drift_runtime::Trust::Trusted),
         Err(e) => return (Outcome::Run(format!("load: {e}")), fixed),
     };
     let mut session = match Session::new(gpu, &model) {

@@ -177,14 +177,34 @@ impl Op for FusedOp {
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
-        let mut inner =
-            LowerCtx { inputs: cx.inputs[..self.producer_inputs].to_vec(), outputs: vec![self.producer_out.clone()] };
+        let mut inner = LowerCtx {
+            inputs: cx.inputs[..self.producer_inputs].to_vec(),
+            outputs: vec![self.producer_out.clone()],
+            target: cx.target,
+        };
         for p in &self.prologues {
             inner.inputs[p.input] = Some(Input { ty: &p.pad.out, value: None });
         }
-        let Lowering::Kernels { temps, kernels } = self.producer.lower(&inner)? else {
+        let Lowering::Kernels { mut temps, mut kernels } = self.producer.lower(&inner)? else {
             drift_ops::bail!("a fused producer must lower to kernels");
         };
+        let writes = || kernels.iter().flat_map(|k| &k.args).filter(|a| a.tensor == TensorRef::Output(0));
+        if !writes().all(|a| a.stored_once) {
+            // This target's kernels store the output in parts (tiles, split
+            // sums): they write a scratch copy, and one more kernel applies
+            // the members from it.
+            let t = temps.len();
+            temps.push(drift_ops::TempSpec { elems: self.producer_out.numel(), phys: self.producer_out.dtype.phys() });
+            for a in kernels.iter_mut().flat_map(|k| k.args.iter_mut()).filter(|a| a.tensor == TensorRef::Output(0)) {
+                a.tensor = TensorRef::Temp(t);
+            }
+            let args = vec![
+                KernelArg::new("fzt", TensorRef::Temp(t)),
+                KernelArg::new("fzv", TensorRef::Output(0)).stored_once(),
+            ];
+            let n = self.producer_out.numel();
+            kernels.push(drift_ops::wgsl::kernel_1d("epilogue", args, n, "", "    st_fzv(i, ld_fzt(i));"));
+        }
         let (store_fn, args) = self.epilogue(cx)?;
         let mut kernels: Vec<Kernel> =
             kernels.into_iter().map(|k| splice(k, &store_fn, &args)).collect::<Result<_>>()?;
@@ -369,7 +389,7 @@ impl FusedOp {
         let mut stmts = unravel("fc", "i", &shape);
         for (j, m) in self.members.iter().enumerate() {
             let ins = self.member_inputs(m);
-            let mcx = LowerCtx { inputs: ins, outputs: vec![m.out.clone()] };
+            let mcx = LowerCtx { inputs: ins, outputs: vec![m.out.clone()], target: cx.target };
             let probe: Vec<String> = (0..m.operands.len()).map(|k| format!("o{k}")).collect();
             let Some(pw) = m.op.pointwise(&mcx, &probe) else {
                 drift_ops::bail!("fused op {} has no pointwise form", m.op_type);
@@ -421,7 +441,10 @@ fn is_member_candidate(cx: &Ctx, id: NodeId, shape: &[usize]) -> bool {
     let inputs: Vec<Option<Input>> =
         n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
     let probe: Vec<String> = (0..inputs.len()).map(|k| format!("o{k}")).collect();
-    cx.memo("pointwise", id, || op.pointwise(&LowerCtx { inputs, outputs: vec![cx.ty(y).clone()] }, &probe).is_some())
+    cx.memo("pointwise", id, || {
+        op.pointwise(&LowerCtx { inputs, outputs: vec![cx.ty(y).clone()], target: Default::default() }, &probe)
+            .is_some()
+    })
 }
 
 /// Whether node `id` can be a producer: its lowering stores output 0 once
@@ -437,7 +460,9 @@ fn is_producer(cx: &Ctx, id: NodeId) -> Option<ValueId> {
     let stores_once = || {
         let inputs: Vec<Option<Input>> =
             n.inputs.iter().map(|v| v.map(|v| Input { ty: cx.ty(v), value: cx.constant(v) })).collect();
-        let lcx = LowerCtx { inputs, outputs: vec![cx.ty(y).clone()] };
+        // Fusion is decided for the generic kernels; `FusedOp::lower` falls
+        // back to a separate epilogue kernel where a target's are not.
+        let lcx = LowerCtx { inputs, outputs: vec![cx.ty(y).clone()], target: Default::default() };
         if !op.data_dependent_dims(&lcx).is_empty() {
             return false;
         }

@@ -968,12 +968,12 @@ pub(crate) mod tests {
         let shapes: Vec<_> = outs.iter().map(|o| o.shape.clone()).collect();
         assert_eq!(shapes, vec![vec![2, 3, 24], vec![2, 2, 9, 8], vec![2, 2, 9, 6], vec![2, 4, 3, 9]]);
         // Only Y requested: no present copies, no QK output: one fused kernel.
-        let cx = LowerCtx { inputs: ins.clone(), outputs: vec![outs[0].clone()] };
+        let cx = LowerCtx { inputs: ins.clone(), outputs: vec![outs[0].clone()], target: Default::default() };
         let Lowering::Kernels { temps, kernels } = op.lower(&cx).unwrap() else { panic!("expected kernels") };
         let names: Vec<_> = kernels.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(names, ["attn_fused"]);
         assert_eq!(temps[0].elems, 2 * 4 * 3 * 9);
-        let cx = LowerCtx { inputs: ins, outputs: outs };
+        let cx = LowerCtx { inputs: ins, outputs: outs, target: Default::default() };
         let Lowering::Kernels { kernels, .. } = op.lower(&cx).unwrap() else { panic!("expected kernels") };
         assert_eq!(kernels.len(), 5);
         // Mismatched heads are a model error.

@@ -355,6 +355,10 @@ impl Op for Conv {
             let q = self.quant(cx.has_input(2), w_zero, &g)?;
             return conv_block(&g, false, Some(q));
         }
+        if !cx.target.tiles.is_empty() && crate::products::worth_tiling(g.mg(), g.n * g.outs.iter().product::<usize>())
+        {
+            return conv_tiled(&g, cx.has_input(2), &cx.target);
+        }
         conv_block(&g, cx.has_input(2), None)
     }
 }
@@ -477,7 +481,7 @@ fn epilogue(bi: u32, r: u32, c: u32, o: u32, v: {t}) {{ st_y(o, v); }}
         args.push(KernelArg::new("zw", TensorRef::Input(3)));
     }
     args.push(KernelArg::new("y", TensorRef::Output(0)).stored_once());
-    let main = block_kernel(&BlockSpec {
+    let mut main = block_kernel(&BlockSpec {
         name: format!("conv{r}d"),
         args,
         phys,
@@ -498,6 +502,7 @@ fn epilogue(bi: u32, r: u32, c: u32, o: u32, v: {t}) {{ st_y(o, v); }}
         row_zero: w_zero.is_some(),
         col_zero: false,
     })?;
+    main.flops = 2 * (g.group * mg * g.n * outsp * cg * ksp) as u64;
     if !needs_pad {
         return Ok(Lowering::one(main));
     }
@@ -505,6 +510,76 @@ fn epilogue(bi: u32, r: u32, c: u32, o: u32, v: {t}) {{ st_y(o, v); }}
         temps: vec![crate::TempSpec { elems: g.n * g.c * hpsp, phys }],
         kernels: vec![pad_kernel(g, &hp, q), main],
     })
+}
+
+/// A forward float convolution on the tiled product kernels (targets with
+/// workgroup memory): rows are a group's output channels, columns the
+/// output positions of every image, the reduction index `k` is input
+/// channel x taps, split into its coordinates in `b_at`.
+fn conv_tiled(g: &Geom, has_bias: bool, target: &crate::Target) -> Result<Lowering> {
+    use crate::products::{Product, cooperative, tiled};
+    let r = g.ins.len();
+    let (cg, mg) = (g.cg(), g.mg());
+    let (insp, ksp, outsp): (usize, usize, usize) =
+        (g.ins.iter().product(), g.ks.iter().product(), g.outs.iter().product());
+    let (ist, kst, ost) = (strides(&g.ins), strides(&g.ks), strides(&g.outs));
+    let outsp = outsp.max(1);
+    // Input coordinates from the output position and the tap; outside the
+    // input (padding) the element is 0, read from a clamped place.
+    let mut load_b = format!(
+        "fn load_b(bi: u32, c: u32, k: u32) -> f32 {{\n    let n = c / {outsp}u;\n    let o = c % {outsp}u;\n    let ic = k / {ksp}u;\n    let t = k % {ksp}u;\n    _ = t;\n    var inside = true;\n    var at = (n * {}u + bi * {cg}u + ic) * {insp}u;\n",
+        g.c
+    );
+    for d in 0..r {
+        load_b += &format!(
+            "    let i{d} = i32(((o / {}u) % {}u) * {}u + ((t / {}u) % {}u) * {}u) - {};\n    inside = inside && i{d} >= 0 && i{d} < {};\n    at = at + u32(clamp(i{d}, 0, {})) * {}u;\n",
+            ost[d],
+            g.outs[d],
+            g.strides[d],
+            kst[d],
+            g.ks[d],
+            g.dil[d],
+            g.pad[d],
+            g.ins[d],
+            g.ins[d].max(1) - 1,
+            ist[d]
+        );
+    }
+    load_b += "    return select(0.0, ld_x(at), inside);\n}\n";
+    let address = format!(
+        "fn load_a(bi: u32, r: u32, k: u32) -> f32 {{ return ld_w((bi * {mg}u + r) * {}u + k); }}\n{load_b}",
+        cg * ksp
+    );
+    let bias = if has_bias { format!(" + ld_b(bi * {mg}u + r)") } else { String::new() };
+    let epilogue = format!(
+        "fn epilogue(bi: u32, r: u32, c: u32, v: f32) {{ st_y((c / {outsp}u) * {}u + (bi * {mg}u + r) * {outsp}u + c % {outsp}u, v{bias}); }}\n",
+        g.m * outsp
+    );
+    let mut epilogue_args = vec![];
+    if has_bias {
+        epilogue_args.push(KernelArg::new("b", TensorRef::Input(2)));
+    }
+    epilogue_args.push(KernelArg::new("y", TensorRef::Output(0)));
+    let p = Product {
+        name: format!("conv{r}d"),
+        rows: mg,
+        cols: g.n * outsp,
+        k: cg * ksp,
+        batch: g.group,
+        address,
+        operand_args: vec![KernelArg::new("w", TensorRef::Input(1)), KernelArg::new("x", TensorRef::Input(0))],
+        epilogue,
+        epilogue_args,
+        a_k_fast: true,
+        b_k_fast: false,
+        part_temp: 0,
+    };
+    let pk = if target.use_cooperative() {
+        cooperative(&p, target.subgroup as usize, target.fill)?
+    } else {
+        tiled(&p, target.tiles, target.fill)?
+    };
+    Ok(Lowering::Kernels { temps: pk.part.into_iter().collect(), kernels: pk.kernels })
 }
 
 /// Input coordinate feeding output coordinate `o` through kernel tap `k`
@@ -703,6 +778,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         body: s,
         workgroup_size: [WG as u32, 1, 1],
         workgroups: [gx as u32, gy.max(1) as u32, gz as u32],
+        flops: 0,
     })
 }
 

@@ -1000,14 +1000,14 @@ impl Op for ClipOp {
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let min = if cx.has_input(1) { Some(cx.const_input(1, "min")?) } else { None };
         let max = if cx.has_input(2) { Some(cx.const_input(2, "max")?) } else { None };
-        let inner = LowerCtx { inputs: cx.inputs[..1].to_vec(), outputs: cx.outputs.clone() };
+        let inner = LowerCtx { inputs: cx.inputs[..1].to_vec(), outputs: cx.outputs.clone(), target: cx.target };
         self.func(min, max, cx.input(0)?.dtype).lower(&inner)
     }
 
     fn pointwise(&self, cx: &LowerCtx, operands: &[String]) -> Option<Pointwise> {
         let min = if cx.has_input(1) { Some(cx.value(1)?) } else { None };
         let max = if cx.has_input(2) { Some(cx.value(2)?) } else { None };
-        let inner = LowerCtx { inputs: cx.inputs[..1].to_vec(), outputs: cx.outputs.clone() };
+        let inner = LowerCtx { inputs: cx.inputs[..1].to_vec(), outputs: cx.outputs.clone(), target: cx.target };
         self.func(min, max, cx.input(0).ok()?.dtype).pointwise(&inner, operands)
     }
 }

@@ -19,10 +19,11 @@
 //!
 //! The CPU reference walks the same `Problem`, so strides are tested once.
 
+use crate::products::{GEMV_ROWS, Product, cooperative, gemv, tiled, worth_tiling};
 use crate::wgsl::{f32_lit, strides};
 use crate::{
-    Attrs, DType, Error, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Tensor, TensorRef, TypeInfo,
-    arg, bail, ty,
+    Attrs, DType, Error, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Target, Tensor, TensorRef,
+    TypeInfo, arg, bail, ty,
 };
 
 /// Builds MatMul or Gemm.
@@ -218,20 +219,83 @@ impl Problem {
         }
     }
 
-    /// The kernel for this product. Rows go to the grid's y dimension; a
-    /// product too tall for it runs transposed.
-    fn lower(&self, phys: Phys) -> Result<Lowering> {
+    /// The kernel for this product. Targets with workgroup memory tile
+    /// float products (on tensor cores where activations are f16); the
+    /// rest, and thin products, use register blocks. Rows go to the grid's
+    /// y dimension; a product too tall for it runs transposed.
+    fn lower(&self, phys: Phys, target: &Target) -> Result<Lowering> {
+        let gpu = phys == Phys::F32 && !self.integer && !target.tiles.is_empty();
+        if gpu && self.m <= GEMV_ROWS {
+            let pk = gemv(&self.product())?;
+            return Ok(Lowering::Kernels { temps: pk.part.into_iter().collect(), kernels: pk.kernels });
+        }
+        if gpu && worth_tiling(self.m, self.n) {
+            let p = self.product();
+            let pk = if target.use_cooperative() {
+                cooperative(&p, target.subgroup as usize, target.fill)?
+            } else {
+                tiled(&p, target.tiles, target.fill)?
+            };
+            return Ok(Lowering::Kernels { temps: pk.part.into_iter().collect(), kernels: pk.kernels });
+        }
         let (rb, cb) = block_shape(self.m, self.n);
         let p = if self.m.div_ceil(rb) > MAX_GROUPS { self.transposed() } else { self.clone() };
         let threads = self.m.div_ceil(rb) * self.n.div_ceil(cb) * self.batch;
         let split = split_k(self.k, threads, self.batch);
+        let mut main = p.block(phys, split)?;
+        main.flops = self.flops();
         if split == 1 {
-            return Ok(Lowering::one(p.block(phys, 1)?));
+            return Ok(Lowering::one(main));
         }
         Ok(Lowering::Kernels {
             temps: vec![crate::TempSpec { elems: split * self.batch * self.m * self.n, phys }],
-            kernels: vec![p.block(phys, split)?, p.reduce_splits(phys, split)],
+            kernels: vec![main, p.reduce_splits(phys, split)],
         })
+    }
+
+    /// The product as the tiled kernels address it.
+    fn product(&self) -> Product {
+        let mut address = self.a.batch.wgsl("batch_a");
+        address += &self.b.batch.wgsl("batch_b");
+        address += &format!(
+            "fn load_a(bi: u32, r: u32, k: u32) -> f32 {{ return ld_{}(batch_a(bi) + r * {}u + k * {}u); }}
+fn load_b(bi: u32, c: u32, k: u32) -> f32 {{ return ld_{}(batch_b(bi) + c * {}u + k * {}u); }}
+",
+            self.a.arg, self.a.s_r, self.a.s_k, self.b.arg, self.b.s_r, self.b.s_k
+        );
+        let mut v = "v".to_string();
+        if self.alpha != 1.0 {
+            v = format!("v * {}", f32_lit(self.alpha));
+        }
+        let mut epilogue_args = vec![];
+        if let Some(c) = &self.bias {
+            let beta = if c.beta == 1.0 { String::new() } else { format!("{} * ", f32_lit(c.beta)) };
+            v += &format!(" + {beta}ld_c(r * {}u + c * {}u)", c.s_m, c.s_n);
+            epilogue_args.push(KernelArg::new("c", TensorRef::Input(2)));
+        }
+        epilogue_args.push(KernelArg::new("y", TensorRef::Output(0)));
+        Product {
+            name: "matmul".into(),
+            rows: self.m,
+            cols: self.n,
+            k: self.k,
+            batch: self.batch,
+            address,
+            operand_args: vec![KernelArg::new("a", TensorRef::Input(0)), KernelArg::new("b", TensorRef::Input(1))],
+            epilogue: format!(
+                "fn epilogue(bi: u32, r: u32, c: u32, v: f32) {{ st_y(bi * {}u + r * {}u + c * {}u, {v}); }}
+",
+                self.o_b, self.o_m, self.o_n
+            ),
+            epilogue_args,
+            a_k_fast: self.a.s_k == 1,
+            b_k_fast: self.b.s_k == 1,
+            part_temp: 0,
+        }
+    }
+
+    fn flops(&self) -> u64 {
+        2 * (self.batch * self.m * self.n * self.k) as u64
     }
 
     /// Sums the `split` partial products (laid out `[batch][split][m][n]`)
@@ -457,6 +521,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         body: s,
         workgroup_size: [BLOCK_WG as u32, 1, 1],
         workgroups: [gx, gy, gz],
+        flops: 0,
     })
 }
 
@@ -668,7 +733,7 @@ impl Op for MatMul {
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let (a, b) = (cx.input(0)?, cx.input(1)?);
-        matmul_shape(&a.shape, &b.shape)?.problem.lower(a.dtype.phys())
+        matmul_shape(&a.shape, &b.shape)?.problem.lower(a.dtype.phys(), &cx.target)
     }
 }
 
@@ -738,7 +803,7 @@ impl Op for MatMulInteger {
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let (a, b) = (cx.input(0)?, cx.input(1)?);
         let shape = |i: usize| if cx.has_input(i) { cx.input(i).ok().map(|t| t.shape.as_slice()) } else { None };
-        MatMulInteger::shape(&a.shape, &b.shape, shape(2), shape(3))?.problem.lower(Phys::I32)
+        MatMulInteger::shape(&a.shape, &b.shape, shape(2), shape(3))?.problem.lower(Phys::I32, &cx.target)
     }
 }
 
@@ -824,7 +889,7 @@ impl Op for Gemm {
         if phys != Phys::F32 && (self.alpha != 1.0 || (p.bias.is_some() && self.beta != 1.0)) {
             return Err(Error::unsupported("integer Gemm with alpha or beta other than 1"));
         }
-        p.lower(phys)
+        p.lower(phys, &cx.target)
     }
 }
 
@@ -950,7 +1015,7 @@ mod tests {
         assert_eq!(split_k(512, 64, 1), 1);
         assert_eq!(split_k(4096, 8192, 1), 1);
         let Lowering::Kernels { temps, kernels } =
-            matmul_shape(&[1, 4096], &[4096, 1000]).unwrap().problem.lower(Phys::F32).unwrap()
+            matmul_shape(&[1, 4096], &[4096, 1000]).unwrap().problem.lower(Phys::F32, &Target::GENERIC).unwrap()
         else {
             panic!()
         };
@@ -970,7 +1035,7 @@ mod tests {
     #[test]
     fn block_kernel_layout() {
         let Lowering::Kernels { kernels, .. } =
-            matmul_shape(&[2, 70, 50], &[50, 90]).unwrap().problem.lower(Phys::F32).unwrap()
+            matmul_shape(&[2, 70, 50], &[50, 90]).unwrap().problem.lower(Phys::F32, &Target::GENERIC).unwrap()
         else {
             panic!()
         };

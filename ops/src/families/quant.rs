@@ -517,7 +517,8 @@ impl Op for QLinear {
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let acc_ty = TypeInfo::new(DType::I32, cx.output(0).shape.clone());
-        let inner_cx = LowerCtx { inputs: QLinear::inner_inputs(&cx.inputs), outputs: vec![acc_ty.clone()] };
+        let inner_cx =
+            LowerCtx { inputs: QLinear::inner_inputs(&cx.inputs), outputs: vec![acc_ty.clone()], target: cx.target };
         let Lowering::Kernels { temps: inner_temps, kernels } = self.inner.lower(&inner_cx)? else {
             bail!("the integer product lowered to a view");
         };
@@ -659,7 +660,9 @@ mod tests {
             ins.iter().map(|t| t.as_ref().map(|t| TypeInfo::new(t.dtype, t.shape.clone())).unwrap()).collect();
         let inputs: Vec<Option<Input>> = tys.iter().map(|ty| Some(Input { ty, value: None })).collect();
         let out = op.infer(&inputs).unwrap();
-        let Lowering::Kernels { temps, kernels } = op.lower(&LowerCtx { inputs, outputs: out }).unwrap() else {
+        let Lowering::Kernels { temps, kernels } =
+            op.lower(&LowerCtx { inputs, outputs: out, target: Default::default() }).unwrap()
+        else {
             panic!("QLinearMatMul lowers to kernels");
         };
         assert_eq!(temps[0], TempSpec { elems: 4, phys: Phys::I32 });

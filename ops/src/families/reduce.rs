@@ -155,7 +155,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         rb = offset_wgsl("r", &rows.row_dims),
         eo = offset_wgsl("j", &rows.elem_dims),
     );
-    Kernel { name: name.to_string(), args, body, workgroup_size: [ROW_WG, 1, 1], workgroups }
+    Kernel { name: name.to_string(), args, body, workgroup_size: [ROW_WG, 1, 1], workgroups, flops: 0 }
 }
 
 /// Segment reduction over a row's lanes through shared memory.

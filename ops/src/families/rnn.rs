@@ -666,6 +666,7 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {{
             body,
             workgroup_size: [wg, 1, 1],
             workgroups: [1, 1, 1],
+            flops: 0,
         }
     }
 

@@ -49,7 +49,14 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {{
 }}
 "
     );
-    Kernel { name: name.into(), args, body, workgroup_size: [SCAN_THREADS as u32, 1, 1], workgroups: [1, 1, 1] }
+    Kernel {
+        name: name.into(),
+        args,
+        body,
+        workgroup_size: [SCAN_THREADS as u32, 1, 1],
+        workgroups: [1, 1, 1],
+        flops: 0,
+    }
 }
 
 /// WGSL statements of a chunked exclusive scan in one workgroup: each thread

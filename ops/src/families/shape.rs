@@ -915,6 +915,7 @@ mod tests {
         let cx = LowerCtx {
             inputs: vec![Some(Input { ty: &ty, value: None }), Some(Input { ty: &sty, value: Some(&s) })],
             outputs: vec![TypeInfo::new(DType::F32, vec![6])],
+            target: Default::default(),
         };
         let op = build("Reshape", &Attrs::default(), 14).unwrap();
         assert_eq!(op.lower(&cx).unwrap(), Lowering::Alias);

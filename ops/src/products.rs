@@ -1,0 +1,601 @@
+//! Product kernels for GPUs with workgroup memory: MatMul, Gemm and Conv
+//! (as an implicit product) on every target but `generic`.
+//!
+//! A [`Product`] is a batch of `rows x cols` outputs reduced over `k`, each
+//! operand element addressed by a WGSL helper (`a_at(bi, r, k)` and
+//! `b_at(bi, c, k)`, element indices for the operands' `ld_` accessors), and
+//! an `epilogue(bi, r, c, v)` that stores one output through the output's
+//! `st_` accessor (adding biases). Because every output element leaves
+//! through that one call, epilogue fusion works on these kernels as on any
+//! other.
+//!
+//! Two kernels:
+//! - [`tiled`]: f32 tiles in workgroup memory (`bm x bk` of A, `bk x bn` of
+//!   B per step, loaded by consecutive threads along whichever index is
+//!   contiguous in memory), each thread holding `tm x tn` accumulators in
+//!   registers, its rows and columns strided by the thread grid so that a
+//!   warp's shared-memory reads and global stores are consecutive.
+//! - [`cooperative`]: the same tiles as f16, multiplied by 16x16
+//!   cooperative-matrix (tensor-core) operations with f32 accumulators; each
+//!   warp stores its accumulators to workgroup memory one fragment at a time,
+//!   and the lanes then hand every element to the epilogue.
+//!
+//! Products too small to fill the GPU split the reduction: part `s` of batch
+//! `bi` writes unscaled partial sums to a temp, and a second kernel adds the
+//! parts and runs the epilogue.
+
+use crate::{Kernel, KernelArg, Phys, Result, TempSpec, Tile, error::Error};
+
+/// The WGSL of one thread's share of a tile load (see `Product::tile_share`).
+#[derive(Default)]
+struct TileShare {
+    setup: String,
+    fetch: String,
+    put: String,
+}
+
+/// One batched product, as the kernels see it.
+pub(crate) struct Product {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub k: usize,
+    pub batch: usize,
+    /// `fn load_a(bi: u32, r: u32, k: u32) -> f32` and `fn load_b(bi: u32,
+    /// c: u32, k: u32) -> f32`, the operands' elements (0 where a padded
+    /// operand has none), plus whatever they call. Their arguments are
+    /// always in range: the kernels clamp them.
+    pub address: String,
+    pub operand_args: Vec<KernelArg>,
+    /// `fn epilogue(bi: u32, r: u32, c: u32, v: f32)` and its arguments.
+    pub epilogue: String,
+    pub epilogue_args: Vec<KernelArg>,
+    /// Whether consecutive `k` are adjacent in memory in A and in B: the
+    /// loading threads then run along `k`, else along rows / columns.
+    pub a_k_fast: bool,
+    pub b_k_fast: bool,
+    /// The lowering's temp index to use for partial sums, if split.
+    pub part_temp: usize,
+}
+
+/// What a product lowers to: kernels in order, and the temp they need for
+/// partial sums (at `Product::part_temp`), if any.
+pub(crate) struct ProductKernels {
+    pub kernels: Vec<Kernel>,
+    pub part: Option<TempSpec>,
+}
+
+const MAX_GROUPS: usize = crate::wgsl::MAX_GROUPS as usize;
+
+impl Product {
+    fn flops(&self) -> u64 {
+        2 * (self.rows * self.cols * self.k * self.batch) as u64
+    }
+
+    /// Workgroups of one tile shape, over every batch.
+    fn groups(&self, bm: usize, bn: usize) -> usize {
+        self.rows.div_ceil(bm) * self.cols.div_ceil(bn) * self.batch
+    }
+
+    /// The tile that fills `fill` workgroups with the least waste, and how
+    /// many parts the reduction splits into when even the smallest tile
+    /// leaves the GPU idle.
+    fn choose<T: Copy>(&self, tiles: &[T], dims: impl Fn(&T) -> (usize, usize, usize), fill: usize) -> (T, usize) {
+        let tile = tiles
+            .iter()
+            .copied()
+            .find(|t| {
+                let (bm, bn, _) = dims(t);
+                self.groups(bm, bn) >= fill
+            })
+            .unwrap_or(*tiles.last().expect("targets with products have tiles"));
+        let (bm, bn, bk) = dims(&tile);
+        let groups = self.groups(bm, bn);
+        // Each part keeps at least 8 slices of the reduction.
+        let most = (self.k / (8 * bk)).min(MAX_GROUPS / self.batch.max(1));
+        let split = if groups >= fill { 1 } else { fill.div_ceil(groups).min(most).max(1) };
+        (tile, split)
+    }
+
+    /// The reduction range of part `s` as WGSL (`k_begin`, `k_end`), with
+    /// parts a whole number of `bk` slices long.
+    fn k_range(&self, split: usize, bk: usize) -> String {
+        if split == 1 {
+            return format!("    let k_begin = 0u;\n    let k_end = {}u;\n", self.k);
+        }
+        let chunk = self.k.div_ceil(split).next_multiple_of(bk);
+        format!("    let k_begin = part * {chunk}u;\n    let k_end = min(k_begin + {chunk}u, {}u);\n", self.k)
+    }
+
+    /// Batch and part of the workgroup.
+    fn batch_part(split: usize) -> String {
+        if split == 1 {
+            "    let bi = wid.z;\n    let part = 0u;\n    _ = part;\n".into()
+        } else {
+            format!("    let bi = wid.z / {split}u;\n    let part = wid.z % {split}u;\n")
+        }
+    }
+
+    /// One output leaving the kernel: to the epilogue, or to the partial
+    /// sums of its part.
+    fn store(&self, split: usize, r: &str, c: &str, v: &str) -> String {
+        let guard = format!("{r} < {}u && {c} < {}u", self.rows, self.cols);
+        let st = if split == 1 {
+            format!("epilogue(bi, {r}, {c}, {v});")
+        } else {
+            format!("st_part(((bi * {split}u + part) * {}u + {r}) * {}u + {c}, {v});", self.rows, self.cols)
+        };
+        format!("if ({guard}) {{ {st} }}")
+    }
+
+    fn args(&self, split: usize) -> Vec<KernelArg> {
+        let mut args = self.operand_args.clone();
+        if split == 1 {
+            args.extend(self.epilogue_args.iter().cloned());
+        } else {
+            args.push(KernelArg::new("part", crate::TensorRef::Temp(self.part_temp)));
+        }
+        args
+    }
+
+    /// This thread's share of one operand tile (`extent x bk` elements,
+    /// element (i, kk) read by `load(bi, base + i, k0 + kk)`) as three
+    /// pieces of WGSL: `setup` (the tile coordinates of each element, once),
+    /// `fetch` (global loads into registers `{reg}{j}`, so that the next
+    /// tile is in flight while this one is multiplied) and `put` (the
+    /// registers into workgroup memory `dst`).
+    #[allow(clippy::too_many_arguments)]
+    fn tile_share(
+        &self,
+        (reg, dst, load): (&str, &str, &str),
+        (base, limit): (&str, usize),
+        extent: usize,
+        bk: usize,
+        threads: usize,
+        k_fast: bool,
+        slot: impl Fn(&str, &str) -> String,
+        convert: &str,
+    ) -> TileShare {
+        let mut t = TileShare::default();
+        let (lmax, kmax) = (limit.max(1) - 1, self.k.max(1) - 1);
+        for j in 0..(extent * bk).div_ceil(threads) {
+            let e = format!("(tid + {}u)", j * threads);
+            let (i, kk) = if k_fast {
+                (format!("{e} / {bk}u"), format!("{e} % {bk}u"))
+            } else {
+                (format!("{e} % {extent}u"), format!("{e} / {extent}u"))
+            };
+            t.setup += &format!("    let {reg}i{j} = {i};\n    let {reg}k{j} = {kk};\n    var {reg}{j} = 0.0;\n");
+            t.fetch += &format!(
+                "        {{\n            let x = {base} + {reg}i{j};\n            let k = k0 + {reg}k{j};\n            {reg}{j} = select(0.0, {load}(bi, min(x, {lmax}u), min(k, {kmax}u)), x < {limit}u && k < k_end);\n        }}\n",
+            );
+            t.put += &format!(
+                "        {dst}[{}] = {convert}({reg}{j});\n",
+                slot(&format!("{reg}i{j}"), &format!("{reg}k{j}"))
+            );
+        }
+        t
+    }
+
+    /// Adds the split parts and runs the epilogue.
+    fn reduce_parts(&self, split: usize) -> Kernel {
+        let mn = self.rows * self.cols;
+        let body = format!(
+            "    let bi = i / {mn}u;\n    let e = i % {mn}u;\n    var v = 0.0;\n    for (var s = 0u; s < {split}u; s = s + 1u) {{ v = v + ld_part((bi * {split}u + s) * {mn}u + e); }}\n    epilogue(bi, e / {c}u, e % {c}u, v);\n",
+            c = self.cols.max(1)
+        );
+        let mut args = vec![KernelArg::new("part", crate::TensorRef::Temp(self.part_temp))];
+        args.extend(self.epilogue_args.iter().cloned());
+        crate::wgsl::kernel_1d(&format!("{}_parts", self.name), args, self.batch * mn, &self.epilogue, &body)
+    }
+
+    fn finish(&self, main: Kernel, split: usize) -> ProductKernels {
+        if split == 1 {
+            return ProductKernels { kernels: vec![main], part: None };
+        }
+        let part = TempSpec { elems: self.batch * split * self.rows * self.cols, phys: Phys::F32 };
+        ProductKernels { kernels: vec![main, self.reduce_parts(split)], part: Some(part) }
+    }
+}
+
+/// The reduction loop's head: registers hold the next tiles of A and B
+/// (fetched before the loop, then during each step's multiplications);
+/// each step puts them into workgroup memory, waits, and fetches the next.
+/// The caller writes the step's multiplications and closes the loop with
+/// a barrier.
+fn prefetch_loop(a: &TileShare, b: &TileShare, bk: usize) -> String {
+    format!(
+        "{}{}    var k0 = k_begin;\n{}{}    for (; k0 < k_end; k0 = k0 + {bk}u) {{\n{}{}        workgroupBarrier();\n        if (k0 + {bk}u < k_end) {{\n            let k0 = k0 + {bk}u;\n{}{}        }}\n",
+        a.setup, b.setup, a.fetch, b.fetch, a.put, b.put, a.fetch, b.fetch
+    )
+}
+
+fn check_groups(what: &str, n: usize) -> Result<u32> {
+    if n > MAX_GROUPS {
+        return Err(Error::unsupported(format!("a product needing {n} workgroups along {what}")));
+    }
+    Ok(n.max(1) as u32)
+}
+
+/// The f32 tiled product over the target's `tiles`.
+pub(crate) fn tiled(p: &Product, tiles: &[Tile], fill: usize) -> Result<ProductKernels> {
+    let (t, split) = p.choose(tiles, |t| (t.bm, t.bn, t.bk), fill);
+    let threads = t.threads();
+    let (gm, gn) = (t.bm / t.tm, t.bn / t.tn);
+    let gx = check_groups("columns", p.cols.div_ceil(t.bn))?;
+    let gy = check_groups("rows", p.rows.div_ceil(t.bm))?;
+    let gz = check_groups("batches", p.batch * split)?;
+    // With 4 or more outputs per thread and side, a thread's rows and
+    // columns are adjacent and read from workgroup memory as vec4s (one
+    // 16-byte load per 4 values); otherwise strided by the thread grid.
+    let vec = t.tm % 4 == 0 && t.tn % 4 == 0;
+    // Rows of the k-major tiles get padding when the loading threads run
+    // along k, so their stores spread over banks (a whole vec4 if read so).
+    let pad = if vec { 4 } else { 1 };
+    let (sa, sb) = (t.bm + pad * usize::from(p.a_k_fast), t.bn + pad * usize::from(p.b_k_fast));
+    let mut s = p.address.clone();
+    if split == 1 {
+        s += &p.epilogue;
+    }
+    if vec {
+        s += &format!(
+            "var<workgroup> ta: array<vec4<f32>, {}>;\nvar<workgroup> tb: array<vec4<f32>, {}>;\n",
+            t.bk * sa / 4,
+            t.bk * sb / 4
+        );
+    } else {
+        s += &format!("var<workgroup> ta: array<f32, {}>;\nvar<workgroup> tb: array<f32, {}>;\n", t.bk * sa, t.bk * sb);
+    }
+    s += &format!(
+        "@compute @workgroup_size({threads}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {{
+{bp}{kr}    let r0 = wid.y * {bm}u;
+    let c0 = wid.x * {bn}u;
+    let tx = tid % {gn}u;
+    let ty = tid / {gn}u;
+",
+        bp = Product::batch_part(split),
+        kr = p.k_range(split, t.bk),
+        bm = t.bm,
+        bn = t.bn,
+    );
+    for i in 0..t.tm {
+        for j in 0..t.tn {
+            s += &format!("    var acc{i}_{j} = 0.0;\n");
+        }
+    }
+    let slot = |stride: usize| {
+        move |i: &str, kk: &str| {
+            if vec {
+                format!("({kk} * {stride}u + {i}) / 4u][({kk} * {stride}u + {i}) % 4u")
+            } else {
+                format!("{kk} * {stride}u + {i}")
+            }
+        }
+    };
+    let a = p.tile_share(("pa", "ta", "load_a"), ("r0", p.rows), t.bm, t.bk, threads, p.a_k_fast, slot(sa), "f32");
+    let b = p.tile_share(("pb", "tb", "load_b"), ("c0", p.cols), t.bn, t.bk, threads, p.b_k_fast, slot(sb), "f32");
+    s += &prefetch_loop(&a, &b, t.bk);
+    s += &format!("        for (var kk = 0u; kk < {}u; kk = kk + 1u) {{\n", t.bk);
+    // Row i and column j of this thread, and the expression reading them.
+    let row = |i: usize| if vec { format!("ty * {}u + {i}u", t.tm) } else { format!("ty + {}u", i * gm) };
+    let col = |j: usize| if vec { format!("tx * {}u + {j}u", t.tn) } else { format!("tx + {}u", j * gn) };
+    if vec {
+        for q in 0..t.tm / 4 {
+            s += &format!("            let ua{q} = ta[(kk * {sa}u + ty * {}u) / 4u + {q}u];\n", t.tm);
+        }
+        for q in 0..t.tn / 4 {
+            s += &format!("            let vb{q} = tb[(kk * {sb}u + tx * {}u) / 4u + {q}u];\n", t.tn);
+        }
+        for i in 0..t.tm {
+            s += &format!("            let u{i} = ua{}[{}];\n", i / 4, i % 4);
+        }
+        for j in 0..t.tn {
+            s += &format!("            let v{j} = vb{}[{}];\n", j / 4, j % 4);
+        }
+    } else {
+        for i in 0..t.tm {
+            s += &format!("            let u{i} = ta[kk * {sa}u + {}];\n", row(i));
+        }
+        for j in 0..t.tn {
+            s += &format!("            let v{j} = tb[kk * {sb}u + {}];\n", col(j));
+        }
+    }
+    for i in 0..t.tm {
+        for j in 0..t.tn {
+            s += &format!("            acc{i}_{j} = fma(u{i}, v{j}, acc{i}_{j});\n");
+        }
+    }
+    s += "        }\n        workgroupBarrier();\n    }\n";
+    for i in 0..t.tm {
+        s += &format!("    let rr{i} = r0 + {};\n", row(i));
+    }
+    for j in 0..t.tn {
+        s += &format!("    let cc{j} = c0 + {};\n", col(j));
+    }
+    for i in 0..t.tm {
+        for j in 0..t.tn {
+            s += &format!("    {}\n", p.store(split, &format!("rr{i}"), &format!("cc{j}"), &format!("acc{i}_{j}")));
+        }
+    }
+    s += "}\n";
+    let main = Kernel {
+        name: p.name.clone(),
+        args: p.args(split),
+        body: s,
+        workgroup_size: [threads as u32, 1, 1],
+        workgroups: [gx, gy, gz],
+        flops: p.flops(),
+    };
+    Ok(p.finish(main, split))
+}
+
+/// Tiles of the cooperative-matrix kernel: `bm x bn` outputs per workgroup
+/// over `bk`-deep slices, each warp owning `wm x wn` of them as 16x16
+/// fragments.
+#[derive(Clone, Copy, Debug)]
+struct CoopTile {
+    bm: usize,
+    bn: usize,
+    bk: usize,
+    wm: usize,
+    wn: usize,
+}
+
+const COOP_TILES: &[CoopTile] = &[
+    CoopTile { bm: 128, bn: 128, bk: 32, wm: 64, wn: 32 },
+    CoopTile { bm: 64, bn: 64, bk: 32, wm: 32, wn: 32 },
+    CoopTile { bm: 32, bn: 32, bk: 32, wm: 16, wn: 16 },
+];
+
+/// f16 halves of padding per workgroup-memory row: 16 bytes keeps rows
+/// aligned for matrix loads and moves them across banks.
+const COOP_PAD: usize = 8;
+
+/// The cooperative-matrix product (f16 operands, f32 accumulators) for
+/// warps of `subgroup` threads.
+pub(crate) fn cooperative(p: &Product, subgroup: usize, fill: usize) -> Result<ProductKernels> {
+    let (t, split) = p.choose(COOP_TILES, |t| (t.bm, t.bn, t.bk), fill);
+    let (warps_m, warps_n) = (t.bm / t.wm, t.bn / t.wn);
+    let threads = warps_m * warps_n * subgroup;
+    let (fm, fn_) = (t.wm / 16, t.wn / 16);
+    let gx = check_groups("columns", p.cols.div_ceil(t.bn))?;
+    let gy = check_groups("rows", p.rows.div_ceil(t.bm))?;
+    let gz = check_groups("batches", p.batch * split)?;
+    let (sa, sb) = (t.bk + COOP_PAD, t.bn + COOP_PAD);
+    let mut s = "enable f16;\nenable wgpu_cooperative_matrix;\n".to_string();
+    s += &p.address;
+    if split == 1 {
+        s += &p.epilogue;
+    }
+    s += &format!(
+        "var<workgroup> ta: array<f16, {}>;\nvar<workgroup> tb: array<f16, {}>;\nvar<workgroup> tc: array<f32, {}>;\n",
+        t.bm * sa,
+        t.bk * sb,
+        warps_m * warps_n * 256
+    );
+    s += &format!(
+        "@compute @workgroup_size({threads}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {{
+{bp}{kr}    let r0 = wid.y * {bm}u;
+    let c0 = wid.x * {bn}u;
+    let warp = tid / {subgroup}u;
+    let lane = tid % {subgroup}u;
+    let wr = (warp / {warps_n}u) * {wm}u;
+    let wc = (warp % {warps_n}u) * {wn}u;
+",
+        bp = Product::batch_part(split),
+        kr = p.k_range(split, t.bk),
+        bm = t.bm,
+        bn = t.bn,
+        wm = t.wm,
+        wn = t.wn,
+    );
+    for i in 0..fm {
+        for j in 0..fn_ {
+            s += &format!("    var acc{i}_{j} = coop_mat16x16<f32, C>();\n");
+        }
+    }
+    // A row-major [m][k], B row-major [k][n].
+    let a = p.tile_share(
+        ("pa", "ta", "load_a"),
+        ("r0", p.rows),
+        t.bm,
+        t.bk,
+        threads,
+        p.a_k_fast,
+        |i, kk| format!("{i} * {sa}u + {kk}"),
+        "f16",
+    );
+    let b = p.tile_share(
+        ("pb", "tb", "load_b"),
+        ("c0", p.cols),
+        t.bn,
+        t.bk,
+        threads,
+        p.b_k_fast,
+        |i, kk| format!("{kk} * {sb}u + {i}"),
+        "f16",
+    );
+    s += &prefetch_loop(&a, &b, t.bk);
+    for kk in (0..t.bk).step_by(16) {
+        for i in 0..fm {
+            s += &format!(
+                "        let a{i}_{kk} = coopLoadT<coop_mat16x16<f16, A>>(&ta[(wr + {}u) * {sa}u + {kk}u], {sa}u);\n",
+                i * 16
+            );
+        }
+        for j in 0..fn_ {
+            s += &format!(
+                "        let b{j}_{kk} = coopLoadT<coop_mat16x16<f16, B>>(&tb[{kk}u * {sb}u + wc + {}u], {sb}u);\n",
+                j * 16
+            );
+        }
+        for i in 0..fm {
+            for j in 0..fn_ {
+                s += &format!("        acc{i}_{j} = coopMultiplyAdd(a{i}_{kk}, b{j}_{kk}, acc{i}_{j});\n");
+            }
+        }
+    }
+    s += "        workgroupBarrier();\n    }\n";
+    // Each warp's 16x16 staging area; lanes take 256 / subgroup elements.
+    let per_lane = 256usize.div_ceil(subgroup);
+    for i in 0..fm {
+        for j in 0..fn_ {
+            s += &format!("    coopStoreT(acc{i}_{j}, &tc[warp * 256u], 16u);\n    workgroupBarrier();\n");
+            for e in 0..per_lane {
+                let idx = format!("(lane + {}u)", e * subgroup);
+                let r = format!("(r0 + wr + {}u + {idx} / 16u)", i * 16);
+                let c = format!("(c0 + wc + {}u + {idx} % 16u)", j * 16);
+                s += &format!(
+                    "    {{ let r = {r}; let c = {c}; let v = tc[warp * 256u + {idx}]; {} }}\n",
+                    p.store(split, "r", "c", "v")
+                );
+            }
+            s += "    workgroupBarrier();\n";
+        }
+    }
+    s += "}\n";
+    let main = Kernel {
+        name: format!("{}_coop", p.name),
+        args: p.args(split),
+        body: s,
+        workgroup_size: [threads as u32, 1, 1],
+        workgroups: [gx, gy, gz],
+        flops: p.flops(),
+    };
+    Ok(p.finish(main, split))
+}
+
+/// Products with at most this many rows run as GEMV ([`gemv`]).
+pub(crate) const GEMV_ROWS: usize = 8;
+
+/// Threads of a GEMV workgroup, and how they split when B's columns (not
+/// its k) are contiguous: `GEMV_COLS` columns x slices of k.
+const GEMV_WG: usize = 256;
+const GEMV_COLS: usize = 32;
+
+/// A thin product (at most [`GEMV_ROWS`] rows: fully connected layers at
+/// small batch). It is memory-bound, so every element of B is read once and
+/// coalesced: where B's k is contiguous one workgroup owns one column and
+/// its threads stride over k; otherwise a workgroup owns 32 columns and its
+/// threads run along them, in 8 slices of k. Partial sums meet in workgroup
+/// memory and one thread per output runs the epilogue.
+pub(crate) fn gemv(p: &Product) -> Result<ProductKernels> {
+    let rows = p.rows.max(1);
+    let (cmax, kmax) = (p.cols.max(1) - 1, p.k.max(1) - 1);
+    let slices = if p.b_k_fast { GEMV_WG } else { GEMV_WG / GEMV_COLS };
+    let width = GEMV_WG / slices;
+    let gx = check_groups("columns", p.cols.div_ceil(width))?;
+    let gz = check_groups("batches", p.batch)?;
+    let mut s = p.address.clone() + &p.epilogue;
+    s += &format!("var<workgroup> red: array<f32, {}>;\n", rows * GEMV_WG);
+    s += &format!(
+        "@compute @workgroup_size({GEMV_WG}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {{
+    let bi = wid.z;
+    let lane = tid % {width}u;
+    let slice = tid / {width}u;
+    let c = wid.x * {width}u + lane;
+    let cc = min(c, {cmax}u);
+"
+    );
+    for r in 0..rows {
+        s += &format!("    var acc{r} = 0.0;\n");
+    }
+    s += &format!(
+        "    for (var k = slice; k < {}u; k = k + {slices}u) {{\n        let kc = min(k, {kmax}u);\n        let v = load_b(bi, cc, kc);\n",
+        p.k
+    );
+    for r in 0..rows {
+        s += &format!("        acc{r} = fma(load_a(bi, {r}u, kc), v, acc{r});\n");
+    }
+    s += "    }\n";
+    for r in 0..rows {
+        s += &format!("    red[{}u + tid] = acc{r};\n", r * GEMV_WG);
+    }
+    s += "    workgroupBarrier();\n";
+    // Tree over the slices: slice s adds slice s + half.
+    let mut half = slices / 2;
+    while half > 0 {
+        s += &format!("    if (slice < {half}u) {{\n");
+        for r in 0..rows {
+            s += &format!(
+                "        red[{o}u + tid] = red[{o}u + tid] + red[{o}u + tid + {}u];\n",
+                half * width,
+                o = r * GEMV_WG
+            );
+        }
+        s += "    }\n    workgroupBarrier();\n";
+        half /= 2;
+    }
+    s += &format!("    if (slice == 0u && c < {}u) {{\n", p.cols);
+    for r in 0..rows {
+        s += &format!("        epilogue(bi, {r}u, c, red[{}u + lane]);\n", r * GEMV_WG);
+    }
+    s += "    }\n}\n";
+    let main = Kernel {
+        name: format!("{}_gemv", p.name),
+        args: p.args(1),
+        body: s,
+        workgroup_size: [GEMV_WG as u32, 1, 1],
+        workgroups: [gx, 1, gz],
+        flops: p.flops(),
+    };
+    Ok(ProductKernels { kernels: vec![main], part: None })
+}
+
+/// Whether a product is worth tiling: both sides at least a small tile.
+/// Thinner products (GEMV: fully connected layers at batch 1) stay on the
+/// register-blocked kernel, which splits their reduction.
+pub(crate) fn worth_tiling(rows: usize, cols: usize) -> bool {
+    rows >= 16 && cols >= 16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TensorRef;
+
+    fn product(rows: usize, cols: usize, k: usize) -> Product {
+        Product {
+            name: "matmul".into(),
+            rows,
+            cols,
+            k,
+            batch: 1,
+            address: format!(
+                "fn load_a(bi: u32, r: u32, k: u32) -> f32 {{ return ld_a(r * {k}u + k); }}\nfn load_b(bi: u32, c: u32, k: u32) -> f32 {{ return ld_b(k * {cols}u + c); }}\n"
+            ),
+            operand_args: vec![KernelArg::new("a", TensorRef::Input(0)), KernelArg::new("b", TensorRef::Input(1))],
+            epilogue: "fn epilogue(bi: u32, r: u32, c: u32, v: f32) { st_y(r * 8u + c, v); }\n".into(),
+            epilogue_args: vec![KernelArg::new("y", TensorRef::Output(0))],
+            a_k_fast: true,
+            b_k_fast: false,
+            part_temp: 0,
+        }
+    }
+
+    #[test]
+    fn big_products_take_big_tiles_small_ones_split() {
+        let tiles = crate::Target::named("nvidia").unwrap().tiles;
+        let big = tiled(&product(4096, 4096, 4096), tiles, 264).unwrap();
+        assert_eq!(big.kernels.len(), 1);
+        assert_eq!(big.kernels[0].workgroups, [32, 32, 1]);
+        assert_eq!(big.kernels[0].flops, 2 * 4096u64.pow(3));
+        // ResNet-50's last convolutions at batch 1: 512 x 49 over 4608.
+        let small = tiled(&product(512, 49, 4608), tiles, 264).unwrap();
+        assert_eq!(small.kernels.len(), 2);
+        let part = small.part.unwrap();
+        assert_eq!(part.elems % (512 * 49), 0);
+        assert!(small.kernels[0].workgroups[2] > 1);
+    }
+
+    #[test]
+    fn cooperative_tiles() {
+        let k = cooperative(&product(4096, 4096, 4096), 32, 264).unwrap();
+        assert_eq!(k.kernels[0].workgroup_size, [256, 1, 1]);
+        assert!(k.kernels[0].body.starts_with("enable f16;"));
+        assert!(k.kernels[0].body.contains("coopMultiplyAdd"));
+    }
+}

@@ -1,0 +1,191 @@
+//! Device targets: the choices a kernel generator makes per GPU family.
+//!
+//! `drift compile --target generic,nvidia,...` lowers the graph once per
+//! target; each target's kernels go into the bundle as one kernel set and the
+//! runtime picks the set matching the adapter. What differs between targets
+//! is only how products (MatMul, Gemm, Conv) are tiled and whether they may
+//! use cooperative-matrix (tensor-core) instructions; every other op lowers
+//! the same everywhere.
+//!
+//! The vendor numbers are PCI vendor ids, as wgpu's `AdapterInfo::vendor`
+//! reports them. Tile sizes for targets other than `generic` and `nvidia`
+//! follow each vendor's published guidance (wave size, local memory) and are
+//! untested on that hardware: the kernels are the same generator with other
+//! constants, validated by naga and tested for correctness on lavapipe.
+
+/// One tile configuration of the tiled product kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    pub bm: usize,
+    pub bn: usize,
+    pub bk: usize,
+    pub tm: usize,
+    pub tn: usize,
+}
+
+impl Tile {
+    pub const fn threads(&self) -> usize {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+}
+
+/// Everything a kernel generator may specialize on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The name users give to `--target` and `drift inspect` shows.
+    pub name: &'static str,
+    /// PCI vendor ids this target is for; empty for `generic`.
+    pub vendors: &'static [u32],
+    /// Product tiles, largest first: a product takes the largest that still
+    /// gives enough workgroups to fill the GPU. Empty: register blocks read
+    /// straight from memory, no workgroup memory (best on lavapipe, where
+    /// every load is a per-lane loop).
+    pub tiles: &'static [Tile],
+    /// Threads per SIMD group (warp, wavefront) the tiles are laid out for.
+    pub subgroup: u32,
+    /// Workgroups a product should spread over to fill the GPU (about two
+    /// per compute unit); fewer make it split the reduction.
+    pub fill: usize,
+    /// Cooperative-matrix 16x16 f16 products with f32 accumulation, used
+    /// where the precision is f16.
+    pub cooperative_matrix: bool,
+    /// Largest storage binding the target's GPUs allow.
+    pub max_binding_bytes: u64,
+    /// Activations stored as f16 (`--precision f16`); set by the compiler.
+    pub f16: bool,
+}
+
+/// Tiles for desktop GPUs with 32-wide warps and 48+ KiB of shared memory.
+const DESKTOP_TILES: &[Tile] = &[
+    Tile { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 },
+    Tile { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+    Tile { bm: 32, bn: 32, bk: 32, tm: 2, tn: 2 },
+];
+/// Wave64 GPUs (AMD): 256-thread groups are four waves.
+const AMD_TILES: &[Tile] = &[
+    Tile { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 },
+    Tile { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+    Tile { bm: 32, bn: 64, bk: 16, tm: 2, tn: 4 },
+];
+/// Mobile GPUs: small local memory, 64-128 thread groups.
+const MOBILE_TILES: &[Tile] =
+    &[Tile { bm: 64, bn: 64, bk: 8, tm: 8, tn: 4 }, Tile { bm: 32, bn: 32, bk: 8, tm: 4, tn: 4 }];
+
+const MIB: u64 = 1 << 20;
+
+impl Target {
+    /// The fallback every bundle carries: what the test suite runs on lavapipe.
+    pub const GENERIC: Target = Target {
+        name: "generic",
+        vendors: &[],
+        tiles: &[],
+        subgroup: 8,
+        fill: 8,
+        cooperative_matrix: false,
+        max_binding_bytes: 128 * MIB,
+        f16: false,
+    };
+
+    /// Every target `--target` accepts, in the order the runtime tries them.
+    pub const ALL: &'static [Target] = &[
+        Target::GENERIC,
+        Target {
+            name: "nvidia",
+            vendors: &[0x10de],
+            tiles: DESKTOP_TILES,
+            subgroup: 32,
+            // 132 SMs on an H100/H200.
+            fill: 264,
+            cooperative_matrix: true,
+            max_binding_bytes: 2048 * MIB - 4,
+            f16: false,
+        },
+        Target {
+            name: "amd",
+            vendors: &[0x1002],
+            tiles: AMD_TILES,
+            subgroup: 64,
+            fill: 192,
+            cooperative_matrix: true,
+            max_binding_bytes: 2048 * MIB - 4,
+            f16: false,
+        },
+        Target {
+            name: "intel",
+            vendors: &[0x8086],
+            tiles: DESKTOP_TILES,
+            subgroup: 16,
+            fill: 128,
+            cooperative_matrix: false,
+            max_binding_bytes: 1024 * MIB,
+            f16: false,
+        },
+        Target {
+            name: "apple",
+            vendors: &[0x106b],
+            tiles: DESKTOP_TILES,
+            subgroup: 32,
+            fill: 64,
+            cooperative_matrix: false,
+            max_binding_bytes: 1024 * MIB,
+            f16: false,
+        },
+        Target {
+            name: "adreno",
+            vendors: &[0x5143],
+            tiles: MOBILE_TILES,
+            subgroup: 64,
+            fill: 16,
+            cooperative_matrix: false,
+            max_binding_bytes: 128 * MIB,
+            f16: false,
+        },
+        Target {
+            name: "mali",
+            vendors: &[0x13b5],
+            tiles: MOBILE_TILES,
+            subgroup: 16,
+            fill: 16,
+            cooperative_matrix: false,
+            max_binding_bytes: 128 * MIB,
+            f16: false,
+        },
+    ];
+
+    /// The target called `name`, if any.
+    pub fn named(name: &str) -> Option<Target> {
+        Target::ALL.iter().copied().find(|t| t.name == name)
+    }
+
+    /// Whether products may use cooperative-matrix kernels: only where
+    /// activations are f16 anyway, since the tiles multiply in f16.
+    pub fn use_cooperative(&self) -> bool {
+        self.cooperative_matrix && self.f16
+    }
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target::GENERIC
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_fit_a_workgroup() {
+        for t in Target::ALL {
+            for tile in t.tiles {
+                assert!(tile.threads() <= 256 && tile.threads() >= 32, "{}: {tile:?}", t.name);
+                assert_eq!(tile.bm % tile.tm, 0);
+                assert_eq!(tile.bn % tile.tn, 0);
+                assert_eq!((tile.bm * tile.bk) % tile.threads(), 0, "{}: {tile:?}", t.name);
+                assert_eq!((tile.bn * tile.bk) % tile.threads(), 0, "{}: {tile:?}", t.name);
+            }
+        }
+        assert_eq!(Target::named("nvidia").map(|t| t.vendors), Some(&[0x10de][..]));
+        assert!(Target::named("cray").is_none());
+    }
+}
