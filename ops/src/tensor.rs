@@ -130,7 +130,8 @@ impl Tensor {
     /// Elements laid out as `storage` puts them in a buffer, little endian,
     /// padded with zeros to `storage.bytes(len)`. `Word` is
     /// [`Tensor::to_phys_words`]; `F16` rounds each value to nearest even
-    /// (from f64 directly for float64, so there is no double rounding).
+    /// with the `half` crate (which takes float64 through f32: the double
+    /// rounding differs from a direct one only within 2^-24 of a tie).
     pub fn to_storage_bytes(&self, storage: Storage) -> Result<Vec<u8>> {
         let mut out: Vec<u8> = match (storage, &self.data) {
             (Storage::Word, _) => self.to_phys_words()?.iter().flat_map(|w| w.to_le_bytes()).collect(),
@@ -305,6 +306,22 @@ fn int_to_word(dtype: DType, x: i64) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_storage_packs_halves_low_first_and_pads_to_words() {
+        let t = Tensor::from_f32(vec![3], vec![1.0, -2.0, 65504.0]);
+        assert!(t.fits_f16());
+        // 1.0 = 0x3c00, -2.0 = 0xc000, 65504 = 0x7bff, then a zero half.
+        assert_eq!(t.to_storage_bytes(Storage::F16).unwrap(), [0x00, 0x3c, 0x00, 0xc0, 0xff, 0x7b, 0, 0]);
+        assert_eq!(t.to_storage_bytes(Storage::Word).unwrap().len(), 12);
+        // Beyond f16's range (65520 rounds to infinity): kept as words.
+        assert!(!Tensor::from_f32(vec![1], vec![65520.0]).fits_f16());
+        assert!(Tensor::from_f32(vec![2], vec![f32::INFINITY, f32::NAN]).fits_f16());
+        // float64 goes through `half`'s conversion (0.1 = 0x2e66 either way).
+        let t = Tensor::from_f64(DType::F64, vec![1], vec![0.1]);
+        assert_eq!(t.to_storage_bytes(Storage::F16).unwrap(), [0x66, 0x2e, 0, 0]);
+        assert!(Tensor::i64_vec(vec![1]).to_storage_bytes(Storage::F16).is_err());
+    }
 
     #[test]
     fn sub_byte_raw_data_packs_like_onnx() {
