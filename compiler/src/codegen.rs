@@ -70,6 +70,13 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     s
 }
 
+/// The `dims` uniform that kernels of dynamic shapes read: the run's value
+/// of each symbol (`dims.s0`, ...), at the binding after the storage ones.
+pub fn dims_decl(binding: u32) -> String {
+    let fields: Vec<String> = (0..drift_ops::dims::MAX_SYMS).map(|k| format!("s{k}: u32")).collect();
+    format!("struct Dims {{ {} }}\n@group(0) @binding({binding}) var<uniform> dims: Dims;\n", fields.join(", "))
+}
+
 /// `ld_<name>` and, for writable word storage, `st_<name>` of one argument
 /// whose element offset is the WGSL expression `off`; `half` when its
 /// binding is an `array<f16>` (f16 activations).
@@ -179,7 +186,9 @@ pub fn hoist_enables(source: &str) -> String {
 
 /// The validator capabilities a kernel's `enable` directives ask for.
 fn capabilities(source: &str) -> Capabilities {
-    let mut caps = Capabilities::empty();
+    // unpack2x16float (f16 weights and scales): every backend drift targets
+    // has it; only GLES lacks it.
+    let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     if source.contains("enable f16;") {
         caps |= Capabilities::SHADER_FLOAT16;
     }

@@ -7,7 +7,9 @@
 
 pub mod codegen;
 pub mod control;
+pub mod dynamic;
 pub mod error;
+pub mod generate;
 pub mod import;
 pub mod inspect;
 pub mod ir;
@@ -16,6 +18,8 @@ pub mod opt;
 pub mod passes;
 pub mod plan;
 pub mod program;
+pub mod quantize;
+pub mod stages;
 pub mod stats;
 
 pub use error::{Error, Result};
@@ -29,11 +33,17 @@ use std::path::Path;
 pub struct Options {
     /// Values of symbolic dimensions (`--dim batch=1`).
     pub dims: BTreeMap<String, usize>,
+    /// Bounded dynamic dims (`--dim seq=1..2048`): kernels read them at run time.
+    pub dim_ranges: BTreeMap<String, (usize, usize)>,
     /// Whole shapes for named inputs, overriding what the model declares.
     pub input_shapes: BTreeMap<String, Vec<usize>>,
     /// Values of inputs fixed at compile time (`--const-input name=file.npy`):
     /// shape-deciding operands such as Reshape's shape or Reduce's axes.
     pub const_inputs: BTreeMap<String, drift_ops::Tensor>,
+    /// Weight-only quantization of constant MatMul weights (`--quantize`).
+    pub quantize: Option<quantize::Quantize>,
+    /// Append GPU token sampling to a decoder's logits (`--sampler`).
+    pub sampler: bool,
     pub limits: Limits,
     /// Skip the graph optimizer (`--no-opt`).
     pub no_opt: bool,
@@ -75,6 +85,16 @@ pub fn compile_file(path: &Path, opts: &Options) -> Result<Compiled> {
 
 /// The pipeline, one pass per line.
 pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
+    if opts.sampler {
+        stages::add_sampler(&mut g)?;
+    }
+    quantize::repack_matmul_nbits(&mut g)?;
+    if let Some(q) = opts.quantize {
+        quantize::quantize_matmuls(&mut g, q)?;
+    }
+    if !opts.dim_ranges.is_empty() {
+        return stages::compile(g, opts);
+    }
     passes::bind_inputs(&mut g, &opts.dims, &opts.input_shapes)?;
     passes::fix_input_values(&mut g, &opts.const_inputs)?;
     passes::build_ops(&mut g)?;

@@ -24,7 +24,8 @@ enum Command {
         /// Output bundle (default: the model's name with .drift).
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Fix a symbolic dimension, e.g. --dim batch=1 (repeatable).
+        /// Fix a symbolic dimension, e.g. --dim batch=1, or bound it, e.g.
+        /// --dim seq=1..2048: kernels then read it at run time (repeatable).
         #[arg(long = "dim", value_name = "NAME=VALUE")]
         dims: Vec<String>,
         /// Give an input's whole shape, e.g. --input-shape x=1,3,224,224.
@@ -61,6 +62,42 @@ enum Command {
         /// With --stats: print them as JSON.
         #[arg(long, requires = "stats")]
         json: bool,
+        /// Weight-only quantization of constant MatMul weights: int8, int4
+        /// (per-group scales) or f16. Dequantization is fused into the matmuls.
+        #[arg(long, value_name = "int8|int4|f16")]
+        quantize: Option<String>,
+        /// Weights per scale for --quantize int8/int4 (along K).
+        #[arg(long, default_value_t = 32, value_name = "32|64|128")]
+        group_size: usize,
+        /// Append GPU token sampling to the model's `logits` (input
+        /// `sampling`, output `next_token`), as `drift generate` needs.
+        #[arg(long)]
+        sampler: bool,
+    },
+    /// Generate tokens with an LLM bundle (compiled with --dim ranges and --sampler).
+    Generate {
+        bundle: PathBuf,
+        /// Prompt token ids, e.g. --tokens 1,2,3.
+        #[arg(long, value_delimiter = ',')]
+        tokens: Vec<i64>,
+        /// Prompt text (needs --tokenizer).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// A Hugging Face tokenizer.json for text in and out.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        #[arg(long, default_value_t = 16)]
+        max_new_tokens: usize,
+        /// 0 (the default) samples greedily.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 40)]
+        top_k: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop after this token id.
+        #[arg(long)]
+        stop: Option<i64>,
     },
     /// Run a bundle on the GPU.
     Run {
@@ -129,6 +166,9 @@ fn main() -> ExitCode {
             no_opt,
             stats,
             json,
+            quantize,
+            group_size,
+            sampler,
         } => {
             let report = match (stats, json) {
                 (false, _) => Report::None,
@@ -136,7 +176,12 @@ fn main() -> ExitCode {
                 (true, true) => Report::Json,
             };
             let choice = TargetChoice { targets: target, precision, max_binding_mib, no_opt, report };
-            compile(&model, output, &dims, &input_shapes, &const_inputs, &choice, weights)
+            let quantize = quantize.map(|q| (q, group_size));
+            compile(&model, output, &dims, &input_shapes, &const_inputs, &choice, weights, quantize, sampler)
+        }
+        Command::Generate { bundle, tokens, prompt, tokenizer, max_new_tokens, temperature, top_k, seed, stop } => {
+            let settings = drift_compiler::generate::Settings { max_new_tokens, temperature, top_k, seed, stop };
+            generate(&bundle, tokens, prompt, tokenizer.as_deref(), &settings)
         }
         Command::Run { bundle, inputs, random_inputs, output_dir, trusted } => {
             let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
@@ -205,6 +250,7 @@ impl TargetChoice {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compile(
     model: &Path,
     output: Option<PathBuf>,
@@ -213,13 +259,26 @@ fn compile(
     const_inputs: &[String],
     choice: &TargetChoice,
     weights: WeightFormat,
+    quantize: Option<(String, usize)>,
+    sampler: bool,
 ) -> Result<(), String> {
-    let mut opts = Options { weights, no_opt: choice.no_opt, ..Options::default() };
+    let mut opts = Options { weights, sampler, no_opt: choice.no_opt, ..Options::default() };
     choice.apply(&mut opts)?;
+    if let Some((kind, group)) = quantize {
+        opts.quantize = Some(drift_compiler::quantize::Quantize::parse(&kind, group)?);
+    }
     for d in dims {
         let (k, v) = split_kv(d, "--dim")?;
-        let n = v.parse().map_err(|_| format!("--dim {d}: '{v}' is not a non-negative integer"))?;
-        opts.dims.insert(k.to_string(), n);
+        let num =
+            |x: &str| x.trim().parse::<usize>().map_err(|_| format!("--dim {d}: '{x}' is not a non-negative integer"));
+        match v.split_once("..") {
+            Some((lo, hi)) => {
+                opts.dim_ranges.insert(k.to_string(), (num(lo)?, num(hi)?));
+            }
+            None => {
+                opts.dims.insert(k.to_string(), num(v)?);
+            }
+        }
     }
     for s in shapes {
         let (k, v) = split_kv(s, "--input-shape")?;
@@ -426,6 +485,46 @@ fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Result<HostTensor,
             .map_err(|e| e.to_string())?,
         dtype,
     )
+}
+
+fn generate(
+    bundle: &Path,
+    mut tokens: Vec<i64>,
+    prompt: Option<String>,
+    tokenizer: Option<&Path>,
+    settings: &drift_compiler::generate::Settings,
+) -> Result<(), String> {
+    let tok = match tokenizer {
+        Some(p) => Some(tokenizers::Tokenizer::from_file(p).map_err(|e| format!("tokenizer {}: {e}", p.display()))?),
+        None => None,
+    };
+    if let Some(text) = &prompt {
+        let tok = tok.as_ref().ok_or("--prompt needs --tokenizer")?;
+        let enc = tok.encode(text.as_str(), true).map_err(|e| format!("tokenizer: {e}"))?;
+        tokens = enc.get_ids().iter().map(|&t| t as i64).collect();
+    }
+    if tokens.is_empty() {
+        return Err("give the prompt with --tokens 1,2,3 or --prompt TEXT --tokenizer tokenizer.json".into());
+    }
+    let model = load(bundle)?;
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let mut session = Session::new(&gpu, &model).map_err(|e| e.to_string())?;
+    let r = drift_compiler::generate::generate(&mut session, &tokens, settings)?;
+    let ids: Vec<String> = r.tokens.iter().map(|t| t.to_string()).collect();
+    println!("{}", ids.join(","));
+    if let Some(tok) = &tok {
+        let ids: Vec<u32> = r.tokens.iter().map(|&t| t as u32).collect();
+        println!("{}", tok.decode(&ids, true).map_err(|e| format!("tokenizer: {e}"))?);
+    }
+    let prefill_ms = r.prefill.as_secs_f64() * 1e3;
+    eprintln!(
+        "prefill {} tokens in {prefill_ms:.2} ms; decode {} tokens at {:.1} tokens/s on {}",
+        tokens.len(),
+        r.decode.len(),
+        r.decode_tokens_per_s(),
+        gpu.info()
+    );
+    Ok(())
 }
 
 fn inspect(path: &Path, json: bool) -> Result<(), String> {

@@ -31,6 +31,27 @@ enum Home {
     Arena { bytes: u64 },
     /// A constant, stored in a weights buffer.
     Weight(Arc<Tensor>),
+    /// At a fixed place in a state buffer (see [`Pin`]).
+    Pinned { pin: Pin, bytes: u64 },
+}
+
+/// A tensor kept outside the arena, at the same place in every stage: the
+/// KV cache. State buffer 0 holds the carried inputs, buffer 1 the outputs
+/// paired with them; the runtime swaps the two between runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub buffer: usize,
+    pub offset: u64,
+}
+
+/// What a program adds to a plain static graph: the dynamic-dims lowering
+/// and pinned state tensors.
+#[derive(Default)]
+pub struct Extras<'a> {
+    pub dynamic: Option<&'a crate::dynamic::DynInfo>,
+    pub pins: HashMap<ValueId, Pin>,
+    /// Bytes of the two state buffers (0 when there is no state).
+    pub state_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +95,8 @@ struct Step {
     kernel: Kernel,
     /// Storage slot of each kernel argument.
     slots: Vec<usize>,
+    /// Dynamic kernels: run-time workgroup counts; the kernel reads `dims`.
+    groups: Option<[crate::dynamic::kernels::Groups; 3]>,
 }
 
 /// Limits the plan must respect.
@@ -104,6 +127,7 @@ pub struct Program {
 struct Builder<'g> {
     g: &'g Graph,
     weights: WeightFormat,
+    extras: &'g Extras<'g>,
     slots: Vec<Slot>,
     value_slot: HashMap<ValueId, usize>,
     steps: Vec<Step>,
@@ -115,9 +139,22 @@ struct Builder<'g> {
 /// Lowers the live nodes of `g` (in `order`) into a program for `target`,
 /// with float constants stored as `weights` says.
 pub fn build(g: &Graph, order: &[NodeId], limits: &Limits, target: &Target, weights: WeightFormat) -> Result<Program> {
+    build_with(g, order, limits, target, weights, &Extras::default())
+}
+
+/// [`build`] with dynamic dims and pinned tensors.
+pub fn build_with(
+    g: &Graph,
+    order: &[NodeId],
+    limits: &Limits,
+    target: &Target,
+    weights: WeightFormat,
+    extras: &Extras,
+) -> Result<Program> {
     let mut bld = Builder {
         g,
         weights,
+        extras,
         slots: vec![],
         value_slot: HashMap::new(),
         steps: vec![],
@@ -156,7 +193,10 @@ impl<'g> Builder<'g> {
             Some(t) => {
                 Slot { storage: weight_storage(t, phys, self.weights), ..Slot::word(Home::Weight(t.clone()), phys) }
             }
-            None => Slot::word(Home::Arena { bytes: elem_bytes(ty.numel()) }, phys),
+            None => match self.extras.pins.get(&v) {
+                Some(&pin) => Slot::word(Home::Pinned { pin, bytes: elem_bytes(ty.numel()) }, phys),
+                None => Slot::word(Home::Arena { bytes: elem_bytes(ty.numel()) }, phys),
+            },
         };
         self.slots.push(slot);
         let s = self.slots.len() - 1;
@@ -167,6 +207,11 @@ impl<'g> Builder<'g> {
     fn lower_node(&mut self, id: NodeId) -> Result<()> {
         let g = self.g;
         let node = &g.nodes[id];
+        if let Some(d) = self.extras.dynamic
+            && self.lower_dynamic(d, id)?
+        {
+            return Ok(());
+        }
         let op = node.op.as_ref().expect("ops built");
         let inputs: Vec<Option<Input>> = node
             .inputs
@@ -223,11 +268,50 @@ impl<'g> Builder<'g> {
                 for kernel in kernels {
                     let slots =
                         kernel.args.iter().map(|a| self.arg_slot(node, a, &temp_slots)).collect::<Result<Vec<_>>>()?;
-                    self.steps.push(Step { node: node.name.clone(), kernel, slots });
+                    self.steps.push(Step { node: node.name.clone(), kernel, slots, groups: None });
                 }
             }
         }
         Ok(())
+    }
+
+    /// Lowers a node of the dynamic part of the graph; false when the node
+    /// is static and takes the op's own lowering.
+    fn lower_dynamic(&mut self, d: &crate::dynamic::DynInfo, id: NodeId) -> Result<bool> {
+        use crate::dynamic::lower::{ArgOf, DynLowering};
+        let node = &self.g.nodes[id];
+        match d.lower(self.g, id)? {
+            DynLowering::Static => return Ok(false),
+            DynLowering::Skip => {}
+            DynLowering::Alias => {
+                if let (Some(Some(src)), Some(Some(dst))) = (node.inputs.first(), node.outputs.first()) {
+                    let s = self.slot_of(*src);
+                    self.value_slot.insert(*dst, s);
+                }
+            }
+            DynLowering::Steps { temps, steps } => {
+                let temp_slots: Vec<usize> = temps
+                    .iter()
+                    .map(|t| {
+                        self.slots.push(Slot::word(Home::Arena { bytes: elem_bytes(t.elems) }, t.phys));
+                        self.slots.len() - 1
+                    })
+                    .collect();
+                for step in steps {
+                    let slots = step
+                        .values
+                        .iter()
+                        .map(|a| match *a {
+                            ArgOf::Value(v) => self.slot_of(v),
+                            ArgOf::Temp(i) => temp_slots[i],
+                        })
+                        .collect();
+                    let groups = Some(step.groups);
+                    self.steps.push(Step { node: node.name.clone(), kernel: step.kernel, slots, groups });
+                }
+            }
+        }
+        Ok(true)
     }
 
     fn arg_slot(&mut self, node: &crate::ir::Node, a: &KernelArg, temps: &[usize]) -> Result<usize> {
@@ -254,7 +338,7 @@ impl<'g> Builder<'g> {
     fn copy_constant_outputs(&mut self) {
         for &v in &self.g.outputs {
             let src = self.slot_of(v);
-            if matches!(self.slots[src].home, Home::Arena { .. }) {
+            if !matches!(self.slots[src].home, Home::Weight(_)) {
                 continue;
             }
             let ty = self.g.ty(v);
@@ -263,7 +347,8 @@ impl<'g> Builder<'g> {
             self.value_slot.insert(v, dst);
             let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
             let kernel = drift_ops::wgsl::kernel_1d("copy", args, ty.numel(), "", "    st_y(i, ld_x(i));");
-            self.steps.push(Step { node: format!("output {}", self.g.values[v].name), kernel, slots: vec![src, dst] });
+            let node = format!("output {}", self.g.values[v].name);
+            self.steps.push(Step { node, kernel, slots: vec![src, dst], groups: None });
         }
     }
 
@@ -274,7 +359,10 @@ impl<'g> Builder<'g> {
         let mut dispatches = vec![];
         let mut params: Vec<u8> = vec![];
         for step in &self.steps {
-            let (source, binds, offsets) = layout.kernel_source(step);
+            let (mut source, binds, offsets) = layout.kernel_source(step);
+            if step.groups.is_some() {
+                source = codegen::dims_decl(binds.buffers.len() as u32 + 1) + &source;
+            }
             let k = match kernel_index.get(&source) {
                 Some(&k) => k,
                 None => {
@@ -283,7 +371,11 @@ impl<'g> Builder<'g> {
                         node: step.node.clone(),
                         msg,
                     })?;
-                    kernels.push(bundle_kernel(step, &binds.buffers, &layout, shaders, offsets.len()));
+                    let mut k = bundle_kernel(step, &binds.buffers, &layout, shaders, offsets.len());
+                    if step.groups.is_some() {
+                        k.bindings.push(BindingKind::Dims as i32);
+                    }
+                    kernels.push(k);
                     kernel_index.insert(source, kernels.len() as u32 - 1);
                     kernels.len() as u32 - 1
                 }
@@ -301,6 +393,7 @@ impl<'g> Builder<'g> {
                 bytes: touched.iter().map(|&s| layout.bytes[s]).sum(),
                 flops: step.kernel.flops,
                 windows: binds.windows,
+                groups: step.groups.as_ref().map(|gs| gs.iter().map(bundle_groups).collect()).unwrap_or_default(),
             });
         }
         let mut needs = vec![];
@@ -312,6 +405,9 @@ impl<'g> Builder<'g> {
         }
         let io = |v: &ValueId| {
             let mut t = layout.io_tensor(self.g, &self.value_slot, *v);
+            if let Some(d) = self.extras.dynamic.filter(|d| d.shapes.contains_key(v)) {
+                t.dims = d.shape(self.g, *v).iter().map(dim_expr).collect();
+            }
             t.extent = self.extents.get(v).map(|&(axis, count)| {
                 let (buffer, offset) = layout.place[count];
                 b::Extent { axis: axis as u32, buffer, offset }
@@ -340,6 +436,20 @@ impl<'g> Builder<'g> {
             vendors: self.target.vendors.to_vec(),
             needs,
             memory: Some(layout.memory.clone()),
+            symbols: self
+                .extras
+                .dynamic
+                .map(|d| {
+                    let sym = |s: &crate::dynamic::Symbol| b::Symbol {
+                        name: s.name.clone(),
+                        min: s.min as u64,
+                        max: s.max as u64,
+                    };
+                    d.spec.symbols.iter().map(sym).collect()
+                })
+                .unwrap_or_default(),
+            state_buffers: layout.state_buffers.clone(),
+            ..Default::default()
         };
         Ok(Program { bundle, weights: layout.weights })
     }
@@ -403,6 +513,15 @@ fn elem_bytes(n: usize) -> u64 {
     (n.max(1) as u64) * 4
 }
 
+/// A polynomial as the bundle's terms.
+pub fn dim_expr(p: &drift_ops::dims::Poly) -> b::DimExpr {
+    b::DimExpr { terms: p.terms().map(|(syms, coeff)| b::Term { coeff, syms: syms.to_vec() }).collect() }
+}
+
+fn bundle_groups(g: &crate::dynamic::kernels::Groups) -> b::Groups {
+    b::Groups { expr: Some(dim_expr(&g.expr)), div: g.div, cap: g.cap }
+}
+
 fn bundle_kernel(step: &Step, buffers: &[u32], layout: &Layout, s: codegen::Shaders, n_args: usize) -> b::Kernel {
     let mut bindings = vec![BindingKind::Params as i32];
     for &buf in buffers {
@@ -431,6 +550,8 @@ struct Layout {
     buffers: Vec<b::Buffer>,
     /// Per buffer: the window size when it is larger than one binding.
     window: Vec<Option<u64>>,
+    /// The two state buffers, when tensors are pinned.
+    state_buffers: Vec<u32>,
     /// (buffer, byte offset) per slot.
     place: Vec<(u32, u64)>,
     /// Bytes per slot.
@@ -532,9 +653,36 @@ impl Layout {
                 cur = None;
             }
         }
+        // State: two buffers of the same size, pinned tensors at their offsets.
+        let mut state_buffers = vec![];
+        if bld.extras.state_bytes > 0 {
+            for _ in 0..2 {
+                state_buffers.push(buffers.len() as u32);
+                let size = bld.extras.state_bytes.next_multiple_of(256);
+                buffers.push(b::Buffer { kind: BufferKind::Arena as i32, size, weights_offset: 0 });
+                window.push(None);
+            }
+        }
+        for (s, slot) in bld.slots.iter().enumerate() {
+            if let Home::Pinned { pin, bytes: b } = slot.home {
+                place[s] = (state_buffers[pin.buffer], pin.offset);
+                bytes[s] = b;
+            }
+        }
         let phys = bld.slots.iter().map(|s| s.phys).collect();
         let storage = bld.slots.iter().map(|s| s.storage).collect();
-        Ok(Layout { buffers, window, place, bytes, weights, phys, storage, memory: arena.memory, half_buffer })
+        Ok(Layout {
+            buffers,
+            window,
+            state_buffers,
+            place,
+            bytes,
+            weights,
+            phys,
+            storage,
+            memory: arena.memory,
+            half_buffer,
+        })
     }
 
     /// The kernel's full WGSL, its storage bindings and each argument's
@@ -615,6 +763,7 @@ impl Layout {
                 Phys::U32 => b::PhysType::U32,
             } as i32,
             extent: None,
+            dims: vec![],
         }
     }
 }
@@ -796,7 +945,7 @@ fn arena_lifetimes(bld: &Builder, arena_slots: &[usize]) -> Vec<Lifetime> {
         .map(|&s| {
             let bytes = match bld.slots[s].home {
                 Home::Arena { bytes } => bytes,
-                Home::Weight(_) => 0,
+                Home::Weight(_) | Home::Pinned { .. } => 0,
             };
             let f = if first[s] == usize::MAX { end } else { first[s] };
             Lifetime { first: f, last: last[s].max(f), bytes }

@@ -7,6 +7,7 @@
 //! [`Op::eval`] and turns them into kernels with [`Op::lower`].
 
 mod attr;
+pub mod dims;
 mod dtype;
 mod error;
 mod op;

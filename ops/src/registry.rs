@@ -11,6 +11,12 @@ pub fn build_op(op_type: &str, domain: &str, opset: i64, attrs: &Attrs, n_output
     if domain == "ai.onnx.preview.training" && matches!(op_type, "Adagrad" | "Adam" | "Momentum") {
         return crate::families::training::build(op_type, attrs, opset);
     }
+    if (domain == "com.microsoft" && op_type == "MatMulNBits") || (domain == "ai.drift" && op_type == "QMatMul") {
+        return crate::families::nbits::build(op_type, attrs);
+    }
+    if domain == "ai.drift" && op_type == "SampleToken" {
+        return crate::families::sampling::build(op_type);
+    }
     if !(domain.is_empty() || domain == "ai.onnx") {
         return Err(Error::unsupported(format!("domain '{domain}'")));
     }

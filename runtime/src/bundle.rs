@@ -69,6 +69,22 @@ pub struct Bundle {
     /// place on the GPU; a caller may pass them, and must pass these values.
     #[prost(message, repeated, tag = "20")]
     pub fixed_inputs: Vec<FixedInput>,
+    /// Bounded dynamic dims (`drift compile --dim seq=1..2048`). Their run
+    /// values are solved from the inputs' shapes (`IoTensor::dims`) and
+    /// given to kernels in the `Dims` binding.
+    #[prost(message, repeated, tag = "50")]
+    pub symbols: Vec<Symbol>,
+    /// Programs over parts of the dispatch list sharing buffers and weights
+    /// (prefill and decode); empty: one program, all dispatches.
+    #[prost(message, repeated, tag = "51")]
+    pub stages: Vec<Stage>,
+    /// Two buffers holding carried state: inputs of `state` pairs in the
+    /// first, their outputs at the same offsets in the second. A run that
+    /// carries state swaps them, so outputs become inputs without a copy.
+    #[prost(uint32, repeated, tag = "52")]
+    pub state_buffers: Vec<u32>,
+    #[prost(message, repeated, tag = "53")]
+    pub state: Vec<StatePair>,
     /// What the memory planner achieved, for `drift inspect`; the runtime
     /// ignores it.
     #[prost(message, optional, tag = "30")]
@@ -98,6 +114,94 @@ pub enum Need {
     F16 = 0,
     /// Cooperative-matrix (tensor-core) operations.
     CooperativeMatrix = 1,
+}
+
+/// A bounded dynamic dim.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Symbol {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub min: u64,
+    #[prost(uint64, tag = "3")]
+    pub max: u64,
+}
+
+/// A polynomial over the symbols: `Σ coeff · Π values[syms]`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DimExpr {
+    #[prost(message, repeated, tag = "1")]
+    pub terms: Vec<Term>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Term {
+    #[prost(sint64, tag = "1")]
+    pub coeff: i64,
+    /// Indices into `Bundle::symbols`, repeated for powers.
+    #[prost(uint32, repeated, tag = "2")]
+    pub syms: Vec<u32>,
+}
+
+/// A workgroup count computed per run: `min(ceil(expr / div), cap)`, no
+/// cap when 0.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Groups {
+    #[prost(message, optional, tag = "1")]
+    pub expr: Option<DimExpr>,
+    #[prost(uint32, tag = "2")]
+    pub div: u32,
+    #[prost(uint32, tag = "3")]
+    pub cap: u32,
+}
+
+/// One program of a multi-stage bundle.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Stage {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The stage runs when each listed symbol lies in its range.
+    #[prost(message, repeated, tag = "2")]
+    pub when: Vec<SymbolRange>,
+    #[prost(uint32, tag = "3")]
+    pub first_dispatch: u32,
+    #[prost(uint32, tag = "4")]
+    pub dispatch_count: u32,
+    /// Where each of `Bundle::inputs` / `outputs` lives in this stage.
+    #[prost(message, repeated, tag = "5")]
+    pub inputs: Vec<Place>,
+    #[prost(message, repeated, tag = "6")]
+    pub outputs: Vec<Place>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SymbolRange {
+    #[prost(uint32, tag = "1")]
+    pub sym: u32,
+    #[prost(uint64, tag = "2")]
+    pub min: u64,
+    #[prost(uint64, tag = "3")]
+    pub max: u64,
+}
+
+/// A buffer, byte offset and the bytes reserved there.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Place {
+    #[prost(uint32, tag = "1")]
+    pub buffer: u32,
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+}
+
+/// An input a run may take from the previous run's output (the KV cache).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatePair {
+    #[prost(string, tag = "1")]
+    pub input: String,
+    #[prost(string, tag = "2")]
+    pub output: String,
 }
 
 /// The memory plan's figures (all in bytes) next to the arena it produced.
@@ -163,6 +267,10 @@ pub struct IoTensor {
     /// place this names; the elements are laid out for the actual shape.
     #[prost(message, optional, tag = "20")]
     pub extent: Option<Extent>,
+    /// With bounded dynamic dims: each axis as a polynomial over the
+    /// symbols; `shape` then holds the bounds the buffers are sized for.
+    #[prost(message, repeated, tag = "21")]
+    pub dims: Vec<DimExpr>,
 }
 
 /// Where a data-dependent output extent is left by the kernels.
@@ -221,6 +329,8 @@ pub enum BindingKind {
     StorageRead = 1,
     /// `var<storage, read_write>`.
     StorageReadWrite = 2,
+    /// `var<uniform>`, the run's symbol values (last binding, no offset).
+    Dims = 3,
 }
 
 /// A compute kernel in every shader language the compiler emitted.
@@ -268,6 +378,10 @@ pub struct Dispatch {
     /// The graph node(s) this dispatch computes, for profiles and errors.
     #[prost(string, tag = "5")]
     pub label: String,
+    /// With bounded dynamic dims: the workgroup counts (x, y, z) per run;
+    /// `workgroups` then holds their largest values.
+    #[prost(message, repeated, tag = "6")]
+    pub groups: Vec<Groups>,
     /// Bytes of the tensors the dispatch reads and writes (each counted
     /// once), for achieved-bandwidth figures in profiles.
     #[prost(uint64, tag = "40")]

@@ -92,6 +92,14 @@ pub enum Error {
     #[error("kernels[{index}] '{name}' failed to build: {message}")]
     Kernel { index: usize, name: String, message: String },
 
+    /// A bounded dynamic dim outside the range the bundle was compiled for.
+    #[error("input '{input}': dim '{name}' = {value} is outside the bounds {min}..{max} the bundle was compiled for")]
+    DimOutOfBounds { name: String, value: u64, min: u64, max: u64, input: String },
+
+    /// A run the bundle cannot serve as asked (carried state, stages, fetches).
+    #[error("{0}")]
+    Run(String),
+
     /// An error reported by wgpu or the driver while creating resources or running.
     #[error("GPU error: {0}")]
     Gpu(String),

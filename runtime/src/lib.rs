@@ -24,6 +24,7 @@
 //! [`session`] (the GPU side), [`error`].
 
 pub mod bundle;
+pub mod dims;
 pub mod dtype;
 pub mod error;
 pub mod format;
@@ -39,6 +40,6 @@ pub use error::{Error, Result};
 pub use format::{parse, write_bundle, write_bundle_to};
 pub use gpu::{Gpu, GpuInfo, GpuOptions, ShaderPath};
 pub use model::{Model, TensorInfo, Trust};
-pub use session::Session;
+pub use session::{Feed, Session};
 pub use tensor::HostTensor;
 pub use validate::validate;

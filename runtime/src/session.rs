@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::bundle::{
-    BindingKind, Buffer, BufferKind, Bundle, Dispatch, IoTensor, Kernel, Need, PARAMS_ALIGN, WINDOW_ALIGN,
+    BindingKind, Buffer, BufferKind, Bundle, Dispatch, Groups, IoTensor, Kernel, Need, PARAMS_ALIGN, Symbol,
+    SymbolRange, WINDOW_ALIGN,
 };
 use crate::error::{Error, Result, fmt_shape};
 use crate::gpu::{Gpu, ShaderPath, take_error};
@@ -43,27 +44,72 @@ pub struct Session {
     scratch: Vec<u8>,
     /// The target of the program this session runs (`Model::program_for`).
     target: String,
+    /// Bounded dynamic dims, and the uniform their run values go to.
+    symbols: Vec<Symbol>,
+    dims: wgpu::Buffer,
+    stages: Vec<StageRt>,
+    state: Option<StateRt>,
+    /// The stage and symbol values of the last run (what `replay` repeats).
+    last: (usize, Vec<u64>),
 }
 
 /// One dispatch, ready to record.
 struct Step {
     pipeline: usize,
-    bind_group: wgpu::BindGroup,
+    /// The bind group, and a second one with the state buffers swapped
+    /// when the dispatch binds them.
+    bind_groups: Vec<wgpu::BindGroup>,
     params_offset: u32,
     workgroups: [u32; 3],
+    /// Workgroup counts computed per run (dynamic dims), if any.
+    groups: Vec<Groups>,
+}
+
+/// One program of the bundle: a range of dispatches and where the inputs
+/// and outputs live while it runs.
+struct StageRt {
+    when: Vec<SymbolRange>,
+    steps: std::ops::Range<usize>,
+    /// (buffer, offset, bytes reserved) per input and output.
+    inputs: Vec<(usize, u64, u64)>,
+    outputs: Vec<(usize, u64, u64)>,
+}
+
+/// Carried state: the two buffers, which inputs and outputs pair up, and
+/// which buffer the inputs are read from now.
+struct StateRt {
+    buffers: [usize; 2],
+    /// (input index, output index).
+    pairs: Vec<(usize, usize)>,
+    swapped: bool,
+    /// Each output's shape in the last run.
+    last: Vec<Option<Vec<usize>>>,
+}
+
+/// Where a run's input comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Feed<'a> {
+    /// Uploaded from the host.
+    Host(&'a HostTensor),
+    /// The previous run's output paired with this input (`Bundle::state`),
+    /// left on the GPU: nothing is copied.
+    Carried,
 }
 
 /// Where an input or output lives on the GPU.
 struct Slot {
     info: TensorInfo,
+    /// Placement in the first stage (stages give their own).
     buffer: usize,
     offset: u64,
-    /// Bytes of the physical copy: 4 per element.
+    /// Bytes of the physical copy at the bounds: 4 per element.
     size: u64,
     /// Outputs only: offset in the staging buffer.
     staging_offset: u64,
     /// Outputs only: a data-dependent extent to read back with the data.
     extent: Option<ExtentSlot>,
+    /// The bundle's description (symbolic dims).
+    desc: IoTensor,
 }
 
 /// Where a data-dependent output's actual extent is, and where it lands.
@@ -80,6 +126,9 @@ fn params_binding_size(kernel: &Kernel) -> u64 {
     u64::from(kernel.params_size).next_multiple_of(16).max(16)
 }
 
+/// Bytes of the `dims` uniform: one u32 per possible symbol.
+const DIMS_BYTES: u64 = 32;
+
 impl Session {
     /// Creates every GPU object `model` needs on `gpu`.
     pub fn new(gpu: &Gpu, model: &Model) -> Result<Session> {
@@ -94,21 +143,43 @@ impl Session {
         let inputs: Vec<Slot> = bundle.inputs.iter().zip(model.inputs()).map(|(t, info)| slot(t, info)).collect();
         let mut outputs: Vec<Slot> =
             bundle.outputs.iter().zip(model.outputs()).map(|(t, info)| slot(t, info)).collect();
-        let ((buffers, params, staging), err) = catch(device, || {
+        let ((buffers, params, staging, dims), err) = catch(device, || {
             let buffers = create_buffers(device, bundle, model.weights());
-            (buffers, create_params_buffer(device, &gpu.queue, bundle), create_staging(device, &mut outputs))
+            let dims = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("dims"),
+                size: DIMS_BYTES,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let params = create_params_buffer(device, &gpu.queue, bundle);
+            (buffers, params, create_staging(device, &mut outputs), dims)
         });
         if let Some(e) = err {
             return Err(Error::Gpu(format!("creating buffers: {e}")));
         }
+        let state = state_of(bundle, &inputs, &outputs);
+        // The buffers as a state-carrying run sees them: the two swapped.
+        let swapped: Vec<wgpu::Buffer> = match &state {
+            Some(st) => (0..buffers.len()).map(|b| buffers[swap(st, b, true)].clone()).collect(),
+            None => vec![],
+        };
 
         let (layouts, pipelines) = create_pipelines(device, shader_path, bundle)?;
         let (steps, err) = catch(device, || {
-            let step = |d: &Dispatch| Step {
-                pipeline: d.kernel as usize,
-                bind_group: create_bind_group(device, bundle, d, &layouts, &buffers, &params),
-                params_offset: d.params_offset,
-                workgroups: [d.workgroups[0], d.workgroups[1], d.workgroups[2]],
+            let step = |d: &Dispatch| {
+                let mut bind_groups = vec![create_bind_group(device, bundle, d, &layouts, &buffers, &params, &dims)];
+                let binds_state =
+                    state.as_ref().is_some_and(|st| d.buffers.iter().any(|&b| st.buffers.contains(&(b as usize))));
+                if binds_state {
+                    bind_groups.push(create_bind_group(device, bundle, d, &layouts, &swapped, &params, &dims));
+                }
+                Step {
+                    pipeline: d.kernel as usize,
+                    bind_groups,
+                    params_offset: d.params_offset,
+                    workgroups: [d.workgroups[0], d.workgroups[1], d.workgroups[2]],
+                    groups: d.groups.clone(),
+                }
             };
             bundle.dispatches.iter().map(step).collect::<Vec<_>>()
         });
@@ -124,12 +195,17 @@ impl Session {
             buffers,
             pipelines,
             steps,
+            stages: stages_of(bundle, &inputs, &outputs),
             inputs,
             fixed_inputs: model.fixed_inputs().to_vec(),
             outputs,
             staging,
             scratch: Vec::new(),
             target: target_name(bundle).to_string(),
+            symbols: bundle.symbols.clone(),
+            dims,
+            state,
+            last: (0, vec![0; bundle.symbols.len()]),
         })
     }
 
@@ -155,7 +231,8 @@ impl Session {
     pub fn replay(&mut self) -> Result<Duration> {
         let start = Instant::now();
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        self.record_pass(&mut encoder, None);
+        let (stage, vals) = self.last.clone();
+        self.record_pass(&mut encoder, None, stage, &vals);
         self.queue.submit([encoder.finish()]);
         let cpu = start.elapsed();
         self.wait()?;
@@ -170,7 +247,8 @@ impl Session {
         if !features.contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
             return Err(Error::Unsupported("this GPU cannot write timestamps between dispatches".into()));
         }
-        let count = self.steps.len() as u32 + 1;
+        let (stage, vals) = self.last.clone();
+        let count = self.stages[stage].steps.len() as u32 + 1;
         if count > wgpu::QUERY_SET_MAX_QUERIES {
             return Err(Error::Unsupported(format!(
                 "profiling {} dispatches needs more than {} timestamps",
@@ -195,7 +273,7 @@ impl Session {
         let resolved = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
         let readback = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        self.record_pass(&mut encoder, Some(&queries));
+        self.record_pass(&mut encoder, Some(&queries), stage, &vals);
         encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
         encoder.copy_buffer_to_buffer(&resolved, 0, &readback, 0, bytes);
         self.queue.submit([encoder.finish()]);
@@ -232,28 +310,129 @@ impl Session {
         self.outputs.iter().map(|s| &s.info)
     }
 
+    /// The bounded dynamic dims: name, smallest and largest value.
+    pub fn symbols(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.symbols.iter().map(|s| (s.name.as_str(), s.min, s.max))
+    }
+
+    /// Input `name`'s shape for the given symbol values (in [`Session::symbols`]
+    /// order), e.g. an empty KV cache with every dynamic dim 0.
+    pub fn input_shape_at(&self, name: &str, values: &[u64]) -> Option<Vec<usize>> {
+        let slot = self.inputs.iter().find(|s| s.info.name == name)?;
+        (values.len() >= self.symbols.len()).then(|| crate::dims::shape(&slot.desc, values))
+    }
+
+    /// The (input, output) names a run can carry over on the GPU.
+    pub fn state_pairs(&self) -> Vec<(&str, &str)> {
+        let Some(st) = &self.state else { return vec![] };
+        st.pairs.iter().map(|&(i, o)| (self.inputs[i].info.name.as_str(), self.outputs[o].info.name.as_str())).collect()
+    }
+
     /// Runs the model once. Every input must be given exactly once, with the
-    /// bundle's dtype and shape; outputs come back in bundle order.
+    /// bundle's dtype and shape (within the bounds of dynamic dims); outputs
+    /// come back in bundle order.
     pub fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<Vec<(String, HostTensor)>> {
-        let order = self.match_inputs(inputs)?;
-        for (slot, tensor) in self.inputs.iter().zip(order) {
-            let what = format!("input '{}'", slot.info.name);
+        let feeds: Vec<(&str, Feed)> = inputs.iter().map(|&(n, t)| (n, Feed::Host(t))).collect();
+        self.run_with(&feeds, None)
+    }
+
+    /// A run whose inputs may stay on the GPU from the previous run
+    /// ([`Feed::Carried`]), reading back only the outputs in `fetch` (all
+    /// when `None`); the others stay on the GPU, where a state output is
+    /// carried into the next run.
+    pub fn run_with(&mut self, feeds: &[(&str, Feed)], fetch: Option<&[&str]>) -> Result<Vec<(String, HostTensor)>> {
+        let carried = feeds.iter().any(|(_, f)| matches!(f, Feed::Carried));
+        let (order, shapes) = self.match_inputs(feeds)?;
+        let vals = if self.symbols.is_empty() {
+            vec![]
+        } else {
+            let given: Vec<(&IoTensor, &[usize])> = self
+                .inputs
+                .iter()
+                .zip(&shapes)
+                .filter(|(s, _)| !s.desc.dims.is_empty())
+                .map(|(s, sh)| (&s.desc, sh.as_slice()))
+                .collect();
+            crate::dims::solve(&self.symbols, &given)?
+        };
+        let stage = self.stage_for(&vals)?;
+        let wanted = self.fetched(fetch)?;
+        if let Some(st) = &mut self.state {
+            st.swapped ^= carried;
+        }
+        for (i, tensor) in order.iter().enumerate() {
+            let Some(tensor) = tensor else { continue };
+            let what = format!("input '{}'", self.inputs[i].info.name);
             self.scratch.clear();
             tensor.dtype.to_physical(&tensor.data, tensor.len(), &what, &mut self.scratch)?;
             if !self.scratch.is_empty() {
-                self.queue.write_buffer(&self.buffers[slot.buffer], slot.offset, &self.scratch);
+                let (b, off, size) = self.place(stage, true, i);
+                if self.scratch.len() as u64 > size {
+                    let name = &self.inputs[i].info.name;
+                    return Err(Error::Run(format!("input '{name}' is larger than this program planned for")));
+                }
+                self.queue.write_buffer(&self.buffers[b], off, &self.scratch);
             }
         }
-        self.queue.submit([self.record()]);
-        self.read_outputs()
+        if !self.symbols.is_empty() {
+            let mut words = [0u8; DIMS_BYTES as usize];
+            for (k, &v) in vals.iter().enumerate() {
+                words[4 * k..4 * k + 4].copy_from_slice(&(v as u32).to_le_bytes());
+            }
+            self.queue.write_buffer(&self.dims, 0, &words);
+        }
+        let out_shapes: Vec<Vec<usize>> = self.outputs.iter().map(|o| crate::dims::shape(&o.desc, &vals)).collect();
+        self.queue.submit([self.record(stage, &vals, &out_shapes, &wanted)]);
+        self.last = (stage, vals);
+        let result = self.read_outputs(&out_shapes, &wanted);
+        if let Some(st) = &mut self.state {
+            st.last = out_shapes.into_iter().map(Some).collect();
+        }
+        result
+    }
+
+    /// Which outputs a run reads back.
+    fn fetched(&self, fetch: Option<&[&str]>) -> Result<Vec<bool>> {
+        let Some(names) = fetch else { return Ok(vec![true; self.outputs.len()]) };
+        let mut wanted = vec![false; self.outputs.len()];
+        for name in names {
+            let Some(i) = self.outputs.iter().position(|o| o.info.name == *name) else {
+                let all: Vec<&str> = self.outputs.iter().map(|o| o.info.name.as_str()).collect();
+                return Err(Error::Run(format!("unknown output '{name}' (outputs: {})", all.join(", "))));
+            };
+            wanted[i] = true;
+        }
+        Ok(wanted)
+    }
+
+    /// The first stage whose ranges hold the run's symbol values.
+    fn stage_for(&self, vals: &[u64]) -> Result<usize> {
+        let fits = |s: &StageRt| s.when.iter().all(|r| (r.min..=r.max).contains(&vals[r.sym as usize]));
+        self.stages.iter().position(fits).ok_or_else(|| {
+            let dims: Vec<String> = self.symbols.iter().zip(vals).map(|(s, v)| format!("{}={v}", s.name)).collect();
+            Error::Run(format!("no program of the bundle serves {}", dims.join(", ")))
+        })
+    }
+
+    /// Buffer and offset of input (or output) `i` in `stage`, the state
+    /// buffers swapped as the current run sees them.
+    fn place(&self, stage: usize, input: bool, i: usize) -> (usize, u64, u64) {
+        let st = &self.stages[stage];
+        let (b, off, size) = if input { st.inputs[i] } else { st.outputs[i] };
+        match &self.state {
+            Some(state) => (swap(state, b, state.swapped), off, size),
+            None => (b, off, size),
+        }
     }
 
     /// Pairs the given inputs with the bundle's, in bundle order, checking
-    /// names, dtypes, shapes and data lengths.
-    fn match_inputs<'a>(&self, given: &[(&str, &'a HostTensor)]) -> Result<Vec<&'a HostTensor>> {
-        let mut order: Vec<Option<&HostTensor>> = vec![None; self.inputs.len()];
-        for &(name, tensor) in given {
-            if let Some((_, fixed)) = self.fixed_inputs.iter().find(|(n, _)| n == name) {
+    /// names, dtypes, shapes and data lengths; a carried input takes the
+    /// shape its paired output had. Returns the host tensors to upload and
+    /// every input's shape.
+    fn match_inputs<'a>(&self, given: &[(&str, Feed<'a>)]) -> Result<Matched<'a>> {
+        let mut order: Vec<Option<Feed>> = vec![None; self.inputs.len()];
+        for &(name, feed) in given {
+            if let (Some((_, fixed)), Feed::Host(tensor)) = (self.fixed_inputs.iter().find(|(n, _)| n == name), feed) {
                 check_fixed_input(name, fixed, tensor)?;
                 continue;
             }
@@ -261,29 +440,59 @@ impl Session {
                 let names: Vec<&str> = self.inputs.iter().map(|s| s.info.name.as_str()).collect();
                 return Err(Error::UnknownInput { name: name.to_string(), expected: names.join(", ") });
             };
-            if order[i].replace(tensor).is_some() {
+            if order[i].replace(feed).is_some() {
                 return Err(Error::DuplicateInput(name.to_string()));
             }
-            check_input(&self.inputs[i].info, tensor)?;
         }
-        order
-            .into_iter()
-            .zip(&self.inputs)
-            .map(|(t, slot)| t.ok_or_else(|| Error::MissingInput(slot.info.name.clone())))
-            .collect()
+        let mut tensors = vec![];
+        let mut shapes = vec![];
+        for (slot, feed) in self.inputs.iter().zip(order) {
+            match feed {
+                None => return Err(Error::MissingInput(slot.info.name.clone())),
+                Some(Feed::Host(t)) => {
+                    check_input(&slot.info, &slot.desc, t)?;
+                    tensors.push(Some(t));
+                    shapes.push(t.shape.clone());
+                }
+                Some(Feed::Carried) => {
+                    shapes.push(self.carried_shape(&slot.info.name)?);
+                    tensors.push(None);
+                }
+            }
+        }
+        Ok((tensors, shapes))
     }
 
-    /// One command buffer: all dispatches in one compute pass, then the
-    /// copies of the outputs into the staging buffer.
-    fn record(&self) -> wgpu::CommandBuffer {
+    /// The shape the output paired with input `name` had in the last run.
+    fn carried_shape(&self, name: &str) -> Result<Vec<usize>> {
+        let state =
+            self.state.as_ref().ok_or_else(|| Error::Run(format!("input '{name}': the bundle carries no state")))?;
+        let i = self.inputs.iter().position(|s| s.info.name == name).expect("matched above");
+        let Some(&(_, o)) = state.pairs.iter().find(|(inp, _)| *inp == i) else {
+            return Err(Error::Run(format!("input '{name}' is not carried state (state: {:?})", self.state_pairs())));
+        };
+        state.last.get(o).cloned().flatten().ok_or_else(|| {
+            Error::Run(format!(
+                "input '{name}': nothing to carry, '{}' has not been computed yet",
+                self.outputs[o].info.name
+            ))
+        })
+    }
+
+    /// One command buffer: the stage's dispatches in one compute pass, then
+    /// the copies of the fetched outputs (their actual size) into staging.
+    fn record(&self, stage: usize, vals: &[u64], shapes: &[Vec<usize>], wanted: &[bool]) -> wgpu::CommandBuffer {
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        self.record_pass(&mut encoder, None);
+        self.record_pass(&mut encoder, None, stage, vals);
         if let Some(staging) = &self.staging {
-            for out in self.outputs.iter().filter(|o| o.size > 0) {
-                let src = &self.buffers[out.buffer];
-                encoder.copy_buffer_to_buffer(src, out.offset, staging, out.staging_offset, out.size);
+            for (i, out) in self.outputs.iter().enumerate().filter(|(i, o)| o.size > 0 && wanted[*i]) {
+                let (b, off, size) = self.place(stage, false, i);
+                let bytes = (shapes[i].iter().product::<usize>() as u64 * 4).min(out.size).min(size);
+                if bytes > 0 {
+                    encoder.copy_buffer_to_buffer(&self.buffers[b], off, staging, out.staging_offset, bytes);
+                }
             }
-            for e in self.outputs.iter().filter_map(|o| o.extent.as_ref()) {
+            for e in self.outputs.iter().zip(wanted).filter(|(_, w)| **w).filter_map(|(o, _)| o.extent.as_ref()) {
                 encoder.copy_buffer_to_buffer(&self.buffers[e.buffer], e.offset, staging, e.staging_offset, 4);
             }
         }
@@ -292,25 +501,44 @@ impl Session {
 
     /// The compute pass of every dispatch; with `timestamps`, query `i`
     /// is written before dispatch `i` and the last after all of them.
-    fn record_pass(&self, encoder: &mut wgpu::CommandEncoder, timestamps: Option<&wgpu::QuerySet>) {
+    /// One compute pass over the dispatches of `stage`, their workgroup
+    /// counts evaluated for the symbol values `vals` (empty ones skipped),
+    /// the state buffers bound as the current run sees them.
+    fn record_pass(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<&wgpu::QuerySet>,
+        stage: usize,
+        vals: &[u64],
+    ) {
+        let swapped = self.state.as_ref().is_some_and(|s| s.swapped);
+        let range = self.stages[stage].steps.clone();
         let mut pass = encoder.begin_compute_pass(&Default::default());
-        for (i, step) in self.steps.iter().enumerate() {
+        for (i, step) in self.steps[range.clone()].iter().enumerate() {
             if let Some(q) = timestamps {
                 pass.write_timestamp(q, i as u32);
             }
+            let [x, y, z] = if step.groups.is_empty() {
+                step.workgroups
+            } else {
+                [0, 1, 2].map(|k| crate::dims::groups(&step.groups[k], vals))
+            };
+            if x == 0 || y == 0 || z == 0 {
+                continue;
+            }
+            let bind_group = &step.bind_groups[if swapped { step.bind_groups.len() - 1 } else { 0 }];
             pass.set_pipeline(&self.pipelines[step.pipeline]);
-            pass.set_bind_group(0, &step.bind_group, &[step.params_offset]);
-            let [x, y, z] = step.workgroups;
+            pass.set_bind_group(0, bind_group, &[step.params_offset]);
             pass.dispatch_workgroups(x, y, z);
         }
         if let Some(q) = timestamps {
-            pass.write_timestamp(q, self.steps.len() as u32);
+            pass.write_timestamp(q, range.len() as u32);
         }
     }
 
     /// Waits for the submitted work, maps the staging buffer once and
-    /// converts every output back to its logical type.
-    fn read_outputs(&self) -> Result<Vec<(String, HostTensor)>> {
+    /// converts every fetched output back to its logical type.
+    fn read_outputs(&self, shapes: &[Vec<usize>], wanted: &[bool]) -> Result<Vec<(String, HostTensor)>> {
         let Some(staging) = &self.staging else {
             // Nothing to read back, but a run still ends when the GPU is done.
             self.device
@@ -318,7 +546,7 @@ impl Session {
                 .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
             return match take_error(&self.errors) {
                 Some(e) => Err(Error::Gpu(e)),
-                None => self.convert(&[]),
+                None => self.convert(&[], shapes, wanted),
             };
         };
         let mapped = self.map(staging);
@@ -326,7 +554,7 @@ impl Session {
         let result = match (take_error(&self.errors), mapped) {
             (Some(e), _) => Err(Error::Gpu(e)),
             (None, Err(e)) => Err(e),
-            (None, Ok(view)) => self.convert(&view),
+            (None, Ok(view)) => self.convert(&view, shapes, wanted),
         };
         // Always unmap, or the next run's map fails. After a failed map this
         // reports "not mapped", which is noise next to the error above.
@@ -337,11 +565,11 @@ impl Session {
         result
     }
 
-    /// The outputs from the staging bytes (`words` is empty when every
-    /// output is).
-    fn convert(&self, words: &[u8]) -> Result<Vec<(String, HostTensor)>> {
-        let convert_one = |o: &Slot| {
-            let shape = actual_shape(o, words)?;
+    /// The fetched outputs from the staging bytes (`words` is empty when
+    /// every output is).
+    fn convert(&self, words: &[u8], shapes: &[Vec<usize>], wanted: &[bool]) -> Result<Vec<(String, HostTensor)>> {
+        let convert_one = |(o, shape): (&Slot, &Vec<usize>)| {
+            let shape = actual_shape(o, shape.clone(), words)?;
             let bytes = shape.iter().product::<usize>() as u64 * 4;
             let range = o.staging_offset as usize..(o.staging_offset + bytes) as usize;
             let words = words.get(range).unwrap_or_default();
@@ -350,7 +578,7 @@ impl Session {
             let tensor = HostTensor { dtype: o.info.dtype, shape, data };
             Ok((o.info.name.clone(), tensor))
         };
-        self.outputs.iter().map(convert_one).collect()
+        self.outputs.iter().zip(shapes).zip(wanted).filter(|(_, w)| **w).map(|(x, _)| convert_one(x)).collect()
     }
 
     /// Maps `staging` for reading and waits for the GPU.
@@ -372,10 +600,53 @@ impl Session {
     }
 }
 
+/// The host tensors to upload (`None`: carried) and every input's shape.
+type Matched<'a> = (Vec<Option<&'a HostTensor>>, Vec<Vec<usize>>);
+
+/// Buffer `b` as a run sees it: with `swapped`, the two state buffers trade places.
+fn swap(st: &StateRt, b: usize, swapped: bool) -> usize {
+    match (swapped, st.buffers) {
+        (true, [s0, s1]) if b == s0 => s1,
+        (true, [s0, s1]) if b == s1 => s0,
+        _ => b,
+    }
+}
+
+/// The bundle's stages, or one stage running every dispatch.
+fn stages_of(bundle: &Bundle, inputs: &[Slot], outputs: &[Slot]) -> Vec<StageRt> {
+    if bundle.stages.is_empty() {
+        return vec![StageRt {
+            when: vec![],
+            steps: 0..bundle.dispatches.len(),
+            inputs: inputs.iter().map(|s| (s.buffer, s.offset, s.size)).collect(),
+            outputs: outputs.iter().map(|s| (s.buffer, s.offset, s.size)).collect(),
+        }];
+    }
+    let place = |p: &crate::bundle::Place| (p.buffer as usize, p.offset, p.size);
+    bundle
+        .stages
+        .iter()
+        .map(|s| StageRt {
+            when: s.when.clone(),
+            steps: s.first_dispatch as usize..(s.first_dispatch + s.dispatch_count) as usize,
+            inputs: s.inputs.iter().map(place).collect(),
+            outputs: s.outputs.iter().map(place).collect(),
+        })
+        .collect()
+}
+
+/// The carried state of the bundle, if it has any.
+fn state_of(bundle: &Bundle, inputs: &[Slot], outputs: &[Slot]) -> Option<StateRt> {
+    let [s0, s1] = bundle.state_buffers[..] else { return None };
+    let index = |slots: &[Slot], name: &str| slots.iter().position(|s| s.info.name == name);
+    let pairs =
+        bundle.state.iter().filter_map(|p| Some((index(inputs, &p.input)?, index(outputs, &p.output)?))).collect();
+    Some(StateRt { buffers: [s0 as usize, s1 as usize], pairs, swapped: false, last: vec![None; outputs.len()] })
+}
+
 /// An output's shape: the bundle's, with a data-dependent extent replaced
 /// by the count the kernels left (checked against the planned bound).
-fn actual_shape(o: &Slot, staging: &[u8]) -> Result<Vec<usize>> {
-    let mut shape = o.info.shape.clone();
+fn actual_shape(o: &Slot, mut shape: Vec<usize>, staging: &[u8]) -> Result<Vec<usize>> {
     let Some(e) = &o.extent else { return Ok(shape) };
     let at = e.staging_offset as usize;
     let count = match staging.get(at..at + 4) {
@@ -410,8 +681,9 @@ fn preview(t: &HostTensor) -> Vec<f64> {
     t.to_f64_vec().into_iter().take(8).collect()
 }
 
-/// Checks a given tensor against the bundle's description of that input.
-fn check_input(info: &TensorInfo, tensor: &HostTensor) -> Result<()> {
+/// Checks a given tensor against the bundle's description of that input
+/// (the shape only when it is static: dynamic dims are solved later).
+fn check_input(info: &TensorInfo, desc: &IoTensor, tensor: &HostTensor) -> Result<()> {
     if tensor.dtype != info.dtype {
         return Err(Error::DTypeMismatch {
             name: info.name.clone(),
@@ -419,7 +691,7 @@ fn check_input(info: &TensorInfo, tensor: &HostTensor) -> Result<()> {
             got: tensor.dtype.name(),
         });
     }
-    if tensor.shape != info.shape {
+    if tensor.shape.len() != info.shape.len() || (desc.dims.is_empty() && tensor.shape != info.shape) {
         return Err(Error::ShapeMismatch {
             name: info.name.clone(),
             expected: fmt_shape(&info.shape),
@@ -442,6 +714,7 @@ fn slot(t: &IoTensor, info: &TensorInfo) -> Slot {
             offset: e.offset,
             staging_offset: 0,
         }),
+        desc: t.clone(),
     }
 }
 
@@ -705,6 +978,11 @@ fn layout_entry(binding: u32, kind: Option<BindingKind>, kernel: &Kernel) -> wgp
             has_dynamic_offset: true,
             min_binding_size: wgpu::BufferSize::new(params_binding_size(kernel)),
         },
+        Some(BindingKind::Dims) => wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: wgpu::BufferSize::new(DIMS_BYTES),
+        },
         // validate() allows only StorageRead / StorageReadWrite here.
         read => wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Storage { read_only: read != Some(BindingKind::StorageReadWrite) },
@@ -770,6 +1048,7 @@ fn create_bind_group(
     layouts: &[wgpu::BindGroupLayout],
     buffers: &[wgpu::Buffer],
     params: &wgpu::Buffer,
+    dims: &wgpu::Buffer,
 ) -> wgpu::BindGroup {
     let kernel = &bundle.kernels[dispatch.kernel as usize];
     let params_binding =
@@ -786,6 +1065,11 @@ fn create_bind_group(
             None => buffers[b as usize].as_entire_binding(),
         };
         entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource });
+    }
+    // Kernels of dynamic shapes end with the dims uniform.
+    if kernel.bindings.last() == Some(&(BindingKind::Dims as i32)) {
+        let binding = dispatch.buffers.len() as u32 + 1;
+        entries.push(wgpu::BindGroupEntry { binding, resource: dims.as_entire_binding() });
     }
     device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(&dispatch.label),

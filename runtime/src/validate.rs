@@ -86,6 +86,7 @@ fn validate_program(bundle: &Bundle) -> Result<()> {
     validate_io(bundle, "inputs", &bundle.inputs)?;
     validate_io(bundle, "outputs", &bundle.outputs)?;
     validate_fixed_inputs(bundle)?;
+    crate::dims::validate(bundle)?;
     validate_needs(bundle)
 }
 
@@ -251,6 +252,7 @@ fn validate_bindings(i: usize, kernel: &Kernel) -> Result<()> {
     for (b, kind) in binding_kinds(kernel).enumerate() {
         let ok = match kind {
             Some(BindingKind::Params) => b == 0,
+            Some(BindingKind::Dims) => b != 0 && b + 1 == kernel.bindings.len(),
             Some(_) => b != 0,
             None => false,
         };
@@ -310,7 +312,9 @@ fn validate_dispatch(bundle: &Bundle, i: usize, dispatch: &Dispatch) -> Result<(
             format!("= {} is out of range ({} kernels)", dispatch.kernel, bundle.kernels.len()),
         ));
     };
-    let storage = kernel.bindings.len() - 1;
+    let storage = binding_kinds(kernel)
+        .filter(|k| matches!(k, Some(BindingKind::StorageRead | BindingKind::StorageReadWrite)))
+        .count();
     if dispatch.buffers.len() != storage {
         return Err(bundle_err(
             field("buffers"),

@@ -117,6 +117,7 @@ fn io(name: &str, dtype: DType, shape: &[u64], word: u32) -> IoTensor {
         offset: u64::from(word) * 4,
         phys: dtype.phys() as i32,
         extent: None,
+        dims: vec![],
     }
 }
 

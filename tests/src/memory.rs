@@ -59,7 +59,7 @@ pub fn models() -> Vec<(String, PathBuf, Options)> {
     let mut models = vec![];
     for dir in suite::case_dirs(&suite::repo_root().join("fixtures")).unwrap_or_default() {
         if dir.join("model.onnx").exists() {
-            models.push((format!("fixtures/{}", file_name(&dir)), dir.join("model.onnx"), Options::default()));
+            models.push((format!("fixtures/{}", file_name(&dir)), dir.join("model.onnx"), shapes_of_inputs(&dir)));
         }
     }
     for dir in suite::case_dirs(&suite::onnx_data_root().join("light")).unwrap_or_default() {
@@ -75,7 +75,15 @@ pub fn measure(name: &str, model: &Path, opts: &Options) -> Result<Row, String> 
 }
 
 fn row(name: &str, b: &Bundle) -> Row {
-    let planned = b.buffers.iter().filter(|x| x.kind == BufferKind::Arena as i32).map(|x| x.size).sum();
+    // Activations only: the state buffers hold a carried KV cache, which the
+    // lower bound does not count either.
+    let planned = b
+        .buffers
+        .iter()
+        .enumerate()
+        .filter(|(i, x)| x.kind == BufferKind::Arena as i32 && !b.state_buffers.contains(&(*i as u32)))
+        .map(|(_, x)| x.size)
+        .sum();
     let m = b.memory.clone().unwrap_or_default();
     Row {
         name: name.to_string(),
@@ -90,6 +98,31 @@ fn row(name: &str, b: &Bundle) -> Row {
 
 fn file_name(p: &Path) -> String {
     p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// How a fixture compiles: with the dims of its `dims.txt` (one `NAME=VALUE`
+/// or `NAME=MIN..MAX` a line, as `drift compile --dim` takes them; the
+/// LLM fixture's bounded dims), else at the shapes of its `inputs/*.npy`.
+fn shapes_of_inputs(dir: &Path) -> Options {
+    let mut opts = Options::default();
+    if let Ok(text) = std::fs::read_to_string(dir.join("dims.txt")) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Some((name, v)) = line.split_once('=') else { continue };
+            let num = |x: &str| x.trim().parse::<usize>().unwrap_or(0);
+            match v.split_once("..") {
+                Some((lo, hi)) => opts.dim_ranges.insert(name.trim().into(), (num(lo), num(hi))),
+                None => opts.dims.insert(name.trim().into(), num(v)).map(|x| (x, x)),
+            };
+        }
+        return opts;
+    }
+    for entry in std::fs::read_dir(dir.join("inputs")).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if let (Some(stem), Ok(t)) = (path.file_stem(), drift_compiler::npy::read(&path)) {
+            opts.input_shapes.insert(stem.to_string_lossy().into_owned(), t.shape.clone());
+        }
+    }
+    opts
 }
 
 fn shapes_of_test_data(dir: &Path) -> Options {

@@ -1,0 +1,243 @@
+//! Which dynamic nodes get kernels, and the kernels they get.
+//!
+//! Every live node reading a dynamic value is one of:
+//! - `ShapeOnly`: its outputs are shape arithmetic known symbolically
+//!   (Shape, Gather on shapes, Concat of dims...): no kernel, consumers read
+//!   the polynomials.
+//! - `View`: Reshape / Squeeze / Unsqueeze / Flatten / Identity of a
+//!   materialized tensor: the output aliases the input (dense layouts).
+//! - `Inline`: an injective op (elementwise, Cast, Where, Transpose, Slice,
+//!   Concat, Expand, Gather, Range, a view of an inlined value) whose single
+//!   consumer computes it on the fly: each becomes a WGSL function of the
+//!   output coordinates, called by its consumer's kernel.
+//! - `Kernel`: everything else — the anchors (MatMul, QMatMul, Softmax,
+//!   reductions, sampling) and injective values that are graph outputs,
+//!   read by several nodes or by a node with concrete shapes.
+//!
+//! An anchor's operands may be inlined expressions: the RMSNorm scale in a
+//! matmul's A loads, the attention mask in the softmax's loads.
+
+use super::DynInfo;
+use super::kernels::{self, Gen, Groups};
+use super::shape;
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeId, ValueId};
+use drift_ops::{Kernel, TempSpec};
+use std::collections::{HashMap, HashSet};
+
+/// How a dynamic node is lowered (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    ShapeOnly,
+    View,
+    Inline,
+    Kernel,
+}
+
+/// The decision per dynamic node.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub class: HashMap<NodeId, Class>,
+}
+
+/// A kernel argument of a dynamic kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgOf {
+    Value(ValueId),
+    Temp(usize),
+}
+
+/// One dispatch of a dynamic node: the kernel (its `args` name the
+/// accessors; `values` says which tensor each one is) and its grid.
+pub struct DynStep {
+    pub kernel: Kernel,
+    pub values: Vec<ArgOf>,
+    pub groups: [Groups; 3],
+}
+
+/// What the program builder does with a node.
+pub enum DynLowering {
+    /// Not dynamic: the op's own lowering.
+    Static,
+    /// No kernel (shape arithmetic, or inlined into its consumer).
+    Skip,
+    /// The output aliases input 0.
+    Alias,
+    Steps {
+        temps: Vec<TempSpec>,
+        steps: Vec<DynStep>,
+    },
+}
+
+fn is_view(op: &str) -> bool {
+    matches!(op, "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" | "Identity" | "Dropout")
+}
+
+/// Ops computed per output element from their inputs' elements.
+pub fn is_injective(op: &str) -> bool {
+    shape::is_elementwise(op)
+        || matches!(op, "Transpose" | "Slice" | "Concat" | "Expand" | "Gather" | "Range" | "ConstantOfShape")
+}
+
+/// Decides every dynamic node's class, in topological order.
+pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
+    let live: Vec<NodeId> = order.iter().copied().filter(|&id| !g.nodes[id].dead).collect();
+    let mut consumers: HashMap<ValueId, Vec<NodeId>> = HashMap::new();
+    for &id in &live {
+        for &v in g.nodes[id].inputs.iter().flatten() {
+            consumers.entry(v).or_default().push(id);
+        }
+    }
+    let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
+    let mut class: HashMap<NodeId, Class> = HashMap::new();
+    for &id in &live {
+        if !info.node_is_dynamic(g, id) && !fusable(g, id) {
+            continue;
+        }
+        let node = &g.nodes[id];
+        let outs: Vec<ValueId> = node.outputs.iter().flatten().copied().collect();
+        let c = if !outs.is_empty()
+            && outs.iter().all(|v| info.values.contains_key(v) || g.values[*v].constant.is_some())
+        {
+            Class::ShapeOnly
+        } else if is_view(&node.op_type) {
+            let src = node.inputs[0].expect("views have an input");
+            if producer_class(g, &class, src) == Some(Class::Inline) { Class::Inline } else { Class::View }
+        } else if is_injective(&node.op_type) {
+            Class::Inline
+        } else {
+            Class::Kernel
+        };
+        class.insert(id, c);
+    }
+    // Inlined values are computed by their one consumer; anything else
+    // reading them (several nodes, outputs, static nodes) needs a tensor.
+    // Views pass their reads on, so count through them, last node first.
+    for &id in live.iter().rev() {
+        if class.get(&id) != Some(&Class::Inline) {
+            continue;
+        }
+        let v = g.nodes[id].outputs[0].expect("injective ops have an output");
+        let readers = readers(g, &class, &consumers, v);
+        let keep = outputs.contains(&v)
+            || readers.len() != 1
+            || readers.iter().any(|r| !class.contains_key(r) || class[r] == Class::Kernel && !reads_inline(g, *r));
+        if keep {
+            class.insert(id, Class::Kernel);
+        }
+    }
+    // Views of values that became tensors alias them.
+    for &id in &live {
+        if class.get(&id) == Some(&Class::Inline) && is_view(&g.nodes[id].op_type) {
+            let src = g.nodes[id].inputs[0].expect("views have an input");
+            if producer_class(g, &class, src) != Some(Class::Inline) {
+                class.insert(id, Class::View);
+            }
+        }
+    }
+    info.plan = Plan { class };
+}
+
+/// Whether a node with concrete shapes also takes the fused lowering of the
+/// dynamic part (so the decode stage, whose shapes are mostly concrete,
+/// fuses like prefill does): the ops whose kernels here cover every case.
+fn fusable(g: &Graph, id: NodeId) -> bool {
+    let node = &g.nodes[id];
+    let float =
+        |i: usize| node.inputs.get(i).copied().flatten().is_some_and(|v| g.ty(v).dtype == drift_ops::DType::F32);
+    let rank = |i: usize| node.inputs.get(i).copied().flatten().map_or(0, |v| g.ty(v).rank());
+    let last_axis = |a: i64| a == -1 || a == rank(0) as i64 - 1;
+    if node.outputs.iter().flatten().any(|&v| g.values[v].constant.is_some()) {
+        return false;
+    }
+    match (node.domain.as_str(), node.op_type.as_str()) {
+        ("ai.drift", "QMatMul") => float(0),
+        ("", "MatMul") => float(0) && float(1) && rank(0) >= 2 && rank(1) >= 2,
+        ("", "Softmax" | "LogSoftmax") => {
+            node.opset >= 13 && float(0) && last_axis(node.attrs.int("axis", -1).unwrap_or(0))
+        }
+        ("", "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin") => {
+            let axes = match node.attrs.ints_opt("axes") {
+                Ok(Some(a)) => a.to_vec(),
+                _ => match node.inputs.get(1).copied().flatten().and_then(|v| g.values[v].constant.clone()) {
+                    Some(t) => t.to_i64(),
+                    None => return false,
+                },
+            };
+            float(0) && axes.len() == 1 && last_axis(axes[0])
+        }
+        ("", "Erf" | "Gelu" | "Softplus") => false,
+        ("", "Cast") => node.attrs.int("to", 0).is_ok_and(|t| !matches!(t, 10 | 16)),
+        ("", op) => is_injective(op) || is_view(op),
+        _ => false,
+    }
+}
+
+/// Whether an anchor can compute its operands on the fly.
+fn reads_inline(g: &Graph, id: NodeId) -> bool {
+    matches!(
+        g.nodes[id].op_type.as_str(),
+        "MatMul" | "QMatMul" | "Softmax" | "LogSoftmax" | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin"
+    ) || is_injective(&g.nodes[id].op_type)
+        || is_view(&g.nodes[id].op_type)
+}
+
+fn producer_class(g: &Graph, class: &HashMap<NodeId, Class>, v: ValueId) -> Option<Class> {
+    g.live_nodes().find(|(_, n)| n.outputs.contains(&Some(v))).and_then(|(id, _)| class.get(&id).copied())
+}
+
+/// The nodes that read `v`'s elements, looking through views of it and
+/// ignoring those that read only its shape.
+fn readers(
+    g: &Graph,
+    class: &HashMap<NodeId, Class>,
+    consumers: &HashMap<ValueId, Vec<NodeId>>,
+    v: ValueId,
+) -> Vec<NodeId> {
+    let mut out = vec![];
+    for &c in consumers.get(&v).map(|c| c.as_slice()).unwrap_or_default() {
+        let node = &g.nodes[c];
+        if matches!(node.op_type.as_str(), "Shape" | "Size") || class.get(&c) == Some(&Class::ShapeOnly) {
+            continue;
+        }
+        // Views of the dynamic part pass reads on; a static one lowers on
+        // its own and needs the tensor.
+        if is_view(&node.op_type)
+            && class.contains_key(&c)
+            && node.inputs.first() == Some(&Some(v))
+            && let Some(o) = node.outputs[0]
+        {
+            out.extend(readers(g, class, consumers, o));
+            continue;
+        }
+        out.push(c);
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+impl DynInfo {
+    /// The lowering of node `id` in the dynamic program.
+    pub fn lower(&self, g: &Graph, id: NodeId) -> Result<DynLowering> {
+        let Some(&class) = self.plan.class.get(&id) else { return Ok(DynLowering::Static) };
+        let node = &g.nodes[id];
+        let err = |msg: String| Error::Node { node: node.name.clone(), op_type: node.op_type.clone(), msg };
+        match class {
+            Class::ShapeOnly | Class::Inline => Ok(DynLowering::Skip),
+            Class::View => Ok(DynLowering::Alias),
+            Class::Kernel => {
+                let kg = Gen::new(g, self);
+                kernels::lower_node(kg, id).map_err(err)
+            }
+        }
+    }
+
+    /// Whether value `v` exists as a tensor (not computed on the fly).
+    pub fn materialized(&self, g: &Graph, v: ValueId) -> bool {
+        match g.live_nodes().find(|(_, n)| n.outputs.contains(&Some(v))) {
+            None => true,
+            Some((id, _)) => !matches!(self.plan.class.get(&id), Some(Class::Inline | Class::ShapeOnly)),
+        }
+    }
+}

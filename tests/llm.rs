@@ -1,0 +1,286 @@
+//! The tiny Llama fixture (`fixtures/llama_tiny`, made by `fixtures/llama.py`)
+//! against onnxruntime: prefill, decode and a chunk on top of the cache, in
+//! f32, with drift's own weight-only quantization (`--quantize`) against a
+//! reference that dequantized the same weights in numpy, and as published
+//! int4 models ship it (MatMulNBits, run natively by onnxruntime).
+//!
+//! Every variant prints its logits' error against the f32 reference, the
+//! cost of its weight format.
+
+use drift_compiler::Options;
+use drift_compiler::quantize::Quantize;
+use drift_runtime::{Feed, Gpu, HostTensor, Model, Session};
+use drift_tests::{Outcome, compare};
+use std::path::{Path, PathBuf};
+
+/// The bar: logits within 1e-3 relative of onnxruntime.
+const RTOL: f64 = 1e-3;
+const ATOL: f64 = 1e-5;
+const STEPS: [&str; 3] = ["prefill", "decode", "chunk"];
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").join("fixtures/llama_tiny")
+}
+
+fn read_dir(dir: &Path) -> Vec<(String, HostTensor)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            let name = p.file_stem().expect("npy stem").to_string_lossy().into_owned();
+            (name, drift_compiler::npy::read(p).unwrap_or_else(|e| panic!("{e}")))
+        })
+        .collect()
+}
+
+/// One weight format of the fixture: the model, the compile option and the
+/// folder of its onnxruntime references.
+struct Variant {
+    name: &'static str,
+    model: &'static str,
+    quantize: Option<Quantize>,
+    refs: &'static str,
+}
+
+const fn variant(name: &'static str, bits: u32, group: usize) -> Variant {
+    Variant { name, model: "model.onnx", quantize: Some(Quantize { bits, group }), refs: name }
+}
+
+fn variants() -> Vec<Variant> {
+    vec![
+        Variant { name: "f32", model: "model.onnx", quantize: None, refs: "steps" },
+        variant("int8_g32", 8, 32),
+        variant("int4_g32", 4, 32),
+        variant("int4_g64", 4, 64),
+        variant("f16", 16, 0),
+        Variant { name: "MatMulNBits int4", model: "model_nbits.onnx", quantize: None, refs: "nbits" },
+    ]
+}
+
+fn compile_static(v: &Variant, inputs: &[(String, HostTensor)]) -> Model {
+    let mut opts = Options { quantize: v.quantize, ..Options::default() };
+    for (name, t) in inputs {
+        opts.input_shapes.insert(name.clone(), t.shape.clone());
+    }
+    let compiled = drift_compiler::compile_file(&fixture_dir().join(v.model), &opts)
+        .unwrap_or_else(|e| panic!("{}: compile: {e}", v.name));
+    Model::from_bytes(compiled.to_bytes()).unwrap_or_else(|e| panic!("{}: load: {e}", v.name))
+}
+
+fn max_abs_diff(a: &HostTensor, b: &HostTensor) -> f64 {
+    a.to_f64_vec().iter().zip(b.to_f64_vec()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+fn output<'a>(outs: &'a [(String, HostTensor)], name: &str) -> &'a HostTensor {
+    &outs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output '{name}'")).1
+}
+
+/// Each step compiled for its own shapes (static dims), every output checked.
+#[test]
+fn static_steps_match_onnxruntime_in_every_weight_format() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let dir = fixture_dir();
+    let mut failures = vec![];
+    for v in variants() {
+        let mut worst_vs_f32 = 0f64;
+        for step in STEPS {
+            // Each variant's later steps read its own earlier presents.
+            let inputs = read_dir(&dir.join(v.refs).join(step).join("inputs"));
+            let want = read_dir(&dir.join(v.refs).join(step).join("outputs"));
+            let f32_ref = read_dir(&dir.join("steps").join(step).join("outputs"));
+            let model = compile_static(&v, &inputs);
+            let mut session = Session::new(&gpu, &model).expect("session");
+            let args: Vec<(&str, &HostTensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let got = session.run(&args).expect("run");
+            if let Outcome::Mismatch(m) = compare(&got, &want, RTOL, ATOL) {
+                failures.push(format!("{} {step}: {m}", v.name));
+            }
+            worst_vs_f32 = worst_vs_f32.max(max_abs_diff(output(&got, "logits"), output(&f32_ref, "logits")));
+        }
+        println!("{:>18}: max |logits - f32 onnxruntime logits| = {worst_vs_f32:.3e}", v.name);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Bounds of the dynamic bundle: prompt up to 32 tokens, cache up to 64.
+const SEQ: (usize, usize) = (1, 32);
+const PAST: (usize, usize) = (0, 64);
+
+fn compile_dynamic(v: &Variant) -> Model {
+    let mut opts = Options { quantize: v.quantize, ..Options::default() };
+    opts.dims.insert("batch_size".into(), 1);
+    opts.dim_ranges.insert("seq".into(), SEQ);
+    opts.dim_ranges.insert("past".into(), PAST);
+    let compiled = drift_compiler::compile_file(&fixture_dir().join(v.model), &opts)
+        .unwrap_or_else(|e| panic!("{}: compile: {e}", v.name));
+    Model::from_bytes(compiled.to_bytes()).unwrap_or_else(|e| panic!("{}: load: {e}", v.name))
+}
+
+/// One bundle (`--dim seq=1..32 --dim past=0..64`) with a decode and a
+/// prefill stage runs all three steps from host inputs.
+#[test]
+fn one_dynamic_bundle_runs_prefill_decode_and_chunk() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let dir = fixture_dir();
+    let mut failures = vec![];
+    for v in variants() {
+        let model = compile_dynamic(&v);
+        assert_eq!(model.bundle().stages.len(), 2, "{}: a decode and a prefill stage", v.name);
+        let mut session = Session::new(&gpu, &model).expect("session");
+        for step in STEPS {
+            let inputs = read_dir(&dir.join(v.refs).join(step).join("inputs"));
+            let want = read_dir(&dir.join(v.refs).join(step).join("outputs"));
+            let args: Vec<(&str, &HostTensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let got = session.run(&args).unwrap_or_else(|e| panic!("{} {step}: {e}", v.name));
+            if let Outcome::Mismatch(m) = compare(&got, &want, RTOL, ATOL) {
+                failures.push(format!("{} {step}: {m}", v.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Prefill, then decode and chunk with the KV cache carried on the GPU:
+/// only the first run uploads a (empty) cache, only logits are read back
+/// until the end.
+#[test]
+fn kv_cache_is_carried_on_the_gpu_between_steps() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let dir = fixture_dir();
+    for v in [variants().remove(0), variants().remove(2)] {
+        let model = compile_dynamic(&v);
+        let mut session = Session::new(&gpu, &model).expect("session");
+        let pairs: Vec<(String, String)> =
+            session.state_pairs().iter().map(|(i, o)| (i.to_string(), o.to_string())).collect();
+        assert_eq!(pairs.len(), 4, "{}: 2 layers × key/value", v.name);
+        for (k, step) in STEPS.iter().enumerate() {
+            let inputs = read_dir(&dir.join(v.refs).join(step).join("inputs"));
+            let want = read_dir(&dir.join(v.refs).join(step).join("outputs"));
+            let feeds: Vec<(&str, Feed)> = inputs
+                .iter()
+                .map(|(n, t)| {
+                    let carried = k > 0 && pairs.iter().any(|(i, _)| i == n);
+                    (n.as_str(), if carried { Feed::Carried } else { Feed::Host(t) })
+                })
+                .collect();
+            let last = k + 1 == STEPS.len();
+            let names: Vec<String> = want.iter().map(|(n, _)| n.clone()).filter(|n| last || n == "logits").collect();
+            let fetch: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+            let got = session.run_with(&feeds, Some(&fetch)).unwrap_or_else(|e| panic!("{} {step}: {e}", v.name));
+            assert_eq!(got.len(), fetch.len());
+            let want: Vec<(String, HostTensor)> =
+                want.into_iter().filter(|(n, _)| fetch.contains(&n.as_str())).collect();
+            if let Outcome::Mismatch(m) = compare(&got, &want, RTOL, ATOL) {
+                panic!("{} {step} (carried cache): {m}", v.name);
+            }
+        }
+    }
+}
+
+/// Shapes outside the compiled bounds are a clear error naming the dim.
+#[test]
+fn runs_outside_the_bounds_are_errors() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let model = compile_dynamic(&variants().remove(0));
+    let mut session = Session::new(&gpu, &model).expect("session");
+    let long = SEQ.1 + 1;
+    let ids = HostTensor::new(drift_runtime::DType::I64, vec![1, long], vec![0; long * 8]).unwrap();
+    let mask = HostTensor::new(drift_runtime::DType::I64, vec![1, long], vec![0; long * 8]).unwrap();
+    let past = HostTensor::new(drift_runtime::DType::F32, vec![1, 2, 0, 16], vec![]).unwrap();
+    let mut args: Vec<(&str, &HostTensor)> =
+        vec![("input_ids", &ids), ("attention_mask", &mask), ("position_ids", &ids)];
+    let names: Vec<String> =
+        (0..2).flat_map(|i| ["key", "value"].map(|k| format!("past_key_values.{i}.{k}"))).collect();
+    args.extend(names.iter().map(|n| (n.as_str(), &past)));
+    let e = session.run(&args).expect_err("seq past its bound").to_string();
+    assert!(e.contains("sequence_length") && e.contains(&long.to_string()) && e.contains("1..32"), "{e}");
+    // A mask whose length disagrees with seq + past names the input.
+    let short = HostTensor::new(drift_runtime::DType::I64, vec![1, 3], vec![0; 24]).unwrap();
+    let ids4 = HostTensor::new(drift_runtime::DType::I64, vec![1, 4], vec![0; 32]).unwrap();
+    args[0] = ("input_ids", &ids4);
+    args[1] = ("attention_mask", &short);
+    args[2] = ("position_ids", &ids4);
+    let e = session.run(&args).expect_err("mask too short").to_string();
+    assert!(e.contains("attention_mask"), "{e}");
+}
+
+/// An op without a symbolic shape rule is a compile error naming the node.
+#[test]
+fn ops_without_symbolic_rules_are_named() {
+    let mut opts = Options::default();
+    opts.dim_ranges.insert("seq".into(), (1, 8));
+    let e = drift_compiler::compile_file(&fixture_dir().join("cumsum_dynamic.onnx"), &opts)
+        .err()
+        .expect("CumSum has no symbolic rule")
+        .to_string();
+    assert!(e.contains("running_sum") && e.contains("CumSum") && e.contains("symbolic"), "{e}");
+    assert!(e.contains("[1, sequence_length]"), "names the dynamic input's shape: {e}");
+}
+
+fn compile_with_sampler() -> Model {
+    let mut opts = Options { sampler: true, ..Options::default() };
+    opts.dims.insert("batch_size".into(), 1);
+    opts.dim_ranges.insert("seq".into(), SEQ);
+    opts.dim_ranges.insert("past".into(), PAST);
+    let compiled = drift_compiler::compile_file(&fixture_dir().join("model.onnx"), &opts).expect("compile");
+    Model::from_bytes(compiled.to_bytes()).expect("load")
+}
+
+/// `drift generate`'s loop (prefill, then decode steps with the cache
+/// carried and only the sampled token read back) reproduces onnxruntime's
+/// greedy continuation.
+#[test]
+fn greedy_generation_matches_onnxruntime() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let model = compile_with_sampler();
+    let mut session = Session::new(&gpu, &model).expect("session");
+    let dir = fixture_dir();
+    let want: Vec<i64> = std::fs::read_to_string(dir.join("greedy.txt"))
+        .expect("greedy.txt")
+        .trim()
+        .split(',')
+        .map(|t| t.parse().expect("token id"))
+        .collect();
+    let prompt =
+        read_dir(&dir.join("steps/prefill/inputs")).into_iter().find(|(n, _)| n == "input_ids").expect("ids").1;
+    let prompt: Vec<i64> = prompt.to_f64_vec().into_iter().map(|x| x as i64).collect();
+    let settings = drift_compiler::generate::Settings {
+        max_new_tokens: want.len(),
+        temperature: 0.0,
+        top_k: 1,
+        seed: 0,
+        stop: None,
+    };
+    let report = drift_compiler::generate::generate(&mut session, &prompt, &settings).expect("generate");
+    assert_eq!(report.tokens, want);
+}
+
+/// Temperature + top-k sampling on the GPU picks what the CPU rule picks
+/// from the same logits and the same uniform number.
+#[test]
+fn top_k_sampling_matches_the_cpu_rule() {
+    use drift_ops::families::sampling::{Params, sample_row};
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let model = compile_with_sampler();
+    let mut session = Session::new(&gpu, &model).expect("session");
+    let inputs = read_dir(&fixture_dir().join("steps/prefill/inputs"));
+    for (k, (temperature, top_k)) in [(0.7f32, 5u32), (1.0, 40), (2.0, 256), (0.5, 2)].into_iter().enumerate() {
+        for u in [0.03f32, 0.41, 0.77, 0.985] {
+            let p = Params { temperature, top_k, uniform: u };
+            let params = HostTensor::from_f32(vec![4], &p.to_vec());
+            let mut args: Vec<(&str, &HostTensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            args.push(("sampling", &params));
+            let out = session.run(&args).expect("run");
+            let logits = output(&out, "logits").to_f32_vec();
+            let vocab = 256;
+            let last: Vec<f32> = logits[logits.len() - vocab..].to_vec();
+            let got = output(&out, "next_token").to_f64_vec()[0] as usize;
+            assert_eq!(got, sample_row(&last, p), "case {k}, u {u}");
+        }
+    }
+}
