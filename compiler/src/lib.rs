@@ -14,11 +14,13 @@ pub mod import;
 pub mod inspect;
 pub mod ir;
 pub mod npy;
+pub mod opt;
 pub mod passes;
 pub mod plan;
 pub mod program;
 pub mod quantize;
 pub mod stages;
+pub mod stats;
 
 pub use error::{Error, Result};
 pub use program::{Limits, WeightFormat};
@@ -43,6 +45,8 @@ pub struct Options {
     /// Append GPU token sampling to a decoder's logits (`--sampler`).
     pub sampler: bool,
     pub limits: Limits,
+    /// Skip the graph optimizer (`--no-opt`).
+    pub no_opt: bool,
     /// How float constants are stored (`--weights f32|f16`).
     pub weights: WeightFormat,
     /// Device targets to emit kernel sets for (`--target`); empty means
@@ -57,6 +61,7 @@ pub struct Options {
 /// A compiled model, ready to be written.
 pub struct Compiled {
     pub program: program::Program,
+    pub stats: stats::Stats,
 }
 
 impl Compiled {
@@ -94,8 +99,10 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     passes::fix_input_values(&mut g, &opts.const_inputs)?;
     passes::build_ops(&mut g)?;
     let order = control::infer_with_control_flow(&mut g)?;
+    let order = opt::run(&mut g, order, if opts.no_opt { &[] } else { opt::SIMPLIFY })?;
     let order = passes::split_oversized_weights(&mut g, &order, opts.limits.max_binding_bytes)?;
     passes::eliminate_dead_nodes(&mut g, &order);
+    let order = opt::run(&mut g, order, if opts.no_opt { &[] } else { opt::FUSE })?;
     let targets = if opts.targets.is_empty() { vec![drift_ops::Target::GENERIC] } else { opts.targets.clone() };
     let mut programs = vec![];
     for target in targets {
@@ -108,5 +115,7 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
         let limits = if target.name == "generic" { opts.limits.clone() } else { limits };
         programs.push(program::build(&g, &order, &limits, &target, opts.weights)?);
     }
-    Ok(Compiled { program: program::with_variants(programs) })
+    let program = program::with_variants(programs);
+    let stats = stats::of(&g, &order, &program.bundle);
+    Ok(Compiled { program, stats })
 }

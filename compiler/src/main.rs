@@ -53,6 +53,15 @@ enum Command {
         /// generic, the target's own limit for the others).
         #[arg(long = "max-binding-mib")]
         max_binding_mib: Option<u64>,
+        /// Compile without the graph optimizer (no folding of BatchNorm, no fusion, ...).
+        #[arg(long)]
+        no_opt: bool,
+        /// Print dispatches, kernels, estimated bytes per run and FLOPs, before and after optimization.
+        #[arg(long)]
+        stats: bool,
+        /// With --stats: print them as JSON.
+        #[arg(long, requires = "stats")]
+        json: bool,
         /// Weight-only quantization of constant MatMul weights: int8, int4
         /// (per-group scales) or f16. Dequantization is fused into the matmuls.
         #[arg(long, value_name = "int8|int4|f16")]
@@ -157,11 +166,19 @@ fn main() -> ExitCode {
             target,
             precision,
             max_binding_mib,
+            no_opt,
+            stats,
+            json,
             quantize,
             group_size,
             sampler,
         } => {
-            let choice = TargetChoice { targets: target, precision, max_binding_mib };
+            let report = match (stats, json) {
+                (false, _) => Report::None,
+                (true, false) => Report::Text,
+                (true, true) => Report::Json,
+            };
+            let choice = TargetChoice { targets: target, precision, max_binding_mib, no_opt, report };
             let quantize = quantize.map(|q| (q, group_size));
             compile(&model, output, &dims, &input_shapes, &const_inputs, &choice, weights, quantize, sampler)
         }
@@ -205,11 +222,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--target`, `--precision` and `--max-binding-mib`.
+/// What `compile --stats` prints.
+#[derive(Clone, Copy, PartialEq)]
+enum Report {
+    None,
+    Text,
+    Json,
+}
+
+/// `--target`, `--precision`, `--max-binding-mib`, `--no-opt` and `--stats`.
 struct TargetChoice {
     targets: Vec<String>,
     precision: String,
     max_binding_mib: Option<u64>,
+    no_opt: bool,
+    report: Report,
 }
 
 impl TargetChoice {
@@ -250,7 +277,7 @@ fn compile(
     quantize: Option<(String, usize)>,
     sampler: bool,
 ) -> Result<(), String> {
-    let mut opts = Options { weights, sampler, ..Options::default() };
+    let mut opts = Options { weights, sampler, no_opt: choice.no_opt, ..Options::default() };
     choice.apply(&mut opts)?;
     if let Some((kind, group)) = quantize {
         opts.quantize = Some(drift_compiler::quantize::Quantize::parse(&kind, group)?);
@@ -284,6 +311,13 @@ fn compile(
         opts.input_shapes.insert(name.to_string(), value.shape.clone());
         opts.const_inputs.insert(name.to_string(), value);
     }
+    let report = choice.report;
+    let before = if report == Report::None {
+        None
+    } else {
+        let plain = Options { no_opt: true, ..opts.clone() };
+        Some(drift_compiler::compile_file(model, &plain).map_err(|e| e.to_string())?.stats)
+    };
     let start = std::time::Instant::now();
     let compiled = drift_compiler::compile_file(model, &opts).map_err(|e| e.to_string())?;
     let out = output.unwrap_or_else(|| model.with_extension("drift"));
@@ -302,7 +336,34 @@ fn compile(
         targets.join(", "),
         start.elapsed().as_secs_f64()
     );
+    if let Some(before) = before {
+        print_stats(&before, &compiled.stats, report);
+    }
     Ok(())
+}
+
+fn print_stats(before: &drift_compiler::stats::Stats, after: &drift_compiler::stats::Stats, report: Report) {
+    let change = |a: u64, b: u64| if a == 0 { 0.0 } else { 100.0 * (b as f64 - a as f64) / a as f64 };
+    if report == Report::Json {
+        let j = serde_json::json!({
+            "before": before,
+            "after": after,
+            "bytes_change_percent": change(before.bytes, after.bytes),
+            "dispatches_change_percent": change(before.dispatches as u64, after.dispatches as u64),
+        });
+        println!("{}", serde_json::to_string_pretty(&j).expect("stats serialize"));
+        return;
+    }
+    println!("before optimization: {}", before.text());
+    println!("after optimization:  {}", after.text());
+    let ops: Vec<String> = after.ops.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+    println!("nodes after: {}", ops.join(", "));
+    println!(
+        "change: dispatches {:+.1}%, bytes {:+.1}%, flops {:+.1}%",
+        change(before.dispatches as u64, after.dispatches as u64),
+        change(before.bytes, after.bytes),
+        change(before.flops, after.flops)
+    );
 }
 
 fn parse_weights(s: &str) -> Result<WeightFormat, String> {

@@ -257,23 +257,7 @@ pub fn infer_and_fold(g: &mut Graph, order: &[NodeId]) -> Result<Vec<NodeId>> {
             })
             .collect();
         let err = |e: drift_ops::Error| op_error(g, id, e);
-        let all_known = ins.iter().flatten().all(|i| i.value.is_some());
-        // Never allocate an absurd constant (ConstantOfShape of [1e6, 1e6, 1e6]):
-        // results too large to fold go to the GPU, which checks its limits.
-        let foldable = || match op.infer(&ins) {
-            Ok(tys) => tys.iter().all(|t| elements(&t.shape).is_some_and(|n| n <= MAX_FOLD_ELEMENTS)),
-            Err(_) => true,
-        };
-        let folded = if all_known && foldable() {
-            let vals: Vec<Option<&Tensor>> = ins.iter().map(|i| i.and_then(|i| i.value)).collect();
-            match op.eval(&vals) {
-                Ok(v) => Some(v),
-                Err(drift_ops::Error::Unsupported(_)) => None,
-                Err(e) => return Err(err(e)),
-            }
-        } else {
-            op.fold_from_types(&ins)
-        };
+        let folded = fold(op.as_ref(), &ins).map_err(err)?;
         let outputs = node.outputs.clone();
         match folded {
             Some(vals) => {
@@ -311,6 +295,31 @@ pub fn infer_and_fold(g: &mut Graph, order: &[NodeId]) -> Result<Vec<NodeId>> {
         }
     }
     Ok(pending)
+}
+
+/// The outputs of an op whose inputs are all known, through its CPU
+/// reference, or those that follow from the input types alone (Shape);
+/// `None` when the op must run on the GPU.
+pub fn fold(
+    op: &dyn drift_ops::Op,
+    ins: &[Option<Input>],
+) -> std::result::Result<Option<Vec<Tensor>>, drift_ops::Error> {
+    let all_known = ins.iter().flatten().all(|i| i.value.is_some());
+    // Never allocate an absurd constant (ConstantOfShape of [1e6, 1e6, 1e6]):
+    // results too large to fold go to the GPU, which checks its limits.
+    let foldable = || match op.infer(ins) {
+        Ok(tys) => tys.iter().all(|t| elements(&t.shape).is_some_and(|n| n <= MAX_FOLD_ELEMENTS)),
+        Err(_) => true,
+    };
+    if all_known && foldable() {
+        let vals: Vec<Option<&Tensor>> = ins.iter().map(|i| i.and_then(|i| i.value)).collect();
+        return match op.eval(&vals) {
+            Ok(v) => Ok(Some(v)),
+            Err(drift_ops::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(e),
+        };
+    }
+    Ok(op.fold_from_types(ins))
 }
 
 /// After inference: every live node's outputs have types. A node left

@@ -157,7 +157,8 @@ pub fn compile(g0: Graph, opts: &Options) -> Result<Compiled> {
     let mut program = program::build_with(&m.g, &m.order, &opts.limits, &target, opts.weights, &extras)?;
     split_stages(&mut program.bundle, &stages, n_inputs, n_outputs, &spec)?;
     program.bundle.state = pairs;
-    Ok(Compiled { program })
+    let stats = crate::stats::of(&m.g, &m.order, &program.bundle);
+    Ok(Compiled { program, stats })
 }
 
 /// Prefixes a stage's node names (dispatch labels tell the stages apart).

@@ -26,8 +26,8 @@ pub use attr::{Attr, Attrs};
 pub use dtype::{CastMode, DType, Phys, Storage, onnx_type_name, round_float, wgsl_round_fn};
 pub use error::{Error, Result};
 pub use op::{
-    DataDependentDim, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, TempSpec, TensorRef, TypeInfo, arg, need_value,
-    norm_axis, ty, value,
+    DataDependentDim, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Pointwise, TempSpec, TensorRef, TypeInfo, arg,
+    need_value, norm_axis, ty, value,
 };
 pub use registry::{build_op, is_supported};
 pub use target::{Target, Tile};

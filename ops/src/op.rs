@@ -53,6 +53,24 @@ pub trait Op: std::fmt::Debug + Send + Sync {
     fn data_dependent_dims(&self, _cx: &LowerCtx) -> Vec<DataDependentDim> {
         vec![]
     }
+
+    /// For ops that compute each output element from the operands' elements
+    /// at the same (broadcast) position: that computation as a WGSL
+    /// expression, so the compiler can fuse the op into its producer's
+    /// store. `operands[k]` is a WGSL expression for operand k's element.
+    fn pointwise(&self, _cx: &LowerCtx, _operands: &[String]) -> Option<Pointwise> {
+        None
+    }
+}
+
+/// An elementwise op's output element as an expression (see [`Op::pointwise`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pointwise {
+    pub expr: String,
+    /// WGSL functions the expression calls.
+    pub helpers: String,
+    /// Each operand's shape as it broadcasts (right-aligned) to the output.
+    pub operand_shapes: Vec<Vec<usize>>,
 }
 
 /// An output axis of data-dependent length. The lowering's kernels write the
@@ -123,6 +141,10 @@ pub enum TensorRef {
 pub struct KernelArg {
     pub name: String,
     pub tensor: TensorRef,
+    /// The kernel writes every element of this output exactly once, with its
+    /// final value, and never reads it back: the compiler may then replace
+    /// the store `st_<name>(i, v)` by a fused consumer's computation.
+    pub stored_once: bool,
     /// The kernel touches this tensor only at the element its thread owns:
     /// the thread of element `i` reads element `i` (before writing any
     /// output) or writes element `i`, and nothing else. An output and an
@@ -132,7 +154,13 @@ pub struct KernelArg {
 
 impl KernelArg {
     pub fn new(name: &str, tensor: TensorRef) -> KernelArg {
-        KernelArg { name: name.to_string(), tensor, pointwise: false }
+        KernelArg { name: name.to_string(), tensor, stored_once: false, pointwise: false }
+    }
+
+    /// Declares the output written once per element (see `stored_once`).
+    pub fn stored_once(mut self) -> KernelArg {
+        self.stored_once = true;
+        self
     }
 
     /// Marks the argument as touched only at its thread's own element.

@@ -283,7 +283,7 @@ fn check_spirv_framing(bytes: &[u8]) -> std::result::Result<(), String> {
     if n < 5 || word(0) != SPIRV_MAGIC {
         return Err("is not a SPIR-V module (no magic number and header)".to_string());
     }
-    let mut i = 5;
+    let (mut i, mut last_opcode) = (5, 0);
     while i < n {
         let count = (word(i) >> 16) as usize;
         if count == 0 || i + count > n {
@@ -292,7 +292,14 @@ fn check_spirv_framing(bytes: &[u8]) -> std::result::Result<(), String> {
                 n - i
             ));
         }
+        last_opcode = word(i) & 0xFFFF;
         i += count;
+    }
+    // A module cut at an instruction boundary still frames; its last
+    // function is then unfinished.
+    const OP_FUNCTION_END: u32 = 56;
+    if last_opcode != OP_FUNCTION_END {
+        return Err("is damaged: it does not end with a complete function (truncated?)".to_string());
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! compare with the expected outputs the way numpy's `isclose` does.
 
 pub mod fixtures;
+pub mod gate;
 pub mod memory;
 pub mod suite;
 
@@ -135,6 +136,16 @@ pub fn to_host(t: &drift_ops::Tensor) -> Result<HostTensor, String> {
     HostTensor::new(dtype, t.shape.clone(), t.to_raw()).map_err(|e| e.to_string())
 }
 
+/// Whether cases compile with the graph optimizer (the default) or without
+/// it (`drift compile --no-opt`); the conformance gate runs both.
+static OPTIMIZE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Chooses, for the cases run after this call, whether they are compiled
+/// with the optimizer.
+pub fn set_optimize(on: bool) {
+    OPTIMIZE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Compiles a case for the shapes of its inputs, runs it and compares.
 ///
 /// When the compiler needs the value of a shape-deciding operand that comes
@@ -162,7 +173,7 @@ pub fn run_case_with(gpu: &Gpu, case: &Case, base: &Options) -> (Outcome, Vec<St
         .enumerate()
         .map(|(k, (n, t))| (if n.is_empty() { graph_inputs.get(k).map_or("", |s| s.as_str()) } else { n.as_str() }, t))
         .collect();
-    let mut opts = base.clone();
+    let mut opts = Options { no_opt: !OPTIMIZE.load(std::sync::atomic::Ordering::Relaxed), ..base.clone() };
     for (name, t) in &named {
         opts.input_shapes.insert(name.to_string(), t.shape.clone());
     }

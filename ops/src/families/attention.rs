@@ -552,10 +552,18 @@ impl Op for Attention {
             }
         }
         let want_qk = has_output(cx, 3);
+        let scores = g.batch * g.q_heads * g.q_len * g.total();
+        // Without extra outputs or emulated rounding, one kernel does it all.
+        if kernels.is_empty() && !want_qk && !sm.bf16 && !qr.bf16 {
+            let fused = self.fused_kernel(&g, cx.input(Q)?.dtype, &helpers);
+            return Ok(Lowering::Kernels {
+                temps: vec![TempSpec { elems: scores, phys: Phys::F32 }],
+                kernels: vec![fused],
+            });
+        }
         kernels.push(self.scores_kernel(&g, cx.input(Q)?.dtype, want_qk, &helpers));
         kernels.push(self.softmax_kernel(&g, sm, qr, want_qk));
         kernels.push(self.values_kernel(&g, &helpers));
-        let scores = g.batch * g.q_heads * g.q_len * g.total();
         Ok(Lowering::Kernels { temps: vec![TempSpec { elems: scores, phys: Phys::F32 }], kernels })
     }
 }
@@ -630,6 +638,23 @@ impl Attention {
     /// One thread per (b, h, i, j): the biased score, or -inf where masked.
     fn scores_kernel(&self, g: &Geom, qt: DType, want_qk: bool, helpers: &str) -> crate::Kernel {
         let l = g.total();
+        let (mut code, mut args) = self.score_code(g, qt);
+        code += "    st_s(i, sv);\n";
+        // Mode 0 is the scaled product before the soft cap, as the spec says
+        // (the reference implementation caps it too).
+        if want_qk && self.qk_mode < 3 {
+            args.push(KernelArg::new("qk", TensorRef::Output(3)));
+            code += &format!("    st_qk(i, {});\n", ["raw", "capped", "sv"][self.qk_mode as usize]);
+        }
+        let helpers = if self.softcap > 0.0 { format!("{helpers}{TANH_WGSL}") } else { helpers.to_string() };
+        kernel_1d("attn_scores", args, g.batch * g.q_heads * g.q_len * l, &helpers, &code)
+    }
+
+    /// WGSL computing `sv`, the biased score (or -inf where masked) of
+    /// linear index `i` over (b, h, i, j), and the arguments it reads
+    /// (plus the scratch scores `s`).
+    fn score_code(&self, g: &Geom, qt: DType) -> (String, Vec<KernelArg>) {
+        let l = g.total();
         let mut args = Self::kv_args(g);
         args.push(KernelArg::new("q", TensorRef::Input(Q)));
         args.push(KernelArg::new("s", TensorRef::Temp(0)));
@@ -687,15 +712,60 @@ impl Attention {
         if self.right_window >= 0 {
             code += &format!("    if (-diff > {}) {{ masked = true; }}\n", self.right_window);
         }
-        code += &format!("    let sv = select(rnd(capped + bias), {NEG_INF}, masked);\n    st_s(i, sv);\n");
-        // Mode 0 is the scaled product before the soft cap, as the spec says
-        // (the reference implementation caps it too).
-        if want_qk && self.qk_mode < 3 {
-            args.push(KernelArg::new("qk", TensorRef::Output(3)));
-            code += &format!("    st_qk(i, {});\n", ["raw", "capped", "sv"][self.qk_mode as usize]);
+        code += &format!("    let sv = select(rnd(capped + bias), {NEG_INF}, masked);\n");
+        (code, args)
+    }
+
+    /// Scores, softmax and values in one row kernel (one row per query):
+    /// the row's lanes write its scores to the scratch, turn them into
+    /// exponentials, and after a storage barrier sum exponentials times
+    /// values per output feature, dividing by the row's sum at the end.
+    fn fused_kernel(&self, g: &Geom, qt: DType, helpers: &str) -> crate::Kernel {
+        let (score, mut args) = self.score_code(g, qt);
+        args.push(KernelArg::new("y", TensorRef::Output(0)).stored_once());
+        let mut helpers = format!("{helpers}fn attn_score(i: u32) -> f32 {{\n{score}    return sv;\n}}\n");
+        if self.softcap > 0.0 {
+            helpers += TANH_WGSL;
         }
-        let helpers = if self.softcap > 0.0 { format!("{helpers}{TANH_WGSL}") } else { helpers.to_string() };
-        kernel_1d("attn_scores", args, g.batch * g.q_heads * g.q_len * l, &helpers, &code)
+        let body = format!(
+            "    var m = {NEG_INF};
+    for (var j = lane; j < n_el; j = j + LANES) {{
+        let sv = attn_score(base + j);
+        st_s(base + j, sv);
+        m = max(m, sv);
+    }}
+    m = seg_max_f32(m, lid);
+    // A row with every key masked has no distribution: it becomes zeros.
+    let dead = m == {NEG_INF};
+    var sum = 0.0;
+    for (var j = lane; j < n_el; j = j + LANES) {{
+        let p = select(exp(ld_s(base + j) - m), 0.0, dead);
+        st_s(base + j, p);
+        sum = sum + p;
+    }}
+    sum = seg_sum_f32(sum, lid);
+    storageBarrier();
+    let qi = row % {sq}u;
+    let h = (row / {sq}u) % {hq}u;
+    let b = row / {sqhq}u;
+    let hk = h / {group}u;
+    let n_dv = select(0u, {dv}u, valid);
+    for (var dv = lane; dv < n_dv; dv = dv + LANES) {{
+        var acc = 0.0;
+        for (var j = 0u; j < {l}u; j = j + 1u) {{ acc = acc + ld_s(base + j) * v_at(b, hk, j, dv); }}
+        st_y({yidx}, select(acc / sum, 0.0, dead));
+    }}
+",
+            sq = g.q_len,
+            hq = g.q_heads,
+            sqhq = g.q_len * g.q_heads,
+            group = g.group(),
+            dv = g.dv,
+            l = g.total(),
+            yidx = g.y_layout().wgsl("b", "h", "qi", "dv"),
+        );
+        let rows = Rows::contiguous(g.batch * g.q_heads * g.q_len, g.total());
+        row_kernel("attn_fused", args, &rows, &helpers, &body)
     }
 
     /// The scores rows become probabilities in place (`sm` rounding the
@@ -897,11 +967,11 @@ pub(crate) mod tests {
         let outs = op.infer(&ins).unwrap();
         let shapes: Vec<_> = outs.iter().map(|o| o.shape.clone()).collect();
         assert_eq!(shapes, vec![vec![2, 3, 24], vec![2, 2, 9, 8], vec![2, 2, 9, 6], vec![2, 4, 3, 9]]);
-        // Only Y requested: no present copies, no QK output.
+        // Only Y requested: no present copies, no QK output: one fused kernel.
         let cx = LowerCtx { inputs: ins.clone(), outputs: vec![outs[0].clone()], target: Default::default() };
         let Lowering::Kernels { temps, kernels } = op.lower(&cx).unwrap() else { panic!("expected kernels") };
         let names: Vec<_> = kernels.iter().map(|k| k.name.as_str()).collect();
-        assert_eq!(names, ["attn_scores", "attn_softmax", "attn_values"]);
+        assert_eq!(names, ["attn_fused"]);
         assert_eq!(temps[0].elems, 2 * 4 * 3 * 9);
         let cx = LowerCtx { inputs: ins, outputs: outs, target: Default::default() };
         let Lowering::Kernels { kernels, .. } = op.lower(&cx).unwrap() else { panic!("expected kernels") };

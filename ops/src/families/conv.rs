@@ -480,7 +480,7 @@ fn epilogue(bi: u32, r: u32, c: u32, o: u32, v: {t}) {{ st_y(o, v); }}
     if w_zero.is_some() {
         args.push(KernelArg::new("zw", TensorRef::Input(3)));
     }
-    args.push(KernelArg::new("y", TensorRef::Output(0)));
+    args.push(KernelArg::new("y", TensorRef::Output(0)).stored_once());
     let mut main = block_kernel(&BlockSpec {
         name: format!("conv{r}d"),
         args,
@@ -770,7 +770,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if has_bias {
         args.push(KernelArg::new("b", TensorRef::Input(2)));
     }
-    args.push(KernelArg::new("y", TensorRef::Output(0)));
+    args.push(KernelArg::new("y", TensorRef::Output(0)).stored_once());
     let name = if g.transpose { "conv_transpose" } else { "conv" };
     Ok(Kernel {
         name: format!("{name}{r}d"),

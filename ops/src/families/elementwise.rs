@@ -7,8 +7,8 @@
 
 use crate::wgsl::{broadcast_index, f32_lit, kernel_1d, unravel};
 use crate::{
-    Attrs, CastMode, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Tensor, TensorRef, TypeInfo,
-    arg, bail, ty, wgsl_round_fn,
+    Attrs, CastMode, DType, Error, Input, KernelArg, LowerCtx, Lowering, Op, Phys, Pointwise, Result, Tensor,
+    TensorRef, TypeInfo, arg, bail, ty, wgsl_round_fn,
 };
 use drift_numerics::E8M0Round;
 
@@ -687,6 +687,14 @@ impl Op for Elementwise {
         }
     }
 
+    fn pointwise(&self, cx: &LowerCtx, operands: &[String]) -> Option<Pointwise> {
+        let n_in = if self.variadic { cx.inputs.len() } else { self.func.arity() };
+        let in_shapes: Vec<&[usize]> =
+            (0..n_in).map(|k| cx.input(k).map(|t| t.shape.as_slice())).collect::<Result<_>>().ok()?;
+        let expr = self.wgsl_fold(operands.get(..n_in)?, cx.input(self.data_operand()).ok()?.dtype).ok()?;
+        Some(Pointwise { expr, helpers: HELPERS.to_string(), operand_shapes: self.operand_shapes(in_shapes) })
+    }
+
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         let out = cx.output(0);
         let n_in = if self.variadic { cx.inputs.len() } else { self.func.arity() };
@@ -714,7 +722,7 @@ impl Op for Elementwise {
                 if shapes[k] == out.shape { arg.pointwise() } else { arg }
             })
             .collect();
-        args.push(KernelArg::new("y", TensorRef::Output(0)).pointwise());
+        args.push(KernelArg::new("y", TensorRef::Output(0)).pointwise().stored_once());
         let name = format!("{:?}", self.func).to_lowercase();
         let name = name.split([' ', '(', '{']).next().unwrap_or("eltwise").to_string();
         Ok(Lowering::one(kernel_1d(&name, args, out.numel(), HELPERS, &body)))
@@ -723,7 +731,10 @@ impl Op for Elementwise {
 
 /// `x` → `y`, each element read and written by its own thread only.
 fn pointwise_xy() -> Vec<KernelArg> {
-    vec![KernelArg::new("x", TensorRef::Input(0)).pointwise(), KernelArg::new("y", TensorRef::Output(0)).pointwise()]
+    vec![
+        KernelArg::new("x", TensorRef::Input(0)).pointwise(),
+        KernelArg::new("y", TensorRef::Output(0)).pointwise().stored_once(),
+    ]
 }
 
 impl Elementwise {
@@ -816,6 +827,11 @@ impl Op for Cast {
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         Ok(vec![arg(inputs, 0)?.cast_mode(self.to, self.mode)])
+    }
+
+    fn pointwise(&self, cx: &LowerCtx, operands: &[String]) -> Option<Pointwise> {
+        let (expr, helpers) = cast_expr(operands.first()?, cx.input(0).ok()?.dtype, self.to, self.mode);
+        Some(Pointwise { expr, helpers, operand_shapes: vec![cx.input(0).ok()?.shape.clone()] })
     }
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
@@ -987,6 +1003,13 @@ impl Op for ClipOp {
         let inner = LowerCtx { inputs: cx.inputs[..1].to_vec(), outputs: cx.outputs.clone(), target: cx.target };
         self.func(min, max, cx.input(0)?.dtype).lower(&inner)
     }
+
+    fn pointwise(&self, cx: &LowerCtx, operands: &[String]) -> Option<Pointwise> {
+        let min = if cx.has_input(1) { Some(cx.value(1)?) } else { None };
+        let max = if cx.has_input(2) { Some(cx.value(2)?) } else { None };
+        let inner = LowerCtx { inputs: cx.inputs[..1].to_vec(), outputs: cx.outputs.clone(), target: cx.target };
+        self.func(min, max, cx.input(0).ok()?.dtype).pointwise(&inner, operands)
+    }
 }
 
 pub fn build_clip(a: &Attrs) -> Result<Box<dyn Op>> {
@@ -1018,6 +1041,13 @@ impl Op for CastLike {
 
     fn lower(&self, cx: &LowerCtx) -> Result<Lowering> {
         Cast { to: cx.input(1)?.dtype, mode: self.mode }.lower(cx)
+    }
+
+    fn pointwise(&self, cx: &LowerCtx, operands: &[String]) -> Option<Pointwise> {
+        let mut pw = Cast { to: cx.input(1).ok()?.dtype, mode: self.mode }.pointwise(cx, operands)?;
+        // Input 1 gives only its type; it is never read.
+        pw.operand_shapes.push(cx.input(1).ok()?.shape.clone());
+        Some(pw)
     }
 }
 

@@ -317,7 +317,7 @@ fn load_b(bi: u32, c: u32, k: u32) -> f32 {{ return ld_{}(batch_b(bi) + c * {}u 
             args.push(KernelArg::new("c", TensorRef::Input(2)));
         }
         body += &format!("    st_y(bi * {}u + m * {}u + n * {}u, v);\n", self.o_b, self.o_m, self.o_n);
-        args.push(KernelArg::new("y", TensorRef::Output(0)));
+        args.push(KernelArg::new("y", TensorRef::Output(0)).stored_once());
         crate::wgsl::kernel_1d("matmul_splits", args, self.batch * mn, "", &body)
     }
 
@@ -329,7 +329,7 @@ fn load_b(bi: u32, c: u32, k: u32) -> f32 {{ return ld_{}(batch_b(bi) + c * {}u 
         for z in [&self.a.zero, &self.b.zero].into_iter().flatten() {
             args.push(KernelArg::new(z.arg, TensorRef::Input(z.input)));
         }
-        args.push(KernelArg::new("y", TensorRef::Output(0)));
+        args.push(KernelArg::new("y", TensorRef::Output(0)).stored_once());
         args
     }
 }

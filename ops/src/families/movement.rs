@@ -108,6 +108,11 @@ pub(crate) fn xy_args() -> Vec<KernelArg> {
     vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))]
 }
 
+/// [`xy_args`] for kernels storing each output element once.
+pub(crate) fn once_args() -> Vec<KernelArg> {
+    vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()]
+}
+
 /// A kernel over the elements of `out_shape`: `stmts` sees `i` and the
 /// output coordinates `c0..c{rank-1}`.
 pub(crate) fn map_kernel(name: &str, args: Vec<KernelArg>, out_shape: &[usize], stmts: &str) -> Kernel {
@@ -279,7 +284,7 @@ impl Op for Transpose {
         let st = strides(&x.shape);
         let out = &cx.output(0).shape;
         let src = lin((0..out.len()).filter(|&d| out[d] != 1).map(|d| format!("c{d} * {}u", st[perm[d]])).collect());
-        Ok(Lowering::one(map_kernel("transpose", xy_args(), out, &format!("    st_y(i, ld_x({src}));"))))
+        Ok(Lowering::one(map_kernel("transpose", once_args(), out, &format!("    st_y(i, ld_x({src}));"))))
     }
 }
 
@@ -590,7 +595,7 @@ impl Op for Slice {
             })
             .collect();
         let body = format!("    st_y(i, ld_x({}));", lin(terms));
-        Ok(Lowering::one(map_kernel("slice", xy_args(), &p.shape, &body)))
+        Ok(Lowering::one(map_kernel("slice", once_args(), &p.shape, &body)))
     }
 }
 
@@ -640,7 +645,7 @@ impl Op for Gather {
         let args = vec![
             KernelArg::new("x", TensorRef::Input(0)),
             KernelArg::new("ind", TensorRef::Input(1)),
-            KernelArg::new("y", TensorRef::Output(0)),
+            KernelArg::new("y", TensorRef::Output(0)).stored_once(),
         ];
         Ok(Lowering::one(kernel("gather", args, cx.output(0).numel(), HELPERS, &body)))
     }

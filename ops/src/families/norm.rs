@@ -179,7 +179,8 @@ impl Op for SoftmaxOp {
                 ) + &write_row(expr)
             }
         };
-        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+        let args =
+            vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
         let name = format!("{:?}", self.kind).to_lowercase();
         Ok(Lowering::one(row_kernel(&name, args, &rows, "", &body)))
     }
@@ -266,7 +267,7 @@ impl Op for LayerNorm {
         let mut args = vec![
             KernelArg::new("x", TensorRef::Input(0)),
             KernelArg::new("scale", TensorRef::Input(1)),
-            KernelArg::new("y", TensorRef::Output(0)),
+            KernelArg::new("y", TensorRef::Output(0)).stored_once(),
         ];
         let mut expr = format!("(ld_x(i) - mean) * inv * ld_scale({})", bcast_wgsl("i", &x.shape, &cx.input(1)?.shape));
         let mut body = if self.rms {
@@ -388,7 +389,7 @@ impl Op for BatchNorm {
         for (i, n) in ["scale", "bias", "mean", "var"].iter().enumerate() {
             args.push(KernelArg::new(n, TensorRef::Input(i + 1)));
         }
-        args.push(KernelArg::new("y", TensorRef::Output(0)));
+        args.push(KernelArg::new("y", TensorRef::Output(0)).stored_once());
         if !self.training {
             let pinner = if self.per_activation { 1 } else { inner };
             let body = format!(
@@ -497,7 +498,7 @@ impl Op for GroupNorm {
             KernelArg::new("x", TensorRef::Input(0)),
             KernelArg::new("scale", TensorRef::Input(1)),
             KernelArg::new("bias", TensorRef::Input(2)),
-            KernelArg::new("y", TensorRef::Output(0)),
+            KernelArg::new("y", TensorRef::Output(0)).stored_once(),
         ];
         let name = if self.groups.is_some() { "group_norm" } else { "instance_norm" };
         Ok(Lowering::one(row_kernel(name, args, &Rows::contiguous(n * g, len), "", &body)))
@@ -578,7 +579,8 @@ impl Op for AxisNorm {
                 ("mvn", STATS_WGSL.to_string() + &write_row("(ld_x(i) - mean) / (sqrt(variance) + 1e-9)"))
             }
         };
-        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+        let args =
+            vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
         Ok(Lowering::one(row_kernel(name, args, &rows, "", &body)))
     }
 }
@@ -650,7 +652,8 @@ impl Op for Lrn {
             bias = f32_lit(self.bias),
             beta = f32_lit(self.beta),
         );
-        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+        let args =
+            vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
         Ok(Lowering::one(kernel_1d("lrn", args, x.numel(), "", &body)))
     }
 }

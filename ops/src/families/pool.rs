@@ -328,7 +328,8 @@ fn pool_kernel(g: &Geom, kind: Kind, phys: Phys, with_indices: bool) -> Result<L
         Kind::Lp { p } => count_stmt(true) + &format!("    st_y(i, pow({ksp}.0 * acc / cnt, {}));\n", f32_lit(1.0 / p)),
     };
     let _ = t;
-    let mut args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+    let mut args =
+        vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
     if with_indices {
         args.push(KernelArg::new("ind", TensorRef::Output(1)));
     }

@@ -451,7 +451,8 @@ impl Op for Reduce {
         };
         let axes = self.resolve(x.rank(), given)?;
         let rows = Rows::over_axes(&x.shape, &axes);
-        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+        let args =
+            vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
         let name = format!("reduce_{:?}", self.kind).to_lowercase();
         Ok(Lowering::one(row_kernel(&name, args, &rows, "", &self.body(x.dtype)?)))
     }
@@ -550,7 +551,8 @@ impl Op for ArgReduce {
     bi = seg_arg{op}_{tie}_{t}(best, bi, lid);
     if (valid && lane == 0u) {{ st_y(row, i32(bi)); }}"
         );
-        let args = vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0))];
+        let args =
+            vec![KernelArg::new("x", TensorRef::Input(0)), KernelArg::new("y", TensorRef::Output(0)).stored_once()];
         Ok(Lowering::one(row_kernel(&format!("arg{op}"), args, &rows, "", &body)))
     }
 }

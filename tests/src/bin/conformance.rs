@@ -1,8 +1,9 @@
 //! Developer tool: run one ONNX test suite (or part of it) and print each
 //! case's outcome.
 //!
-//! `cargo run --release -p drift-tests --bin conformance -- [SUITE] [FILTER] [-v]`
-//! SUITE is node (default), light, simple, pytorch-converted or pytorch-operator.
+//! `cargo run --release -p drift-tests --bin conformance -- [SUITE] [FILTER] [-v] [--no-opt]`
+//! SUITE is node (default), light, simple, pytorch-converted or pytorch-operator;
+//! `--no-opt` compiles without the graph optimizer.
 
 use drift_runtime::Gpu;
 use drift_tests::suite;
@@ -10,6 +11,7 @@ use drift_tests::suite;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let verbose = args.iter().any(|a| a == "-v");
+    drift_tests::set_optimize(!args.iter().any(|a| a == "--no-opt"));
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let suite_name = pos.first().map(|s| s.as_str()).unwrap_or("node");
     let filter = pos.get(1).map(|s| s.as_str()).unwrap_or("");
