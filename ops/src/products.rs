@@ -128,10 +128,21 @@ impl Product {
         format!("if ({guard}) {{ {st} }}")
     }
 
+    /// The epilogue's arguments, its outputs marked stored once: every
+    /// product kernel (tiled, cooperative, GEMV, split-K parts) calls
+    /// `epilogue` at most once per element, under a bounds guard, so the
+    /// optimizer may splice a consumer into those stores.
+    fn epilogue_args(&self) -> impl Iterator<Item = KernelArg> + '_ {
+        self.epilogue_args.iter().map(|a| match a.tensor {
+            crate::TensorRef::Output(_) => a.clone().stored_once(),
+            _ => a.clone(),
+        })
+    }
+
     fn args(&self, split: usize) -> Vec<KernelArg> {
         let mut args = self.operand_args.clone();
         if split == 1 {
-            args.extend(self.epilogue_args.iter().cloned());
+            args.extend(self.epilogue_args());
         } else {
             args.push(KernelArg::new("part", crate::TensorRef::Temp(self.part_temp)));
         }
@@ -185,7 +196,7 @@ impl Product {
             c = self.cols.max(1)
         );
         let mut args = vec![KernelArg::new("part", crate::TensorRef::Temp(self.part_temp))];
-        args.extend(self.epilogue_args.iter().cloned());
+        args.extend(self.epilogue_args());
         crate::wgsl::kernel_1d(&format!("{}_parts", self.name), args, self.batch * mn, &self.epilogue, &body)
     }
 

@@ -559,9 +559,7 @@ fn conv_tiled(g: &Geom, has_bias: bool, target: &crate::Target) -> Result<Loweri
     if has_bias {
         epilogue_args.push(KernelArg::new("b", TensorRef::Input(2)));
     }
-    // Every product kernel stores each output once (guarded `epilogue`
-    // calls), so the optimizer may splice a consumer into the store.
-    epilogue_args.push(KernelArg::new("y", TensorRef::Output(0)).stored_once());
+    epilogue_args.push(KernelArg::new("y", TensorRef::Output(0)));
     let p = Product {
         name: format!("conv{r}d"),
         rows: mg,

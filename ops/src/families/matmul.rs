@@ -273,9 +273,7 @@ fn load_b(bi: u32, c: u32, k: u32) -> f32 {{ return ld_{}(batch_b(bi) + c * {}u 
             v += &format!(" + {beta}ld_c(r * {}u + c * {}u)", c.s_m, c.s_n);
             epilogue_args.push(KernelArg::new("c", TensorRef::Input(2)));
         }
-        // Every product kernel stores each output once (guarded `epilogue`
-        // calls), so the optimizer may splice a consumer into the store.
-        epilogue_args.push(KernelArg::new("y", TensorRef::Output(0)).stored_once());
+        epilogue_args.push(KernelArg::new("y", TensorRef::Output(0)));
         Product {
             name: "matmul".into(),
             rows: self.m,
