@@ -60,10 +60,18 @@ fn fixtures() -> Vec<Fixture> {
 
 /// Compiles `f` for `targets` (the last is the top level unless generic is
 /// among them), runs the program `DRIFT_TARGET`-free selection would run on
-/// lavapipe (the top level), returns its outputs.
+/// lavapipe (the top level) twice, checks that the second run gives the
+/// same bits (split reductions meeting in-kernel reset their counters and
+/// add parts in a fixed order), returns its outputs.
 fn run(gpu: &Gpu, f: &Fixture, targets: &[&str], f16: bool) -> Vec<(String, HostTensor)> {
+    let targets: Vec<Target> = targets.iter().map(|t| Target::named(t).expect("target")).collect();
+    run_tuned(gpu, f, &targets, f16)
+}
+
+fn run_tuned(gpu: &Gpu, f: &Fixture, targets: &[Target], f16: bool) -> Vec<(String, HostTensor)> {
     let mut opts = Options { f16, ..Options::default() };
-    opts.targets = targets.iter().map(|t| Target::named(t).expect("target")).collect();
+    opts.targets = targets.to_vec();
+    let targets: Vec<&str> = targets.iter().map(|t| t.name).collect();
     for (name, t) in &f.inputs {
         opts.input_shapes.insert(name.clone(), t.shape.clone());
     }
@@ -73,7 +81,10 @@ fn run(gpu: &Gpu, f: &Fixture, targets: &[&str], f16: bool) -> Vec<(String, Host
     let model = model.with_trust(drift_runtime::Trust::Trusted);
     let mut session = Session::new(gpu, &model).unwrap_or_else(|e| panic!("{} {targets:?}: {e}", f.name));
     let inputs: Vec<(&str, &HostTensor)> = f.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    session.run(&inputs).unwrap_or_else(|e| panic!("{} {targets:?}: {e}", f.name))
+    let first = session.run(&inputs).unwrap_or_else(|e| panic!("{} {targets:?}: {e}", f.name));
+    let again = session.run(&inputs).unwrap_or_else(|e| panic!("{} {targets:?}: {e}", f.name));
+    assert_eq!(first, again, "{} {targets:?}: a second run differs", f.name);
+    first
 }
 
 fn rel_l2(got: &HostTensor, want: &HostTensor) -> f64 {
@@ -91,6 +102,23 @@ fn gpu_targets_match_onnxruntime() {
             let got = run(&gpu, &f, &[target], false);
             let outcome = drift_tests::compare(&got, &f.expected, 1e-3, 1e-5);
             assert!(outcome.passed(), "{} on target {target}: {}", f.name, outcome.message());
+        }
+    }
+}
+
+/// The product heuristics' alternatives, forced: every split product split
+/// 8 ways, meeting in the product kernel or in a second pass; grouped
+/// convolutions on the product kernels instead of the direct one.
+#[test]
+fn forced_product_choices_match_onnxruntime() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let nvidia = Target::named("nvidia").expect("nvidia");
+    for tune in ["split=8", "split=8,split-meet=pass", "grouped=product", "tile=64x32x16x4x2,split=3"] {
+        let tuning = drift_ops::Tuning::parse(tune).expect("tuning");
+        for f in fixtures() {
+            let got = run_tuned(&gpu, &f, &[Target { tuning, ..nvidia }], false);
+            let outcome = drift_tests::compare(&got, &f.expected, 1e-3, 1e-5);
+            assert!(outcome.passed(), "{} with --tune {tune}: {}", f.name, outcome.message());
         }
     }
 }

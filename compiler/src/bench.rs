@@ -18,6 +18,8 @@ use std::time::Instant;
 pub struct BenchArgs {
     pub iters: usize,
     pub warmup: usize,
+    /// Least time spent warming up, in milliseconds.
+    pub warmup_ms: f64,
     pub json: bool,
     pub profile: bool,
 }
@@ -45,18 +47,25 @@ struct Line {
     flops: u64,
 }
 
-/// Runs the benchmark and prints a report (text or JSON).
-pub fn bench(model: &Model, inputs: &[(&str, &HostTensor)], args: &BenchArgs) -> Result<(), String> {
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+/// Runs the benchmark of one bundle on `gpu` and prints a report (text, or
+/// JSON on one line, so several bundles benched in one go give JSON lines).
+pub fn bench(gpu: &Gpu, model: &Model, inputs: &[(&str, &HostTensor)], args: &BenchArgs) -> Result<(), String> {
     let mut info = gpu.info();
-    let mut session = Session::new(&gpu, model).map_err(|e| e.to_string())?;
+    let mut session = Session::new(gpu, model).map_err(|e| e.to_string())?;
     // The path this session took (passthrough only for a trusted model).
     info.shader_path = session.shader_path();
     let start = Instant::now();
     session.run(inputs).map_err(|e| e.to_string())?;
     let first_ms = start.elapsed().as_secs_f64() * 1e3;
-    for _ in 0..args.warmup {
+    // Warm up by count and by time: a GPU idle a moment ago runs at a
+    // fraction of its clock for the first few hundred milliseconds of load
+    // (an H100 ran short bursts 3x slower), so every bundle gets the same
+    // steady state.
+    let warm = Instant::now();
+    let mut runs = 0;
+    while runs < args.warmup || warm.elapsed().as_secs_f64() * 1e3 < args.warmup_ms {
         session.replay().map_err(|e| e.to_string())?;
+        runs += 1;
     }
     let (mut wall, mut cpu) = (vec![], vec![]);
     for _ in 0..args.iters.max(1) {
@@ -71,7 +80,7 @@ pub fn bench(model: &Model, inputs: &[(&str, &HostTensor)], args: &BenchArgs) ->
     let p90 = quantile(&wall, 0.9);
     let cpu_us = quantile(&cpu, 0.5);
     let per_dispatch_us = cpu_us / dispatches.max(1) as f64;
-    let profile = if args.profile { Some(profile(&mut session, model, &gpu)?) } else { None };
+    let profile = if args.profile { Some(profile(&mut session, model, gpu)?) } else { None };
     let gpu_ms = profile.as_ref().map(|p| p.iter().map(|l| l.ns).sum::<f64>() / 1e6);
 
     if args.json {

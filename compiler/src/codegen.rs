@@ -25,6 +25,9 @@ pub struct ArgBinding {
     /// windows of its buffer, bound at these bindings (the first is
     /// `binding`). Element indices are then relative to the first window.
     pub windows: Option<Windows>,
+    /// Counters touched only atomically (`KernelArg::atomic`), through a
+    /// binding of their buffer as `array<atomic<u32>>`.
+    pub atomic: bool,
 }
 
 /// The windows one argument spans.
@@ -43,6 +46,8 @@ pub struct StorageBinding {
     /// `array<f16>`, its accessors convert to and from f32, so kernel
     /// bodies compute in f32 whatever the storage.
     pub half: bool,
+    /// Bound as `array<atomic<u32>>` for atomic counters.
+    pub atomic: bool,
 }
 
 /// The prelude for `args` over `storage` bindings (binding k+1 = storage[k]).
@@ -56,13 +61,18 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     s += "@group(0) @binding(0) var<uniform> p: Params;\n";
     for (k, b) in storage.iter().enumerate() {
         let access = if b.read_write { "read_write" } else { "read" };
-        let elem = if b.half { "f16" } else { "u32" };
+        let elem = match (b.half, b.atomic) {
+            (_, true) => "atomic<u32>",
+            (true, false) => "f16",
+            (false, false) => "u32",
+        };
         s += &format!("@group(0) @binding({}) var<storage, {access}> b{}: array<{elem}>;\n", k + 1, k + 1);
     }
     for (k, a) in args.iter().enumerate() {
         let off = format!("p.o[{}].{}", k / 4, ["x", "y", "z", "w"][k % 4]);
         let half = storage.get(a.binding as usize - 1).is_some_and(|s| s.half);
         s += &match &a.windows {
+            _ if a.atomic => atomic_accessors(a, &off),
             Some(w) => windowed_accessors(a, w, &off),
             None => accessors(a, &off, half),
         };
@@ -110,6 +120,18 @@ fn accessors(a: &ArgBinding, off: &str, half: bool) -> String {
              return select(h.x, h.y, (e & 1u) != 0u); }}\n"
         ),
     }
+}
+
+/// `atomic_add_<name>(i, v) -> u32` (the old value) and
+/// `atomic_store_<name>(i, v)` of a counters argument. Counters are a few
+/// words and never span windows (the planner keeps a tensor that fits one
+/// window inside it).
+fn atomic_accessors(a: &ArgBinding, off: &str) -> String {
+    let (b, name) = (a.binding, &a.name);
+    format!(
+        "fn atomic_add_{name}(i: u32, v: u32) -> u32 {{ return atomicAdd(&b{b}[{off} + i], v); }}\n\
+         fn atomic_store_{name}(i: u32, v: u32) {{ atomicStore(&b{b}[{off} + i], v); }}\n"
+    )
 }
 
 /// Accessors of an argument spanning several windows: the element's word

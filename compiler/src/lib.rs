@@ -56,6 +56,8 @@ pub struct Options {
     /// `--precision f16`: activations stored as f16 (math and accumulation
     /// stay f32 except in cooperative-matrix products, which multiply f16).
     pub f16: bool,
+    /// Overrides of the product heuristics (`--tune`), for calibration sweeps.
+    pub tuning: drift_ops::Tuning,
 }
 
 /// A compiled model, ready to be written.
@@ -106,7 +108,7 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
     let targets = if opts.targets.is_empty() { vec![drift_ops::Target::GENERIC] } else { opts.targets.clone() };
     let mut programs = vec![];
     for target in targets {
-        let target = drift_ops::Target { f16: opts.f16, ..target };
+        let target = drift_ops::Target { f16: opts.f16, tuning: opts.tuning, ..target };
         // Targets of big GPUs bind more than WebGPU's default.
         let limits = Limits {
             max_binding_bytes: opts.limits.max_binding_bytes.max(target.max_binding_bytes),

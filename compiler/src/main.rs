@@ -56,6 +56,11 @@ enum Command {
         /// Compile without the graph optimizer (no folding of BatchNorm, no fusion, ...).
         #[arg(long)]
         no_opt: bool,
+        /// Override the product kernels' heuristics, for calibration sweeps:
+        /// fill=N, slices=N, split=N, tile=BMxBNxBKxTMxTN,
+        /// coop=BMxBNxBKxWMxWN, grouped=direct|product (comma-separated).
+        #[arg(long, value_name = "KEY=VALUE,..", default_value = "")]
+        tune: String,
         /// Print dispatches, kernels, estimated bytes per run and FLOPs, before and after optimization.
         #[arg(long)]
         stats: bool,
@@ -131,13 +136,20 @@ enum Command {
     /// Time a bundle on the GPU: median and p90 latency, CPU cost per
     /// dispatch, and with --profile the GPU time of every kernel.
     Bench {
-        bundle: PathBuf,
+        /// One or more bundles, benched one after the other on one GPU
+        /// (inputs given by --input apply to each).
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
         /// Timed runs (after warm-up).
         #[arg(long, default_value_t = 100)]
         iters: usize,
         /// Untimed runs first.
         #[arg(long, default_value_t = 10)]
         warmup: usize,
+        /// Warm up for at least this long (GPUs raise their clocks under
+        /// load).
+        #[arg(long, default_value_t = 300.0, value_name = "MS")]
+        warmup_ms: f64,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -167,6 +179,7 @@ fn main() -> ExitCode {
             precision,
             max_binding_mib,
             no_opt,
+            tune,
             stats,
             json,
             quantize,
@@ -178,7 +191,7 @@ fn main() -> ExitCode {
                 (true, false) => Report::Text,
                 (true, true) => Report::Json,
             };
-            let choice = TargetChoice { targets: target, precision, max_binding_mib, no_opt, report };
+            let choice = TargetChoice { targets: target, precision, max_binding_mib, no_opt, tune, report };
             let quantize = quantize.map(|q| (q, group_size));
             compile(&model, output, &dims, &input_shapes, &const_inputs, &choice, weights, quantize, sampler)
         }
@@ -203,13 +216,33 @@ fn main() -> ExitCode {
             run(&bundle, &inputs, random_inputs, output_dir.as_deref(), trust)
         }
         Command::Inspect { bundle, json } => inspect(&bundle, json),
-        Command::Bench { bundle, iters, warmup, json, profile, inputs, trusted } => {
-            let args = bench::BenchArgs { iters, warmup, json, profile };
+        Command::Bench { bundles, iters, warmup, warmup_ms, json, profile, inputs, trusted } => {
+            let args = bench::BenchArgs { iters, warmup, warmup_ms, json, profile };
             let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
-            load(&bundle).map(|m| m.with_trust(trust)).and_then(|model| {
-                let given = read_inputs(&model, &inputs, true)?;
-                let list: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                bench::bench(&model, &list, &args)
+            drift_runtime::Gpu::new().map_err(|e| e.to_string()).and_then(|gpu| {
+                // Every bundle is benched; failures are reported as they
+                // come (a JSON line with "error" under --json) and fail the
+                // command at the end.
+                let mut failed = 0;
+                for bundle in &bundles {
+                    let result = load(bundle).map(|m| m.with_trust(trust)).and_then(|model| {
+                        let given = read_inputs(&model, &inputs, true)?;
+                        let list: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                        bench::bench(&gpu, &model, &list, &args)
+                    });
+                    if let Err(e) = result {
+                        failed += 1;
+                        let e = format!("{}: {e}", bundle.display());
+                        if json {
+                            println!("{}", serde_json::json!({ "bundle": bundle.display().to_string(), "error": e }));
+                        }
+                        eprintln!("error: {e}");
+                    }
+                }
+                match failed {
+                    0 => Ok(()),
+                    n => Err(format!("{n} of {} bundles failed", bundles.len())),
+                }
             })
         }
     };
@@ -230,12 +263,13 @@ enum Report {
     Json,
 }
 
-/// `--target`, `--precision`, `--max-binding-mib`, `--no-opt` and `--stats`.
+/// `--target`, `--precision`, `--max-binding-mib`, `--no-opt`, `--tune` and `--stats`.
 struct TargetChoice {
     targets: Vec<String>,
     precision: String,
     max_binding_mib: Option<u64>,
     no_opt: bool,
+    tune: String,
     report: Report,
 }
 
@@ -261,6 +295,7 @@ impl TargetChoice {
             }
             opts.limits.max_binding_bytes = (mib << 20).min(u64::from(u32::MAX) - 3);
         }
+        opts.tuning = drift_ops::Tuning::parse(&self.tune).map_err(|e| format!("--tune {e}"))?;
         Ok(())
     }
 }

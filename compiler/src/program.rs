@@ -688,10 +688,11 @@ impl Layout {
     /// The kernel's full WGSL, its storage bindings and each argument's
     /// element offset (relative to the start of its first binding).
     fn kernel_source(&self, step: &Step) -> (String, Binds, Vec<u32>) {
-        // Distinct (buffer, window) pairs in order of first use; `None` is
-        // the whole buffer.
-        let mut bound: Vec<(u32, Option<u64>)> = vec![];
-        let mut binding_of = |key: (u32, Option<u64>)| {
+        // Distinct (buffer, window, atomic) in order of first use; `None`
+        // is the whole buffer. Atomic counters bind their arena a second
+        // time, as `array<atomic<u32>>` (both bindings read-write).
+        let mut bound: Vec<(u32, Option<u64>, bool)> = vec![];
+        let mut binding_of = |key: (u32, Option<u64>, bool)| {
             let k = bound.iter().position(|&x| x == key).unwrap_or_else(|| {
                 bound.push(key);
                 bound.len() - 1
@@ -710,13 +711,21 @@ impl Layout {
                     (Some(off / w), end / w - off / w + 1, off % w)
                 }
             };
-            let bindings: Vec<u32> = (0..spanned).map(|k| binding_of((buf, first.map(|f| f + k)))).collect();
+            let bindings: Vec<u32> = (0..spanned).map(|k| binding_of((buf, first.map(|f| f + k), a.atomic))).collect();
             let windows = (spanned > 1).then(|| codegen::Windows {
                 bindings: bindings.clone(),
                 shift: (self.window[buf as usize].unwrap_or(4) / 4).trailing_zeros(),
             });
             let (phys, storage) = (self.phys[s], self.storage[s]);
-            args.push(ArgBinding { name: a.name.clone(), phys, storage, binding: bindings[0], writable, windows });
+            args.push(ArgBinding {
+                name: a.name.clone(),
+                phys,
+                storage,
+                binding: bindings[0],
+                writable,
+                windows,
+                atomic: a.atomic,
+            });
             // Offsets count elements of the storage: halves in the f16
             // activation arena and for f16 weights, words otherwise.
             let elem = if Some(buf) == self.half_buffer { 2 } else { storage.elem_bytes() };
@@ -724,18 +733,19 @@ impl Layout {
         }
         let storage: Vec<StorageBinding> = bound
             .iter()
-            .map(|&(buf, _)| StorageBinding {
+            .map(|&(buf, _, atomic)| StorageBinding {
                 read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32,
-                half: Some(buf) == self.half_buffer,
+                half: Some(buf) == self.half_buffer && !atomic,
+                atomic,
             })
             .collect();
         let source = codegen::prelude(&args, &storage) + &step.kernel.body;
-        let windows = if bound.iter().any(|(_, w)| w.is_some()) {
-            bound.iter().map(|&(buf, w)| self.window_range(buf, w)).collect()
+        let windows = if bound.iter().any(|(_, w, _)| w.is_some()) {
+            bound.iter().map(|&(buf, w, _)| self.window_range(buf, w)).collect()
         } else {
             vec![]
         };
-        (source, Binds { buffers: bound.iter().map(|&(buf, _)| buf).collect(), windows }, offsets)
+        (source, Binds { buffers: bound.iter().map(|&(buf, _, _)| buf).collect(), windows }, offsets)
     }
 
     /// The byte range that window `w` (or the whole buffer) of `buf` covers.
@@ -939,6 +949,15 @@ fn arena_lifetimes(bld: &Builder, arena_slots: &[usize]) -> Vec<Lifetime> {
     // Counts of data-dependent extents are read back with the outputs.
     for &(_, s) in bld.extents.values() {
         last[s] = end;
+    }
+    // Atomic counters persist across runs (zero at rest): live throughout,
+    // so no other tensor ever shares their bytes.
+    for step in &bld.steps {
+        for (a, &s) in step.kernel.args.iter().zip(&step.slots) {
+            if a.atomic {
+                (first[s], last[s]) = (0, end);
+            }
+        }
     }
     arena_slots
         .iter()

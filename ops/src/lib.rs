@@ -30,5 +30,5 @@ pub use op::{
     need_value, norm_axis, ty, value,
 };
 pub use registry::{build_op, is_supported};
-pub use target::{Target, Tile};
+pub use target::{Target, Tile, Tuning};
 pub use tensor::{Data, Tensor, numel};

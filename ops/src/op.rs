@@ -150,11 +150,23 @@ pub struct KernelArg {
     /// output) or writes element `i`, and nothing else. An output and an
     /// input that are both pointwise may share memory (in-place reuse).
     pub pointwise: bool,
+    /// A temp of `u32` counters the kernel touches only atomically, through
+    /// `atomic_add_<name>(i, v) -> u32` and `atomic_store_<name>(i, v)`.
+    /// Such a temp persists across runs: it is zero when the program
+    /// starts (arenas start zeroed) and every kernel using it must leave it
+    /// zero, so no other tensor ever shares its bytes.
+    pub atomic: bool,
 }
 
 impl KernelArg {
     pub fn new(name: &str, tensor: TensorRef) -> KernelArg {
-        KernelArg { name: name.to_string(), tensor, stored_once: false, pointwise: false }
+        KernelArg { name: name.to_string(), tensor, stored_once: false, pointwise: false, atomic: false }
+    }
+
+    /// Declares the argument a temp of atomic counters (see `atomic`).
+    pub fn atomic(mut self) -> KernelArg {
+        self.atomic = true;
+        self
     }
 
     /// Declares the output written once per element (see `stored_once`).

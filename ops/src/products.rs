@@ -21,10 +21,15 @@
 //!   and the lanes then hand every element to the epilogue.
 //!
 //! Products too small to fill the GPU split the reduction: part `s` of batch
-//! `bi` writes unscaled partial sums to a temp, and a second kernel adds the
-//! parts and runs the epilogue.
+//! `bi` writes unscaled partial sums to a temp. By default the parts meet in
+//! the same kernel: each workgroup counts its arrival on an atomic counter
+//! per output tile, and the last to arrive adds the parts (in part order, so
+//! results do not depend on timing) and runs the epilogue; a dependent
+//! dispatch costs several microseconds on desktop GPUs, more than most
+//! split products' reduction. `--tune split-meet=pass` adds the parts in a
+//! second kernel instead.
 
-use crate::{Kernel, KernelArg, Phys, Result, TempSpec, Tile, error::Error};
+use crate::{Kernel, KernelArg, Phys, Result, Target, TempSpec, Tile, error::Error};
 
 /// The WGSL of one thread's share of a tile load (see `Product::tile_share`).
 #[derive(Default)]
@@ -54,18 +59,47 @@ pub(crate) struct Product {
     /// loading threads then run along `k`, else along rows / columns.
     pub a_k_fast: bool,
     pub b_k_fast: bool,
-    /// The lowering's temp index to use for partial sums, if split.
+    /// The lowering's temp index to use for partial sums, if split (the
+    /// tile counters of an in-kernel meeting take the next index).
     pub part_temp: usize,
 }
 
-/// What a product lowers to: kernels in order, and the temp they need for
-/// partial sums (at `Product::part_temp`), if any.
+/// What a product lowers to: kernels in order, and the temps they need
+/// (partial sums at `Product::part_temp`, then tile counters), if any.
 pub(crate) struct ProductKernels {
     pub kernels: Vec<Kernel>,
-    pub part: Option<TempSpec>,
+    pub temps: Vec<TempSpec>,
+}
+
+/// How a product's reduction is split: `parts` ranges of `k`, which meet
+/// in the product kernel itself (`in_kernel`) or in a second kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Split {
+    parts: usize,
+    in_kernel: bool,
+}
+
+impl Split {
+    const NONE: Split = Split { parts: 1, in_kernel: false };
+
+    fn is_split(&self) -> bool {
+        self.parts > 1
+    }
+
+    /// Whether the product kernel runs the epilogue (unsplit, or the last
+    /// workgroup of a tile in an in-kernel meeting).
+    fn epilogue_in_main(&self) -> bool {
+        !self.is_split() || self.in_kernel
+    }
 }
 
 const MAX_GROUPS: usize = crate::wgsl::MAX_GROUPS as usize;
+
+/// Fewest `bk` slices of the reduction one part of a split keeps.
+const MIN_SLICES: usize = 2;
+/// Most parts a reduction splits into: the last workgroup of a tile adds
+/// them all, so more parts lengthen that tail.
+const MAX_PARTS: usize = 32;
 
 impl Product {
     fn flops(&self) -> u64 {
@@ -77,55 +111,111 @@ impl Product {
         self.rows.div_ceil(bm) * self.cols.div_ceil(bn) * self.batch
     }
 
-    /// The tile that fills `fill` workgroups with the least waste, and how
-    /// many parts the reduction splits into when even the smallest tile
-    /// leaves the GPU idle.
-    fn choose<T: Copy>(&self, tiles: &[T], dims: impl Fn(&T) -> (usize, usize, usize), fill: usize) -> (T, usize) {
-        let tile = tiles
-            .iter()
-            .copied()
-            .find(|t| {
-                let (bm, bn, _) = dims(t);
-                self.groups(bm, bn) >= fill
-            })
-            .unwrap_or(*tiles.last().expect("targets with products have tiles"));
+    /// The largest tile that still gives `fill` workgroups; when none does,
+    /// the last (smallest) tile with the reduction split into enough parts
+    /// to fill the GPU, each at least `MIN_SLICES` slices of `bk` long and
+    /// at most `MAX_PARTS` of them. On an H100 small products are bound by
+    /// the latency of their serial reduction loop, so many short parts win
+    /// (the sweep of `tests/bench/tune.py`, docs/benchmarks.md). `forced`
+    /// (from `--tune`) replaces the choice of tile; `tuning.split` the
+    /// choice of split.
+    fn choose<T: Copy>(
+        &self,
+        tiles: &[T],
+        forced: Option<T>,
+        dims: impl Fn(&T) -> (usize, usize, usize),
+        target: &Target,
+    ) -> (T, Split) {
+        let tuning = target.tuning;
+        let fill = tuning.fill.unwrap_or(target.fill);
+        let tile = forced.unwrap_or_else(|| {
+            tiles
+                .iter()
+                .copied()
+                .find(|t| {
+                    let (bm, bn, _) = dims(t);
+                    self.groups(bm, bn) >= fill
+                })
+                .unwrap_or(*tiles.last().expect("targets with products have tiles"))
+        });
         let (bm, bn, bk) = dims(&tile);
         let groups = self.groups(bm, bn);
-        // Each part keeps at least 8 slices of the reduction.
-        let most = (self.k / (8 * bk)).min(MAX_GROUPS / self.batch.max(1));
-        let split = if groups >= fill { 1 } else { fill.div_ceil(groups).min(most).max(1) };
-        (tile, split)
+        let slices = tuning.min_slices.unwrap_or(MIN_SLICES);
+        let most = (self.k / (slices * bk)).min(MAX_PARTS).min(MAX_GROUPS / self.batch.max(1)).max(1);
+        let parts = match tuning.split {
+            Some(s) => s.min(self.k.div_ceil(bk)).min(MAX_GROUPS / self.batch.max(1)).max(1),
+            None if groups >= fill => 1,
+            None => fill.div_ceil(groups).min(most),
+        };
+        (tile, Split { parts, in_kernel: tuning.split_in_kernel.unwrap_or(true) })
     }
 
     /// The reduction range of part `s` as WGSL (`k_begin`, `k_end`), with
     /// parts a whole number of `bk` slices long.
-    fn k_range(&self, split: usize, bk: usize) -> String {
-        if split == 1 {
+    fn k_range(&self, split: Split, bk: usize) -> String {
+        if !split.is_split() {
             return format!("    let k_begin = 0u;\n    let k_end = {}u;\n", self.k);
         }
-        let chunk = self.k.div_ceil(split).next_multiple_of(bk);
+        let chunk = self.k.div_ceil(split.parts).next_multiple_of(bk);
         format!("    let k_begin = part * {chunk}u;\n    let k_end = min(k_begin + {chunk}u, {}u);\n", self.k)
     }
 
     /// Batch and part of the workgroup.
-    fn batch_part(split: usize) -> String {
-        if split == 1 {
+    fn batch_part(split: Split) -> String {
+        if !split.is_split() {
             "    let bi = wid.z;\n    let part = 0u;\n    _ = part;\n".into()
         } else {
-            format!("    let bi = wid.z / {split}u;\n    let part = wid.z % {split}u;\n")
+            format!("    let bi = wid.z / {p}u;\n    let part = wid.z % {p}u;\n", p = split.parts)
         }
     }
 
     /// One output leaving the kernel: to the epilogue, or to the partial
     /// sums of its part.
-    fn store(&self, split: usize, r: &str, c: &str, v: &str) -> String {
-        let guard = format!("{r} < {}u && {c} < {}u", self.rows, self.cols);
-        let st = if split == 1 {
+    fn store(&self, split: Split, r: &str, c: &str, v: &str) -> String {
+        let st = if !split.is_split() {
             format!("epilogue(bi, {r}, {c}, {v});")
         } else {
-            format!("st_part(((bi * {split}u + part) * {}u + {r}) * {}u + {c}, {v});", self.rows, self.cols)
+            format!("st_part({}, {v});", self.part_index(split, "part", r, c))
         };
-        format!("if ({guard}) {{ {st} }}")
+        format!("if ({}) {{ {st} }}", self.guard(r, c))
+    }
+
+    fn guard(&self, r: &str, c: &str) -> String {
+        format!("{r} < {}u && {c} < {}u", self.rows, self.cols)
+    }
+
+    /// Index of output (r, c) of batch `bi` in the partial sums of part `s`.
+    fn part_index(&self, split: Split, s: &str, r: &str, c: &str) -> String {
+        format!("((bi * {}u + {s}) * {}u + {r}) * {}u + {c}", split.parts, self.rows, self.cols)
+    }
+
+    /// The end of a product kernel whose parts meet in it: after storing
+    /// its partial sums, each workgroup counts its arrival at its output
+    /// tile's counter; the last to arrive adds the parts of the outputs
+    /// `outputs` (each thread's, as WGSL row and column expressions), runs
+    /// the epilogue and resets the counter for the next run. The storage
+    /// barriers are device-scope release (before counting) and acquire
+    /// (before reading the other parts).
+    fn meet_in_kernel(&self, split: Split, outputs: &[(String, String)]) -> String {
+        let mut s = format!(
+            "    storageBarrier();\n    if (tid == 0u) {{ arrived = atomic_add_count(tile, 1u); }}\n    if (workgroupUniformLoad(&arrived) == {}u) {{\n        storageBarrier();\n",
+            split.parts - 1
+        );
+        for (r, c) in outputs {
+            s += &format!(
+                "        {{\n            let r = {r};\n            let c = {c};\n            if ({}) {{\n                var v = 0.0;\n                for (var s = 0u; s < {}u; s = s + 1u) {{ v = v + ld_part({}); }}\n                epilogue(bi, r, c, v);\n            }}\n        }}\n",
+                self.guard("r", "c"),
+                split.parts,
+                self.part_index(split, "s", "r", "c")
+            );
+        }
+        s + "        if (tid == 0u) { atomic_store_count(tile, 0u); }\n    }\n"
+    }
+
+    /// WGSL declaring `tile` (the workgroup's output tile, counting over
+    /// batches) and the arrival order shared by its threads.
+    fn tile_id(gx: u32, gy: u32) -> String {
+        format!("    let tile = (bi * {gy}u + wid.y) * {gx}u + wid.x;\n")
     }
 
     /// The epilogue's arguments, its outputs marked stored once: every
@@ -139,14 +229,32 @@ impl Product {
         })
     }
 
-    fn args(&self, split: usize) -> Vec<KernelArg> {
+    fn args(&self, split: Split) -> Vec<KernelArg> {
         let mut args = self.operand_args.clone();
-        if split == 1 {
-            args.extend(self.epilogue_args());
-        } else {
+        if split.is_split() {
             args.push(KernelArg::new("part", crate::TensorRef::Temp(self.part_temp)));
         }
+        if split.is_split() && split.in_kernel {
+            args.push(KernelArg::new("count", crate::TensorRef::Temp(self.part_temp + 1)).atomic());
+        }
+        if split.epilogue_in_main() {
+            args.extend(self.epilogue_args());
+        }
         args
+    }
+
+    /// The helpers every kernel of this product needs besides the operand
+    /// addressing: the epilogue where it runs, the arrival order of an
+    /// in-kernel meeting.
+    fn main_helpers(&self, split: Split) -> String {
+        let mut s = String::new();
+        if split.epilogue_in_main() {
+            s += &self.epilogue;
+        }
+        if split.is_split() && split.in_kernel {
+            s += "var<workgroup> arrived: u32;\n";
+        }
+        s
     }
 
     /// This thread's share of one operand tile (`extent x bk` elements,
@@ -169,21 +277,25 @@ impl Product {
     ) -> TileShare {
         let mut t = TileShare::default();
         let (lmax, kmax) = (limit.max(1) - 1, self.k.max(1) - 1);
-        for j in 0..(extent * bk).div_ceil(threads) {
+        let total = extent * bk;
+        for j in 0..total.div_ceil(threads) {
             let e = format!("(tid + {}u)", j * threads);
+            // A share past the tile's end (threads not dividing it) loads
+            // nothing and stores nowhere.
+            let spare = (j + 1) * threads > total;
             let (i, kk) = if k_fast {
                 (format!("{e} / {bk}u"), format!("{e} % {bk}u"))
             } else {
                 (format!("{e} % {extent}u"), format!("{e} / {extent}u"))
             };
             t.setup += &format!("    let {reg}i{j} = {i};\n    let {reg}k{j} = {kk};\n    var {reg}{j} = 0.0;\n");
+            let in_tile = if spare { format!(" && {e} < {total}u") } else { String::new() };
             t.fetch += &format!(
-                "        {{\n            let x = {base} + {reg}i{j};\n            let k = k0 + {reg}k{j};\n            {reg}{j} = select(0.0, {load}(bi, min(x, {lmax}u), min(k, {kmax}u)), x < {limit}u && k < k_end);\n        }}\n",
+                "        {{\n            let x = {base} + {reg}i{j};\n            let k = k0 + {reg}k{j};\n            {reg}{j} = select(0.0, {load}(bi, min(x, {lmax}u), min(k, {kmax}u)), x < {limit}u && k < k_end{in_tile});\n        }}\n",
             );
-            t.put += &format!(
-                "        {dst}[{}] = {convert}({reg}{j});\n",
-                slot(&format!("{reg}i{j}"), &format!("{reg}k{j}"))
-            );
+            let put = format!("{dst}[{}] = {convert}({reg}{j});", slot(&format!("{reg}i{j}"), &format!("{reg}k{j}")));
+            t.put +=
+                &if spare { format!("        if ({e} < {total}u) {{ {put} }}\n") } else { format!("        {put}\n") };
         }
         t
     }
@@ -200,12 +312,17 @@ impl Product {
         crate::wgsl::kernel_1d(&format!("{}_parts", self.name), args, self.batch * mn, &self.epilogue, &body)
     }
 
-    fn finish(&self, main: Kernel, split: usize) -> ProductKernels {
-        if split == 1 {
-            return ProductKernels { kernels: vec![main], part: None };
+    fn finish(&self, main: Kernel, split: Split) -> ProductKernels {
+        if !split.is_split() {
+            return ProductKernels { kernels: vec![main], temps: vec![] };
         }
-        let part = TempSpec { elems: self.batch * split * self.rows * self.cols, phys: Phys::F32 };
-        ProductKernels { kernels: vec![main, self.reduce_parts(split)], part: Some(part) }
+        let part = TempSpec { elems: self.batch * split.parts * self.rows * self.cols, phys: Phys::F32 };
+        if split.in_kernel {
+            let [gx, gy, _] = main.workgroups;
+            let count = TempSpec { elems: self.batch * (gx * gy) as usize, phys: Phys::U32 };
+            return ProductKernels { kernels: vec![main], temps: vec![part, count] };
+        }
+        ProductKernels { kernels: vec![main, self.reduce_parts(split.parts)], temps: vec![part] }
     }
 }
 
@@ -229,13 +346,13 @@ fn check_groups(what: &str, n: usize) -> Result<u32> {
 }
 
 /// The f32 tiled product over the target's `tiles`.
-pub(crate) fn tiled(p: &Product, tiles: &[Tile], fill: usize) -> Result<ProductKernels> {
-    let (t, split) = p.choose(tiles, |t| (t.bm, t.bn, t.bk), fill);
+pub(crate) fn tiled(p: &Product, target: &Target) -> Result<ProductKernels> {
+    let (t, split) = p.choose(target.tiles, target.tuning.tile, |t: &Tile| (t.bm, t.bn, t.bk), target);
     let threads = t.threads();
     let (gm, gn) = (t.bm / t.tm, t.bn / t.tn);
     let gx = check_groups("columns", p.cols.div_ceil(t.bn))?;
     let gy = check_groups("rows", p.rows.div_ceil(t.bm))?;
-    let gz = check_groups("batches", p.batch * split)?;
+    let gz = check_groups("batches", p.batch * split.parts)?;
     // With 4 or more outputs per thread and side, a thread's rows and
     // columns are adjacent and read from workgroup memory as vec4s (one
     // 16-byte load per 4 values); otherwise strided by the thread grid.
@@ -244,10 +361,7 @@ pub(crate) fn tiled(p: &Product, tiles: &[Tile], fill: usize) -> Result<ProductK
     // along k, so their stores spread over banks (a whole vec4 if read so).
     let pad = if vec { 4 } else { 1 };
     let (sa, sb) = (t.bm + pad * usize::from(p.a_k_fast), t.bn + pad * usize::from(p.b_k_fast));
-    let mut s = p.address.clone();
-    if split == 1 {
-        s += &p.epilogue;
-    }
+    let mut s = p.address.clone() + &p.main_helpers(split);
     if vec {
         s += &format!(
             "var<workgroup> ta: array<vec4<f32>, {}>;\nvar<workgroup> tb: array<vec4<f32>, {}>;\n",
@@ -329,6 +443,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             s += &format!("    {}\n", p.store(split, &format!("rr{i}"), &format!("cc{j}"), &format!("acc{i}_{j}")));
         }
     }
+    if split.is_split() && split.in_kernel {
+        let outputs: Vec<(String, String)> =
+            (0..t.tm).flat_map(|i| (0..t.tn).map(move |j| (format!("rr{i}"), format!("cc{j}")))).collect();
+        s += &Product::tile_id(gx, gy);
+        s += &p.meet_in_kernel(split, &outputs);
+    }
     s += "}\n";
     let main = Kernel {
         name: p.name.clone(),
@@ -353,10 +473,13 @@ struct CoopTile {
     wn: usize,
 }
 
+/// Largest first; the last is the tile of split products: in the H100
+/// sweep 64x32 tiles of four warps, split to about 400 workgroups, beat
+/// 32x32 and 64x64 tiles on every small product but one.
 const COOP_TILES: &[CoopTile] = &[
     CoopTile { bm: 128, bn: 128, bk: 32, wm: 64, wn: 32 },
     CoopTile { bm: 64, bn: 64, bk: 32, wm: 32, wn: 32 },
-    CoopTile { bm: 32, bn: 32, bk: 32, wm: 16, wn: 16 },
+    CoopTile { bm: 64, bn: 32, bk: 32, wm: 32, wn: 16 },
 ];
 
 /// f16 halves of padding per workgroup-memory row: 16 bytes keeps rows
@@ -365,20 +488,20 @@ const COOP_PAD: usize = 8;
 
 /// The cooperative-matrix product (f16 operands, f32 accumulators) for
 /// warps of `subgroup` threads.
-pub(crate) fn cooperative(p: &Product, subgroup: usize, fill: usize) -> Result<ProductKernels> {
-    let (t, split) = p.choose(COOP_TILES, |t| (t.bm, t.bn, t.bk), fill);
+pub(crate) fn cooperative(p: &Product, target: &Target) -> Result<ProductKernels> {
+    let subgroup = target.subgroup as usize;
+    let forced = target.tuning.coop.map(|[bm, bn, bk, wm, wn]| CoopTile { bm, bn, bk, wm, wn });
+    let (t, split) = p.choose(COOP_TILES, forced, |t: &CoopTile| (t.bm, t.bn, t.bk), target);
     let (warps_m, warps_n) = (t.bm / t.wm, t.bn / t.wn);
     let threads = warps_m * warps_n * subgroup;
     let (fm, fn_) = (t.wm / 16, t.wn / 16);
     let gx = check_groups("columns", p.cols.div_ceil(t.bn))?;
     let gy = check_groups("rows", p.rows.div_ceil(t.bm))?;
-    let gz = check_groups("batches", p.batch * split)?;
+    let gz = check_groups("batches", p.batch * split.parts)?;
     let (sa, sb) = (t.bk + COOP_PAD, t.bn + COOP_PAD);
     let mut s = "enable f16;\nenable wgpu_cooperative_matrix;\n".to_string();
     s += &p.address;
-    if split == 1 {
-        s += &p.epilogue;
-    }
+    s += &p.main_helpers(split);
     s += &format!(
         "var<workgroup> ta: array<f16, {}>;\nvar<workgroup> tb: array<f16, {}>;\nvar<workgroup> tc: array<f32, {}>;\n",
         t.bm * sa,
@@ -466,6 +589,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             s += "    workgroupBarrier();\n";
         }
     }
+    if split.is_split() && split.in_kernel {
+        let mut outputs = vec![];
+        for i in 0..fm {
+            for j in 0..fn_ {
+                for e in 0..per_lane {
+                    let idx = format!("(lane + {}u)", e * subgroup);
+                    outputs.push((
+                        format!("r0 + wr + {}u + {idx} / 16u", i * 16),
+                        format!("c0 + wc + {}u + {idx} % 16u", j * 16),
+                    ));
+                }
+            }
+        }
+        s += &Product::tile_id(gx, gy);
+        s += &p.meet_in_kernel(split, &outputs);
+    }
     s += "}\n";
     let main = Kernel {
         name: format!("{}_coop", p.name),
@@ -547,13 +686,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     s += "    }\n}\n";
     let main = Kernel {
         name: format!("{}_gemv", p.name),
-        args: p.args(1),
+        args: p.args(Split::NONE),
         body: s,
         workgroup_size: [GEMV_WG as u32, 1, 1],
         workgroups: [gx, 1, gz],
         flops: p.flops(),
     };
-    Ok(ProductKernels { kernels: vec![main], part: None })
+    Ok(ProductKernels { kernels: vec![main], temps: vec![] })
 }
 
 /// Whether a product is worth tiling: both sides at least a small tile.
@@ -589,22 +728,33 @@ mod tests {
 
     #[test]
     fn big_products_take_big_tiles_small_ones_split() {
-        let tiles = crate::Target::named("nvidia").unwrap().tiles;
-        let big = tiled(&product(4096, 4096, 4096), tiles, 264).unwrap();
+        let nvidia = crate::Target::named("nvidia").unwrap();
+        let big = tiled(&product(4096, 4096, 4096), &nvidia).unwrap();
         assert_eq!(big.kernels.len(), 1);
         assert_eq!(big.kernels[0].workgroups, [32, 32, 1]);
         assert_eq!(big.kernels[0].flops, 2 * 4096u64.pow(3));
         // ResNet-50's last convolutions at batch 1: 512 x 49 over 4608.
-        let small = tiled(&product(512, 49, 4608), tiles, 264).unwrap();
-        assert_eq!(small.kernels.len(), 2);
-        let part = small.part.unwrap();
+        let small = tiled(&product(512, 49, 4608), &nvidia).unwrap();
+        // The parts meet in the product kernel: partial sums, then one
+        // counter per output tile.
+        assert_eq!(small.kernels.len(), 1);
+        let [part, count] = &small.temps[..] else { panic!("temps {:?}", small.temps) };
         assert_eq!(part.elems % (512 * 49), 0);
-        assert!(small.kernels[0].workgroups[2] > 1);
+        let [gx, gy, gz] = small.kernels[0].workgroups;
+        assert!(gz > 1);
+        assert_eq!(count.elems, (gx * gy) as usize);
+        assert!(small.kernels[0].args.iter().any(|a| a.atomic));
+        assert!(small.kernels[0].body.contains("storageBarrier"));
+        // Meeting in a second kernel instead.
+        let pass = Target { tuning: crate::Tuning::parse("split-meet=pass").unwrap(), ..nvidia };
+        let two = tiled(&product(512, 49, 4608), &pass).unwrap();
+        assert_eq!(two.kernels.len(), 2);
+        assert_eq!(two.temps.len(), 1);
     }
 
     #[test]
     fn cooperative_tiles() {
-        let k = cooperative(&product(4096, 4096, 4096), 32, 264).unwrap();
+        let k = cooperative(&product(4096, 4096, 4096), &crate::Target::named("nvidia").unwrap()).unwrap();
         assert_eq!(k.kernels[0].workgroup_size, [256, 1, 1]);
         assert!(k.kernels[0].body.starts_with("enable f16;"));
         assert!(k.kernels[0].body.contains("coopMultiplyAdd"));

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 ITERS = 200
 WARMUP = 20
+WARMUP_S = 0.3
 
 
 def log(*args) -> None:
@@ -116,9 +117,14 @@ def median_p90(times_ms: list[float]) -> tuple[float, float]:
 
 
 def time_fn(fn, iters: int) -> list[float]:
-    for _ in range(WARMUP):
+    # Warm up by count and by time (as `drift bench --warmup-ms`): an idle GPU
+    # needs a few hundred milliseconds of load to reach its clocks.
+    t0 = time.perf_counter()
+    n = 0
+    while n < WARMUP or time.perf_counter() - t0 < WARMUP_S:
         fn()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        n += 1
     out = []
     for _ in range(iters):
         t0 = time.perf_counter()

@@ -11,9 +11,13 @@
 //! loaded weight for 8 positions. Padded convolutions first copy the input
 //! into a zero-padded scratch tensor so the product needs no bounds checks.
 //!
+//! On targets with workgroup memory, convolutions wide enough to tile run
+//! on the tiled product kernels of `products` (`conv_tiled`).
+//!
 //! ConvTranspose uses a direct gather kernel: a thread owns one output
 //! position and up to 8 output channels, solving the input coordinate from
-//! `o = i * stride - pad + k * dilation` per tap.
+//! `o = i * stride - pad + k * dilation` per tap. Thin grouped convolutions
+//! (depthwise) use the same kernel on targets with workgroup memory.
 //!
 //! Shape rules follow the ONNX reference implementation, including its
 //! ConvTranspose auto_pad split (SAME_UPPER puts the odd pad at the end).
@@ -355,9 +359,17 @@ impl Op for Conv {
             let q = self.quant(cx.has_input(2), w_zero, &g)?;
             return conv_block(&g, false, Some(q));
         }
-        if !cx.target.tiles.is_empty() && crate::products::worth_tiling(g.mg(), g.n * g.outs.iter().product::<usize>())
-        {
-            return conv_tiled(&g, cx.has_input(2), &cx.target);
+        if !cx.target.tiles.is_empty() {
+            if crate::products::worth_tiling(g.mg(), g.n * g.outs.iter().product::<usize>()) {
+                return conv_tiled(&g, cx.has_input(2), &cx.target);
+            }
+            // Depthwise and other thin grouped convolutions: one thread per
+            // output position and channel block spreads them over the whole
+            // GPU, where the register-blocked product (tuned for lavapipe)
+            // gives each group's few outputs to a handful of threads.
+            if g.group > 1 && cx.target.tuning.direct_grouped.unwrap_or(true) {
+                return Ok(Lowering::one(conv_kernel(&g, cx.has_input(2))?));
+            }
         }
         conv_block(&g, cx.has_input(2), None)
     }
@@ -574,12 +586,8 @@ fn conv_tiled(g: &Geom, has_bias: bool, target: &crate::Target) -> Result<Loweri
         b_k_fast: false,
         part_temp: 0,
     };
-    let pk = if target.use_cooperative() {
-        cooperative(&p, target.subgroup as usize, target.fill)?
-    } else {
-        tiled(&p, target.tiles, target.fill)?
-    };
-    Ok(Lowering::Kernels { temps: pk.part.into_iter().collect(), kernels: pk.kernels })
+    let pk = if target.use_cooperative() { cooperative(&p, target)? } else { tiled(&p, target)? };
+    Ok(Lowering::Kernels { temps: pk.temps, kernels: pk.kernels })
 }
 
 /// Input coordinate feeding output coordinate `o` through kernel tap `k`
@@ -701,7 +709,8 @@ fn tap_loops(g: &Geom, d: usize, inner: &str, indent: usize) -> String {
     s
 }
 
-/// The direct gather kernel, used for ConvTranspose (see the module header).
+/// The direct gather kernel: ConvTranspose everywhere, and thin grouped
+/// convolutions (depthwise) on targets with workgroup memory.
 fn conv_kernel(g: &Geom, has_bias: bool) -> Result<Kernel> {
     let r = g.ins.len();
     let (cg, mg) = (g.cg(), g.mg());

@@ -227,16 +227,12 @@ impl Problem {
         let gpu = phys == Phys::F32 && !self.integer && !target.tiles.is_empty();
         if gpu && self.m <= GEMV_ROWS {
             let pk = gemv(&self.product())?;
-            return Ok(Lowering::Kernels { temps: pk.part.into_iter().collect(), kernels: pk.kernels });
+            return Ok(Lowering::Kernels { temps: pk.temps, kernels: pk.kernels });
         }
         if gpu && worth_tiling(self.m, self.n) {
             let p = self.product();
-            let pk = if target.use_cooperative() {
-                cooperative(&p, target.subgroup as usize, target.fill)?
-            } else {
-                tiled(&p, target.tiles, target.fill)?
-            };
-            return Ok(Lowering::Kernels { temps: pk.part.into_iter().collect(), kernels: pk.kernels });
+            let pk = if target.use_cooperative() { cooperative(&p, target)? } else { tiled(&p, target)? };
+            return Ok(Lowering::Kernels { temps: pk.temps, kernels: pk.kernels });
         }
         let (rb, cb) = block_shape(self.m, self.n);
         let p = if self.m.div_ceil(rb) > MAX_GROUPS { self.transposed() } else { self.clone() };
