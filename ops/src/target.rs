@@ -282,7 +282,9 @@ impl Tuning {
                     }
                 }
                 _ => {
-                    return Err(format!("--tune {key}: unknown (fill, slices, split, tile, coop, grouped, split-meet)"));
+                    return Err(format!(
+                        "--tune {key}: unknown (fill, slices, split, tile, coop, grouped, split-meet)"
+                    ));
                 }
             }
         }

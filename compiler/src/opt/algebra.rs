@@ -1,9 +1,10 @@
 //! Algebraic rewrites: BatchNormalization into a per-channel scale and
 //! shift, folded into the weights of the Conv or Gemm before it; chains of
-//! transposes and of reshape-like views collapsed or cancelled.
+//! transposes and of reshape-like views collapsed or cancelled; scalar
+//! scales of MatMul operands moved after the product.
 
 use super::rewrite::{Ctx, Pass, Patch, Ref, Rule, attrs};
-use crate::ir::NodeId;
+use crate::ir::{NodeId, ValueId};
 use drift_ops::{Attr, DType, Tensor};
 
 pub const BATCH_NORM: Pass = Pass {
@@ -31,6 +32,15 @@ pub const TRANSPOSES: Pass = Pass {
         Rule { name: "transpose-as-reshape", roots: &["Transpose"], apply: transpose_as_reshape },
         // Reshape(Reshape(x)) -> Reshape(x) (any chain of Reshape, Flatten, Squeeze, Unsqueeze)
         Rule { name: "reshape-reshape", roots: VIEWS, apply: reshape_reshape },
+    ],
+};
+
+pub const SCALES: Pass = Pass {
+    name: "hoist-scales",
+    rules: &[
+        // MatMul(x * a, y * b) -> MatMul(x, y) * (a * b), a and b scalar constants
+        // (PyTorch's SDPA export scales Q and Kᵀ by sqrt(scale) each)
+        Rule { name: "matmul-scaled-operand", roots: &["MatMul"], apply: matmul_scaled_operand },
     ],
 };
 
@@ -274,4 +284,46 @@ fn reshape_to(x: usize, y: usize, shape: &[usize]) -> Option<Patch> {
     let s = p.constant(Tensor::from_i64(DType::I64, vec![shape.len()], shape.iter().map(|&d| d as i64).collect()));
     let r = p.node("Reshape", Default::default(), vec![Some(Ref::Old(x)), Some(s)]);
     Some(p.replace(y, r))
+}
+
+/// `v = x * c` or `v = x / c` with `c` a scalar constant and `v` used only
+/// by `user`, of the same type as `x`: (x, the factor).
+fn scaled(cx: &Ctx, v: ValueId, user: NodeId) -> Option<(ValueId, f64)> {
+    let m = cx.producer(v)?;
+    let op = cx.node(m).op_type.as_str();
+    if !matches!(op, "Mul" | "Div") || !cx.only_used_by(v, user) {
+        return None;
+    }
+    let (a, b) = (cx.input(m, 0)?, cx.input(m, 1)?);
+    let (x, c) = match (op, cx.scalar(b), cx.scalar(a)) {
+        ("Div", Some(c), _) if c != 0.0 => (a, 1.0 / c),
+        ("Mul", Some(c), _) => (a, c),
+        ("Mul", None, Some(c)) => (b, c),
+        _ => return None,
+    };
+    (cx.ty(x) == cx.ty(v) && cx.constant(x).is_none()).then_some((x, c))
+}
+
+fn matmul_scaled_operand(cx: &Ctx, id: NodeId) -> Option<Patch> {
+    let y = cx.output(id, 0)?;
+    let dtype = cx.ty(y).dtype;
+    if !dtype.is_float() {
+        return None;
+    }
+    let (mut a, mut b) = (cx.input(id, 0)?, cx.input(id, 1)?);
+    let mut factor = 1.0;
+    let mut hoisted = false;
+    for side in [&mut a, &mut b] {
+        if let Some((x, c)) = scaled(cx, *side, id) {
+            (*side, factor, hoisted) = (x, factor * c, true);
+        }
+    }
+    if !hoisted {
+        return None;
+    }
+    let mut p = Patch::new();
+    let product = p.node("MatMul", Default::default(), vec![Some(Ref::Old(a)), Some(Ref::Old(b))]);
+    let c = p.constant(Tensor::from_f64(dtype, vec![], vec![factor]));
+    let scaled = p.node("Mul", Default::default(), vec![Some(product), Some(c)]);
+    Some(p.replace(y, scaled))
 }
