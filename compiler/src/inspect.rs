@@ -25,6 +25,16 @@ pub struct Summary {
     /// The kernel sets (`drift compile --target`): the top level first (the
     /// fallback), then the variants the runtime picks by GPU vendor.
     pub kernel_sets: Vec<KernelSet>,
+    /// Programs of bounded dynamic dims (decode, prefill), if any: the
+    /// dispatches each run of the stage records.
+    pub stages: Vec<StageInfo>,
+}
+
+#[derive(Serialize)]
+pub struct StageInfo {
+    pub name: String,
+    pub dispatches: usize,
+    pub kernel_usage: Vec<KernelUsage>,
 }
 
 /// One device target's program in the bundle.
@@ -144,12 +154,33 @@ pub fn summarize(b: &Bundle) -> Summary {
         dispatches: b.dispatches.len(),
         kernel_usage: kernel_usage(b),
         kernel_sets: [b].into_iter().chain(&b.variants).map(kernel_set).collect(),
+        stages: b
+            .stages
+            .iter()
+            .map(|st| {
+                let (first, count) = (st.first_dispatch as usize, st.dispatch_count as usize);
+                let range = first.min(b.dispatches.len())..first.saturating_add(count).min(b.dispatches.len());
+                StageInfo {
+                    name: st.name.clone(),
+                    dispatches: range.len(),
+                    kernel_usage: usage_of(b, &b.dispatches[range])
+                        .into_iter()
+                        .filter(|u| u.dispatches > 0)
+                        .collect(),
+                }
+            })
+            .collect(),
     }
 }
 
 fn kernel_usage(b: &Bundle) -> Vec<KernelUsage> {
+    usage_of(b, &b.dispatches)
+}
+
+/// Per kernel name: variants in the bundle and uses among `dispatches`.
+fn usage_of(b: &Bundle, dispatches: &[drift_runtime::bundle::Dispatch]) -> Vec<KernelUsage> {
     let mut used = vec![0usize; b.kernels.len()];
-    for d in &b.dispatches {
+    for d in dispatches {
         if let Some(u) = used.get_mut(d.kernel as usize) {
             *u += 1;
         }
@@ -224,11 +255,30 @@ pub fn describe(b: &Bundle) -> String {
             k.bytes as f64 / 1e6
         );
     }
+    for st in &sum.stages {
+        let uses: Vec<String> = st.kernel_usage.iter().map(|u| format!("{} {}", u.name, u.dispatches)).collect();
+        let _ = writeln!(s, "stage {:<8} {:>5} dispatches: {}", st.name, st.dispatches, uses.join(", "));
+    }
     for k in sum.kernel_sets.iter().skip(1) {
         let _ = writeln!(s, "[{}] {:<15} {:>8} {:>10}", k.target, "kernel", "variants", "dispatches");
         for u in &k.kernel_usage {
             let _ = writeln!(s, "  {:<24} {:>8} {:>10}", u.name, u.variants, u.dispatches);
         }
+    }
+    s
+}
+
+/// `drift inspect --dispatches`: one line per dispatch of the top-level
+/// kernel set, in order, with each stage's first dispatch marked.
+pub fn dispatch_list(b: &Bundle) -> String {
+    let mut s = String::from("dispatches (node, kernel, workgroups, bytes, flops):\n");
+    for (i, d) in b.dispatches.iter().enumerate() {
+        for st in b.stages.iter().filter(|st| st.first_dispatch as usize == i) {
+            let _ = writeln!(s, "stage {}:", st.name);
+        }
+        let kernel = b.kernels.get(d.kernel as usize).map_or("?", |k| k.name.as_str());
+        let groups = if d.groups.is_empty() { format!("{:?}", d.workgroups) } else { "dynamic".to_string() };
+        let _ = writeln!(s, "  {i:>5} {:<48} {kernel:<22} {groups:<16} {:>10} {:>12}", d.label, d.bytes, d.flops);
     }
     s
 }

@@ -132,6 +132,10 @@ enum Command {
         /// Print JSON (memory.arena_bytes, memory.lower_bound_bytes, ...).
         #[arg(long)]
         json: bool,
+        /// Also list every dispatch of the top-level kernel set: node,
+        /// kernel, workgroups, recorded bytes and FLOPs.
+        #[arg(long)]
+        dispatches: bool,
     },
     /// Time a bundle on the GPU: median and p90 latency, CPU cost per
     /// dispatch, and with --profile the GPU time of every kernel.
@@ -215,7 +219,7 @@ fn main() -> ExitCode {
             let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
             run(&bundle, &inputs, random_inputs, output_dir.as_deref(), trust)
         }
-        Command::Inspect { bundle, json } => inspect(&bundle, json),
+        Command::Inspect { bundle, json, dispatches } => inspect(&bundle, json, dispatches),
         Command::Bench { bundles, iters, warmup, warmup_ms, json, profile, inputs, trusted } => {
             let args = bench::BenchArgs { iters, warmup, warmup_ms, json, profile };
             let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
@@ -578,12 +582,15 @@ fn generate(
     Ok(())
 }
 
-fn inspect(path: &Path, json: bool) -> Result<(), String> {
+fn inspect(path: &Path, json: bool, dispatches: bool) -> Result<(), String> {
     let model = load(path)?;
     if json {
         print!("{}", drift_compiler::inspect::to_json(model.bundle()));
     } else {
         print!("{}", drift_compiler::inspect::describe(model.bundle()));
+    }
+    if dispatches {
+        print!("{}", drift_compiler::inspect::dispatch_list(model.bundle()));
     }
     Ok(())
 }
