@@ -163,10 +163,7 @@ pub fn summarize(b: &Bundle) -> Summary {
                 StageInfo {
                     name: st.name.clone(),
                     dispatches: range.len(),
-                    kernel_usage: usage_of(b, &b.dispatches[range])
-                        .into_iter()
-                        .filter(|u| u.dispatches > 0)
-                        .collect(),
+                    kernel_usage: usage_of(b, &b.dispatches[range]).into_iter().filter(|u| u.dispatches > 0).collect(),
                 }
             })
             .collect(),

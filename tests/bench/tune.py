@@ -14,7 +14,7 @@ The winners go into the target tables of `ops/src/target.rs` and
 `ops/src/products.rs` by hand; docs/benchmarks.md records the sweep.
 
 Usage (on the GPU machine; needs numpy and onnx):
-    python3 tests/bench/tune.py --drift path/to/drift --out tune/ [--only c4,bert_ff2] [--quick]
+    python3 tests/bench/tune.py --drift path/to/drift --out tune/ [--only c4,bert_ff2] [--quick | --focus]
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ SHAPES = {
 }
 
 SPLITS = [1, 2, 4, 8, 16, 32]
+RELU_SIZES = (1, 96 * 1024, 1536 * 1024)
 F32_TILES = ["128x128x16x8x8", "64x64x16x4x4", "32x32x32x2x2", "64x32x16x4x2", "32x64x16x2x4"]
 COOP_TILES = ["128x128x32x64x32", "64x64x32x32x32", "32x32x32x16x16", "64x32x32x32x16", "32x64x32x16x32"]
 BIG_F32 = ["128x128x16x8x8", "128x128x32x8x8", "128x64x16x8x4", "64x128x16x4x8"]
@@ -101,7 +102,46 @@ def relu_chain(size: int, path: Path, count: int = 200) -> None:
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 
 
-def variants(kind: str, p, name: str, quick: bool):
+def torch_floor(sizes, count: int = 200) -> dict:
+    """The peer's floor: a CUDA graph of `count` dependent ReLUs per size, replayed
+    (median ms of single synchronized replays after warm-up), or {} without torch."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    out = {}
+    for size in sizes:
+        x = torch.randn(size, device="cuda")
+        def chain():
+            y = x
+            for _ in range(count):
+                y = torch.relu(y)
+            return y
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            chain()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            chain()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.3:
+            graph.replay()
+            torch.cuda.synchronize()
+        times = []
+        for _ in range(50):
+            t = time.perf_counter()
+            graph.replay()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) * 1e3)
+        out[size] = sorted(times)[len(times) // 2]
+    return out
+
+
+def variants(kind: str, p, name: str, quick: bool, focus: bool = False):
     """(label, precision, extra compile flags) of every variant of one product."""
     out = []
     for prec in ("f32", "f16"):
@@ -115,6 +155,12 @@ def variants(kind: str, p, name: str, quick: bool):
         splits = [1] if big else SPLITS
         if quick:
             tiles, splits = tiles[:3], [1, 4, 16] if not big else [1]
+        if focus:
+            out.append(("split-meet=pass", prec, ["--tune", "split-meet=pass"]))
+            if not big:
+                for sp in (4, 8, 16):
+                    out.append((f"split={sp}", prec, ["--tune", f"split={sp}"]))
+            continue
         for t in tiles:
             for s in splits:
                 out.append((f"{key}={t},split={s}", prec, ["--tune", f"{key}={t},split={s}"]))
@@ -135,6 +181,7 @@ def main() -> int:
     ap.add_argument("--only", default="")
     ap.add_argument("--target", default="nvidia")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--focus", action="store_true", help="only the defaults, with and without in-kernel split meeting")
     ap.add_argument("--iters", type=int, default=30)
     a = ap.parse_args()
     out = Path(a.out)
@@ -148,9 +195,9 @@ def main() -> int:
             continue
         path = work / f"{name}.onnx"
         (conv_model if kind == "conv" else matmul_model)(p, path)
-        for i, (label, prec, flags) in enumerate(variants(kind, p, name, a.quick)):
+        for i, (label, prec, flags) in enumerate(variants(kind, p, name, a.quick, a.focus)):
             jobs.append((name, label, prec, path, work / f"{name}_{prec}_{i}.drift", flags))
-    for size in (1, 96 * 1024, 1536 * 1024):
+    for size in RELU_SIZES:
         path = work / f"relu{size}.onnx"
         relu_chain(size, path)
         jobs.append((f"relu200_{size}", "no-opt", "f32", path, work / f"relu{size}.drift", ["--no-opt"]))
@@ -176,6 +223,10 @@ def main() -> int:
             "kernels": summarize(r.get("kernels", []))})
     (out / "tune.json").write_text(json.dumps(rows, indent=0))
     report(rows)
+    floor = torch_floor(RELU_SIZES)
+    for size, ms in floor.items():
+        log(f"PyTorch CUDA graph, 200 dependent ReLUs of {size} elements: {ms * 1e3:.1f} us "
+            f"({ms * 1e3 / 200:.2f} us per kernel)")
     return 0
 
 

@@ -110,22 +110,44 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
         };
         class.insert(id, c);
     }
-    // Inlined values are computed by their one consumer; anything else
-    // reading them (several nodes, outputs, static nodes) needs a tensor.
-    // Views pass their reads on, so count through them, last node first.
-    for &id in live.iter().rev() {
-        if class.get(&id) != Some(&Class::Inline) {
-            continue;
+    // Inlined values are computed by their consumers; anything else
+    // reading them (outputs, static nodes, kernels that cannot compute
+    // operands) needs a tensor. A value read by several nodes stays inline
+    // only if it is elementwise over few tensors (the RMSNorm scale feeding
+    // the Q, K and V products, a residual sum feeding a norm, the next
+    // products and the next residual): each reader recomputes it, which
+    // costs a few loads per element where a kernel of its own costs a
+    // dependent dispatch. Views pass their reads on, so count through
+    // them, last node first.
+    // Leaf counts use the previous round's classes (a producer that became
+    // a kernel is one load), so rounds repeat until the classes settle.
+    let initial = class.clone();
+    let mut settled = class.clone();
+    for _ in 0..4 {
+        let mut round = initial.clone();
+        let mut leaves: HashMap<NodeId, usize> = HashMap::new();
+        for &id in live.iter().rev() {
+            if round.get(&id) != Some(&Class::Inline) {
+                continue;
+            }
+            let v = g.nodes[id].outputs[0].expect("injective ops have an output");
+            let readers = readers(g, &round, &consumers, v);
+            let readable =
+                readers.iter().all(|r| round.contains_key(r) && (round[r] != Class::Kernel || reads_inline(g, *r)));
+            let shared = readers.len() > 1
+                && shape::is_elementwise(&g.nodes[id].op_type)
+                && inline_leaves(g, &settled, &mut leaves, id) <= MAX_SHARED_LEAVES;
+            if outputs.contains(&v) || readers.is_empty() || !readable || (readers.len() > 1 && !shared) {
+                round.insert(id, Class::Kernel);
+            }
         }
-        let v = g.nodes[id].outputs[0].expect("injective ops have an output");
-        let readers = readers(g, &class, &consumers, v);
-        let keep = outputs.contains(&v)
-            || readers.len() != 1
-            || readers.iter().any(|r| !class.contains_key(r) || class[r] == Class::Kernel && !reads_inline(g, *r));
-        if keep {
-            class.insert(id, Class::Kernel);
+        let done = round == settled;
+        settled = round;
+        if done {
+            break;
         }
     }
+    class = settled;
     // Views of values that became tensors alias them.
     for &id in &live {
         if class.get(&id) == Some(&Class::Inline) && is_view(&g.nodes[id].op_type) {
@@ -136,6 +158,40 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
         }
     }
     info.plan = Plan { class };
+}
+
+/// Most tensor elements one element of a value inlined into several readers
+/// may load (through the inlined values it is computed from): enough for
+/// `gamma * (x + y) / sqrt(mean + eps)`, few enough that chains of
+/// residual sums end in a kernel every few layers.
+const MAX_SHARED_LEAVES: usize = 4;
+
+/// How many tensor elements computing one element of inlined node `id`
+/// loads: its operands that are tensors (constants of one element are
+/// literals), through operands that are themselves inlined. With the
+/// classes as they stand (producers may still become kernels, which only
+/// lowers the count), so the bound is conservative.
+fn inline_leaves(g: &Graph, class: &HashMap<NodeId, Class>, memo: &mut HashMap<NodeId, usize>, id: NodeId) -> usize {
+    if let Some(&n) = memo.get(&id) {
+        return n;
+    }
+    let node = &g.nodes[id];
+    // Views, slices, expands and transposes load their data operand only
+    // (their other inputs are shapes and indices, folded into the code).
+    let data_only = is_view(&node.op_type) || matches!(node.op_type.as_str(), "Slice" | "Expand" | "Transpose");
+    let operands = if data_only { &node.inputs[..1.min(node.inputs.len())] } else { &node.inputs[..] };
+    let mut n = 0;
+    for &v in operands.iter().flatten() {
+        if g.values[v].constant.as_ref().is_some_and(|t| t.len() == 1) {
+            continue;
+        }
+        n += match g.live_nodes().find(|(_, node)| node.outputs.contains(&Some(v))) {
+            Some((p, _)) if class.get(&p) == Some(&Class::Inline) => inline_leaves(g, class, memo, p),
+            _ => 1,
+        };
+    }
+    memo.insert(id, n);
+    n
 }
 
 /// Whether a node with concrete shapes also takes the fused lowering of the
