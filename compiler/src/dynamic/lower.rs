@@ -113,12 +113,12 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
     // Inlined values are computed by their consumers; anything else
     // reading them (outputs, static nodes, kernels that cannot compute
     // operands) needs a tensor. A value read by several nodes stays inline
-    // only if it is elementwise over few tensors (the RMSNorm scale feeding
-    // the Q, K and V products, a residual sum feeding a norm, the next
-    // products and the next residual): each reader recomputes it, which
-    // costs a few loads per element where a kernel of its own costs a
-    // dependent dispatch. Views pass their reads on, so count through
-    // them, last node first.
+    // only if one element of it loads few tensor elements (the RMSNorm
+    // scale feeding the Q, K and V products, a residual sum feeding a norm,
+    // the next products and the next residual, the rotary halves of Q):
+    // each reader recomputes it, which costs a few loads per element where
+    // a kernel of its own costs a dependent dispatch. Views pass their
+    // reads on, so count through them, last node first.
     // Leaf counts use the previous round's classes (a producer that became
     // a kernel is one load), so rounds repeat until the classes settle.
     let initial = class.clone();
@@ -134,9 +134,7 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
             let readers = readers(g, &round, &consumers, v);
             let readable =
                 readers.iter().all(|r| round.contains_key(r) && (round[r] != Class::Kernel || reads_inline(g, *r)));
-            let shared = readers.len() > 1
-                && shape::is_elementwise(&g.nodes[id].op_type)
-                && inline_leaves(g, &settled, &mut leaves, id) <= MAX_SHARED_LEAVES;
+            let shared = readers.len() > 1 && inline_leaves(g, &settled, &mut leaves, id) <= MAX_SHARED_LEAVES;
             if outputs.contains(&v) || readers.is_empty() || !readable || (readers.len() > 1 && !shared) {
                 round.insert(id, Class::Kernel);
             }
