@@ -13,6 +13,7 @@ pub mod generate;
 pub mod import;
 pub mod inspect;
 pub mod ir;
+pub mod merge;
 pub mod npy;
 pub mod opt;
 pub mod passes;
@@ -91,6 +92,9 @@ pub fn compile_graph(mut g: ir::Graph, opts: &Options) -> Result<Compiled> {
         stages::add_sampler(&mut g)?;
     }
     quantize::repack_matmul_nbits(&mut g)?;
+    if !opts.dim_ranges.is_empty() {
+        merge::merge_sibling_matmuls(&mut g);
+    }
     if let Some(q) = opts.quantize {
         quantize::quantize_matmuls(&mut g, q)?;
     }
