@@ -1,6 +1,7 @@
 //! Snapshot tests of generated kernels: every `tests/kernels/*.txt` is a
 //! small graph (text form of `opt::text`), one per op family and one per
-//! fused-kernel shape. It is compiled with the optimizer and every kernel of
+//! fused-kernel shape (a `# target:` header picks a device target's kernel
+//! set). It is compiled with the optimizer and every kernel of
 //! the bundle is recorded as WGSL (as naga writes it back), MSL and a SPIR-V
 //! disassembly (rspirv), so any codegen change shows in review. `INSTA_UPDATE=always` (or
 //! `cargo insta accept`) blesses new output.
@@ -8,9 +9,25 @@
 use drift_compiler::{Options, compile_graph, opt};
 use std::path::Path;
 
+/// Options from the case's header lines: `# target: NAME` compiles for a
+/// device target instead of `generic`, `# precision: f16` with f16
+/// activations.
+fn options(src: &str) -> Result<Options, String> {
+    let mut opts = Options::default();
+    for line in src.lines().filter_map(|l| l.strip_prefix("# ")) {
+        if let Some(name) = line.strip_prefix("target: ") {
+            let t = drift_ops::Target::named(name.trim()).ok_or(format!("unknown target {name}"))?;
+            opts.targets = vec![t];
+        } else if line.trim() == "precision: f16" {
+            opts.f16 = true;
+        }
+    }
+    Ok(opts)
+}
+
 fn kernels_text(src: &str) -> Result<(String, usize), String> {
     let g = opt::text::parse(src)?;
-    let compiled = compile_graph(g, &Options::default()).map_err(|e| e.to_string())?;
+    let compiled = compile_graph(g, &options(src)?).map_err(|e| e.to_string())?;
     let b = &compiled.program.bundle;
     let mut out = String::new();
     let mut seen = vec![];

@@ -51,6 +51,13 @@ pub(crate) struct Product {
     /// operand has none), plus whatever they call. Their arguments are
     /// always in range: the kernels clamp them.
     pub address: String,
+    /// Optionally, B addressed in two steps (implicit-GEMM convolutions): a
+    /// thread's tile columns stay the same over the reduction, so what
+    /// depends on the column alone is computed once, before the loop:
+    /// `fn b_col(bi: u32, c: u32) -> vec4<i32>`, and per element `fn
+    /// load_b_col(bi: u32, s: vec4<i32>, k: u32) -> f32`, which together
+    /// equal `load_b`. Used where B's loading threads run along columns.
+    pub b_column: Option<String>,
     pub operand_args: Vec<KernelArg>,
     /// `fn epilogue(bi: u32, r: u32, c: u32, v: f32)` and its arguments.
     pub epilogue: String,
@@ -278,6 +285,9 @@ impl Product {
         let mut t = TileShare::default();
         let (lmax, kmax) = (limit.max(1) - 1, self.k.max(1) - 1);
         let total = extent * bk;
+        // Column state, when the load has one and this share's column is
+        // fixed over the loop (threads along the extent).
+        let column = load == "load_b" && !k_fast && self.b_column.is_some();
         for j in 0..total.div_ceil(threads) {
             let e = format!("(tid + {}u)", j * threads);
             // A share past the tile's end (threads not dividing it) loads
@@ -290,8 +300,14 @@ impl Product {
             };
             t.setup += &format!("    let {reg}i{j} = {i};\n    let {reg}k{j} = {kk};\n    var {reg}{j} = 0.0;\n");
             let in_tile = if spare { format!(" && {e} < {total}u") } else { String::new() };
+            let value = if column {
+                t.setup += &format!("    let {reg}s{j} = b_col(bi, min({base} + {reg}i{j}, {lmax}u));\n");
+                format!("load_b_col(bi, {reg}s{j}, min(k, {kmax}u))")
+            } else {
+                format!("{load}(bi, min(x, {lmax}u), min(k, {kmax}u))")
+            };
             t.fetch += &format!(
-                "        {{\n            let x = {base} + {reg}i{j};\n            let k = k0 + {reg}k{j};\n            {reg}{j} = select(0.0, {load}(bi, min(x, {lmax}u), min(k, {kmax}u)), x < {limit}u && k < k_end{in_tile});\n        }}\n",
+                "        {{\n            let x = {base} + {reg}i{j};\n            let k = k0 + {reg}k{j};\n            {reg}{j} = select(0.0, {value}, x < {limit}u && k < k_end{in_tile});\n        }}\n",
             );
             let put = format!("{dst}[{}] = {convert}({reg}{j});", slot(&format!("{reg}i{j}"), &format!("{reg}k{j}")));
             t.put +=
@@ -361,7 +377,7 @@ pub(crate) fn tiled(p: &Product, target: &Target) -> Result<ProductKernels> {
     // along k, so their stores spread over banks (a whole vec4 if read so).
     let pad = if vec { 4 } else { 1 };
     let (sa, sb) = (t.bm + pad * usize::from(p.a_k_fast), t.bn + pad * usize::from(p.b_k_fast));
-    let mut s = p.address.clone() + &p.main_helpers(split);
+    let mut s = p.address.clone() + p.b_column.as_deref().unwrap_or("") + &p.main_helpers(split);
     if vec {
         s += &format!(
             "var<workgroup> ta: array<vec4<f32>, {}>;\nvar<workgroup> tb: array<vec4<f32>, {}>;\n",
@@ -501,6 +517,7 @@ pub(crate) fn cooperative(p: &Product, target: &Target) -> Result<ProductKernels
     let (sa, sb) = (t.bk + COOP_PAD, t.bn + COOP_PAD);
     let mut s = "enable f16;\nenable wgpu_cooperative_matrix;\n".to_string();
     s += &p.address;
+    s += p.b_column.as_deref().unwrap_or("");
     s += &p.main_helpers(split);
     s += &format!(
         "var<workgroup> ta: array<f16, {}>;\nvar<workgroup> tb: array<f16, {}>;\nvar<workgroup> tc: array<f32, {}>;\n",
@@ -723,6 +740,7 @@ mod tests {
             a_k_fast: true,
             b_k_fast: false,
             part_temp: 0,
+            b_column: None,
         }
     }
 

@@ -579,6 +579,7 @@ fn conv_tiled(g: &Geom, has_bias: bool, target: &crate::Target) -> Result<Loweri
         k: cg * ksp,
         batch: g.group,
         address,
+        b_column: conv_columns(g),
         operand_args: vec![KernelArg::new("w", TensorRef::Input(1)), KernelArg::new("x", TensorRef::Input(0))],
         epilogue,
         epilogue_args,
@@ -588,6 +589,104 @@ fn conv_tiled(g: &Geom, has_bias: bool, target: &crate::Target) -> Result<Loweri
     };
     let pk = if target.use_cooperative() { cooperative(&p, target)? } else { tiled(&p, target)? };
     Ok(Lowering::Kernels { temps: pk.temps, kernels: pk.kernels })
+}
+
+/// `b_col` and `load_b_col` of a convolution (see `Product::b_column`): the
+/// column state is the input plane's base index and the window's corner per
+/// spatial dimension, so per element only the tap's coordinates remain.
+/// Bounds checks appear only where a window can leave the input (inputs the
+/// layout pass padded need none). Up to three spatial dimensions.
+fn conv_columns(g: &Geom) -> Option<String> {
+    let r = g.ins.len();
+    if r == 0 || r > 3 {
+        return None;
+    }
+    let (insp, ksp, outsp): (usize, usize, usize) =
+        (g.ins.iter().product(), g.ks.iter().product(), g.outs.iter().product::<usize>().max(1));
+    let (ist, kst, ost) = (strides(&g.ins), strides(&g.ks), strides(&g.outs));
+    let lane = ["y", "z", "w"];
+    // Coordinate `d` of flat index `x` over extents `ext` with strides `st`,
+    // without the division or modulo that cannot matter.
+    let coord = |x: &str, d: usize, st: &[usize], ext: &[usize]| match (d == 0, d + 1 == ext.len()) {
+        (true, true) => x.to_string(),
+        (true, false) => format!("({x} / {}u)", st[d]),
+        (false, true) => format!("({x} % {}u)", ext[d]),
+        (false, false) => format!("(({x} / {}u) % {}u)", st[d], ext[d]),
+    };
+    let mut col = format!(
+        "fn b_col(bi: u32, c: u32) -> vec4<i32> {{
+    let n = c / {outsp}u;
+    let o = c % {outsp}u;
+    var s = vec4<i32>(i32((n * {}u + bi * {}u) * {insp}u), 0, 0, 0);
+",
+        g.c,
+        g.cg()
+    );
+    for d in 0..r {
+        col += &format!(
+            "    s.{} = i32({} * {}u) - {};
+",
+            lane[d],
+            coord("o", d, &ost, &g.outs),
+            g.strides[d],
+            g.pad[d]
+        );
+    }
+    col += "    return s;
+}
+";
+    let checked: Vec<bool> = (0..r)
+        .map(|d| {
+            let reach = ((g.outs[d].max(1) - 1) * g.strides[d] + (g.ks[d] - 1) * g.dil[d]) as i64 - g.pad[d];
+            g.pad[d] > 0 || reach >= g.ins[d] as i64
+        })
+        .collect();
+    let mut ld = String::from(
+        "fn load_b_col(bi: u32, s: vec4<i32>, k: u32) -> f32 {
+",
+    );
+    ld += &if ksp == 1 {
+        "    let ic = k;
+"
+        .to_string()
+    } else {
+        format!(
+            "    let ic = k / {ksp}u;
+    let t = k % {ksp}u;
+"
+        )
+    };
+    let mut at = format!("u32(s.x) + ic * {insp}u");
+    let mut inside = vec![];
+    for d in 0..r {
+        let tap = if g.ks[d] == 1 { "0u".to_string() } else { coord("t", d, &kst, &g.ks) };
+        ld += &format!(
+            "    let i{d} = s.{} + i32({tap} * {}u);
+",
+            lane[d], g.dil[d]
+        );
+        if checked[d] {
+            inside.push(format!("i{d} >= 0 && i{d} < {}", g.ins[d]));
+            at += &format!(" + u32(clamp(i{d}, 0, {})) * {}u", g.ins[d].max(1) - 1, ist[d]);
+        } else {
+            at += &format!(" + u32(i{d}) * {}u", ist[d]);
+        }
+    }
+    ld += &if inside.is_empty() {
+        format!(
+            "    return ld_x({at});
+}}
+"
+        )
+    } else {
+        format!(
+            "    return select(0.0, ld_x({at}), {});
+}}
+",
+            inside.join(" && ")
+        )
+    };
+    Some(col + &ld)
 }
 
 /// Input coordinate feeding output coordinate `o` through kernel tap `k`
