@@ -604,7 +604,7 @@ fn conv_columns(g: &Geom) -> Option<String> {
     let (insp, ksp, outsp): (usize, usize, usize) =
         (g.ins.iter().product(), g.ks.iter().product(), g.outs.iter().product::<usize>().max(1));
     let (ist, kst, ost) = (strides(&g.ins), strides(&g.ks), strides(&g.outs));
-    let lane = ["y", "z", "w"];
+    let lanes = ["y", "z", "w"];
     // Coordinate `d` of flat index `x` over extents `ext` with strides `st`,
     // without the division or modulo that cannot matter.
     let coord = |x: &str, d: usize, st: &[usize], ext: &[usize]| match (d == 0, d + 1 == ext.len()) {
@@ -614,57 +614,32 @@ fn conv_columns(g: &Geom) -> Option<String> {
         (false, false) => format!("(({x} / {}u) % {}u)", st[d], ext[d]),
     };
     let mut col = format!(
-        "fn b_col(bi: u32, c: u32) -> vec4<i32> {{
-    let n = c / {outsp}u;
-    let o = c % {outsp}u;
-    var s = vec4<i32>(i32((n * {}u + bi * {}u) * {insp}u), 0, 0, 0);
-",
+        "fn b_col(bi: u32, c: u32) -> vec4<i32> {{\n    let n = c / {outsp}u;\n    let o = c % {outsp}u;\n    var s = vec4<i32>(i32((n * {}u + bi * {}u) * {insp}u), 0, 0, 0);\n",
         g.c,
         g.cg()
     );
-    for d in 0..r {
-        col += &format!(
-            "    s.{} = i32({} * {}u) - {};
-",
-            lane[d],
-            coord("o", d, &ost, &g.outs),
-            g.strides[d],
-            g.pad[d]
-        );
+    for (d, lane) in lanes.iter().enumerate().take(r) {
+        let corner = coord("o", d, &ost, &g.outs);
+        col += &format!("    s.{lane} = i32({corner} * {}u) - {};\n", g.strides[d], g.pad[d]);
     }
-    col += "    return s;
-}
-";
+    col += "    return s;\n}\n";
     let checked: Vec<bool> = (0..r)
         .map(|d| {
             let reach = ((g.outs[d].max(1) - 1) * g.strides[d] + (g.ks[d] - 1) * g.dil[d]) as i64 - g.pad[d];
             g.pad[d] > 0 || reach >= g.ins[d] as i64
         })
         .collect();
-    let mut ld = String::from(
-        "fn load_b_col(bi: u32, s: vec4<i32>, k: u32) -> f32 {
-",
-    );
+    let mut ld = String::from("fn load_b_col(bi: u32, s: vec4<i32>, k: u32) -> f32 {\n");
     ld += &if ksp == 1 {
-        "    let ic = k;
-"
-        .to_string()
+        "    let ic = k;\n".to_string()
     } else {
-        format!(
-            "    let ic = k / {ksp}u;
-    let t = k % {ksp}u;
-"
-        )
+        format!("    let ic = k / {ksp}u;\n    let t = k % {ksp}u;\n")
     };
     let mut at = format!("u32(s.x) + ic * {insp}u");
     let mut inside = vec![];
-    for d in 0..r {
+    for (d, lane) in lanes.iter().enumerate().take(r) {
         let tap = if g.ks[d] == 1 { "0u".to_string() } else { coord("t", d, &kst, &g.ks) };
-        ld += &format!(
-            "    let i{d} = s.{} + i32({tap} * {}u);
-",
-            lane[d], g.dil[d]
-        );
+        ld += &format!("    let i{d} = s.{lane} + i32({tap} * {}u);\n", g.dil[d]);
         if checked[d] {
             inside.push(format!("i{d} >= 0 && i{d} < {}", g.ins[d]));
             at += &format!(" + u32(clamp(i{d}, 0, {})) * {}u", g.ins[d].max(1) - 1, ist[d]);
@@ -673,18 +648,9 @@ fn conv_columns(g: &Geom) -> Option<String> {
         }
     }
     ld += &if inside.is_empty() {
-        format!(
-            "    return ld_x({at});
-}}
-"
-        )
+        format!("    return ld_x({at});\n}}\n")
     } else {
-        format!(
-            "    return select(0.0, ld_x({at}), {});
-}}
-",
-            inside.join(" && ")
-        )
+        format!("    return select(0.0, ld_x({at}), {});\n}}\n", inside.join(" && "))
     };
     Some(col + &ld)
 }
