@@ -201,6 +201,9 @@ fn merge(mut a: Part, b: Part, shared: usize) -> Part {
     for (id, c) in class {
         a.info.plan.class.insert(id + base, c);
     }
+    for (av, (sm, qk)) in b.info.plan.attention {
+        a.info.plan.attention.insert(av + base, (sm + base, qk + base));
+    }
     a
 }
 

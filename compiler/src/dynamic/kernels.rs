@@ -15,8 +15,8 @@ use crate::ir::{Graph, NodeId, ValueId};
 use drift_ops::dims::{Poly, numel};
 use drift_ops::families::nbits::{self, QSpec};
 use drift_ops::wgsl::f32_lit;
-use drift_ops::{Attrs, DType, Kernel, KernelArg, Phys, TensorRef};
-use std::collections::HashSet;
+use drift_ops::{Attrs, DType, Kernel, KernelArg, Phys, TempSpec, TensorRef};
+use std::collections::{HashMap, HashSet};
 
 type R<T> = std::result::Result<T, String>;
 
@@ -52,6 +52,9 @@ pub struct Gen<'a> {
     fns: Vec<String>,
     done: HashSet<ValueId>,
     args: Vec<(String, ArgOf)>,
+    /// Values computed by a given function body instead of loaded (the
+    /// scores of a fused attention).
+    custom: HashMap<ValueId, String>,
 }
 
 fn arr(rank: usize) -> String {
@@ -106,7 +109,7 @@ fn literal(p: Phys, x: f64) -> String {
 
 impl<'a> Gen<'a> {
     pub fn new(g: &'a Graph, info: &'a DynInfo) -> Gen<'a> {
-        Gen { g, info, fns: vec![], done: HashSet::new(), args: vec![] }
+        Gen { g, info, fns: vec![], done: HashSet::new(), args: vec![], custom: HashMap::new() }
     }
 
     fn phys(&self, v: ValueId) -> Phys {
@@ -139,6 +142,8 @@ impl<'a> Gen<'a> {
             format!("    return {};\n", literal(self.phys(v), x))
         } else if let Some(vals) = self.info.values.get(&v).cloned() {
             self.symbolic_elements(v, &vals)
+        } else if let Some(body) = self.custom.get(&v).cloned() {
+            body
         } else if self.info.materialized(self.g, v) {
             let acc = self.arg(ArgOf::Value(v), format!("v{v}"));
             format!("    return ld_{acc}({});\n", linear("c", &self.shape(v)))
@@ -814,4 +819,110 @@ fn nbits_format(a: &Attrs) -> R<nbits::WeightFormat> {
             _ => nbits::ZeroPoints::Default,
         },
     })
+}
+
+/// Decode attention in one kernel (see `lower::fuse_attention`): value
+/// product `av`, whose A is the Softmax `sm` of an expression of the score
+/// product `qk`. One workgroup per query row: its lanes compute the row's
+/// scores (each a dot product of the query and key operands, through the
+/// inlined scale and mask), keep them in a scratch row, take the maximum and
+/// the sum of exponentials, then one lane per output feature sums
+/// probabilities times values.
+pub fn attention(mut kg: Gen, av: NodeId, sm: NodeId, qk: NodeId) -> R<DynLowering> {
+    let g = kg.g;
+    let (q, k) = (g.nodes[qk].inputs[0].ok_or("no Q")?, g.nodes[qk].inputs[1].ok_or("no K")?);
+    let scores = g.nodes[qk].outputs[0].ok_or("no scores")?;
+    let x = g.nodes[sm].inputs[0].ok_or("no Softmax input")?;
+    let v = g.nodes[av].inputs[1].ok_or("no V")?;
+    let out = g.nodes[av].outputs[0].ok_or("no output")?;
+    let ss = kg.shape(scores);
+    let br = ss.len().checked_sub(2).ok_or("scores of rank < 2")?;
+    let depth = kg.shape(q).last().cloned().ok_or("Q of rank 0")?;
+    // Scores on the fly: the score product's element as a dot product.
+    let mut helpers = operand_fn(&mut kg, "fq", q, br)?;
+    helpers += &operand_fn(&mut kg, "fk", k, br)?;
+    let mut dot = format!("    var bc: {};\n", arr(br));
+    for i in 0..br {
+        dot += &format!("    bc[{i}] = c[{i}];\n");
+    }
+    dot += &format!(
+        "    var acc = 0.0;\n    for (var d = 0u; d < {}u; d++) {{ acc += fq(bc, c[{br}], d) * fk(bc, d, c[{}]); }}\n    return acc;\n",
+        depth.as_const().ok_or("symbolic head size")?,
+        br + 1
+    );
+    kg.custom.insert(scores, dot);
+    let f = kg.value(x)?;
+    let os = kg.shape(out);
+    helpers += &operand_fn(&mut kg, "fv", v, br)?;
+    let xs = kg.shape(x);
+    let outer = &xs[..xs.len() - 1];
+    let rows = numel(outer);
+    let len = xs.last().cloned().ok_or("scores of rank 0")?;
+    let width = os.last().cloned().ok_or("output of rank 0")?;
+    let span = kg.info.max_of(&len).max(1) as u64;
+    let mut at =
+        format!("fn at(oc: {}, j: u32) -> {} {{\n    var c: {};\n", arr(outer.len()), arr(xs.len()), arr(xs.len()));
+    for i in 0..outer.len() {
+        at += &format!("    c[{i}] = oc[{i}];\n");
+    }
+    at += &format!("    c[{}] = j;\n    return c;\n}}\n", outer.len());
+    let neg_inf = "bitcast<f32>(0xff800000u)";
+    let main = format!(
+        "var<workgroup> red: array<f32, 256>;
+
+fn reduce(x: f32, lane: u32, is_max: bool) -> f32 {{
+    red[lane] = x;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {{
+        if (lane < s) {{
+            let a = red[lane];
+            let b = red[lane + s];
+            red[lane] = select(a + b, max(a, b), is_max);
+        }}
+        workgroupBarrier();
+    }}
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let rows = {rows};
+    let L = {len};
+    let N = {width};
+    for (var row = wid.x; row < rows; row += nwg.x) {{
+{unr}        let base = row * {span}u;
+        var m = {neg_inf};
+        for (var j = lid.x; j < L; j += 256u) {{ let s = {f}(at(oc, j)); st_sc(base + j, s); m = max(m, s); }}
+        m = reduce(m, lid.x, true);
+        var sum = 0.0;
+        for (var j = lid.x; j < L; j += 256u) {{ let p = exp(ld_sc(base + j) - m); st_sc(base + j, p); sum += p; }}
+        sum = reduce(sum, lid.x, false);
+        storageBarrier();
+        var bc: {barr};
+{bcs}        let i = oc[{br}];
+        for (var n = lid.x; n < N; n += 256u) {{
+            var acc = 0.0;
+            for (var j = 0u; j < L; j++) {{ acc += ld_sc(base + j) * fv(bc, j, n); }}
+            st_y(row * N + n, acc / sum);
+        }}
+        _ = i;
+        storageBarrier();
+    }}
+}}
+",
+        rows = rows.wgsl(),
+        len = len.wgsl(),
+        width = width.wgsl(),
+        unr = unravel("oc", "row", outer),
+        barr = arr(br),
+        bcs = (0..br).map(|i| format!("        bc[{i}] = oc[{i}];\n")).collect::<String>(),
+    );
+    let scratch = TempSpec { elems: kg.info.max_of(&rows).max(1) as usize * span as usize, phys: Phys::F32 };
+    let groups = [Groups { expr: rows, div: 1, cap: MAX_GROUPS }, Groups::fixed(1), Groups::fixed(1)];
+    let values = vec![("sc".to_string(), ArgOf::Temp(0)), ("y".to_string(), ArgOf::Value(out))];
+    let step = kg.finish("dyn_attention", &main, &(at + &helpers), values, [256, 1, 1], groups);
+    Ok(DynLowering::Steps { temps: vec![scratch], steps: vec![step] })
 }

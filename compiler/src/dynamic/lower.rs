@@ -16,6 +16,12 @@
 //!
 //! An anchor's operands may be inlined expressions: the RMSNorm scale in a
 //! matmul's A loads, the attention mask in the softmax's loads.
+//!
+//! Decode attention (a product of few query rows, a Softmax over its
+//! scores, a product with the values) becomes one kernel: the score
+//! product and the Softmax are `Fused` into the value product's kernel
+//! (`Plan::attention`), which computes scores on the fly from the query
+//! and key operands.
 
 use super::DynInfo;
 use super::kernels::{self, Gen, Groups};
@@ -32,12 +38,17 @@ pub enum Class {
     View,
     Inline,
     Kernel,
+    /// Computed inside another node's kernel (the score product and the
+    /// Softmax of a fused attention).
+    Fused,
 }
 
 /// The decision per dynamic node.
 #[derive(Debug, Default)]
 pub struct Plan {
     pub class: HashMap<NodeId, Class>,
+    /// Fused attentions: the value product → (its Softmax, the score product).
+    pub attention: HashMap<NodeId, (NodeId, NodeId)>,
 }
 
 /// A kernel argument of a dynamic kernel.
@@ -155,7 +166,77 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
             }
         }
     }
-    info.plan = Plan { class };
+    let attention = fuse_attention(g, info, &mut class, &consumers, &live);
+    info.plan = Plan { class, attention };
+}
+
+/// Most query rows per batch of a fused attention: decode (one row, or a
+/// few). Prefill's many rows keep their tiled products.
+const FUSED_ATTENTION_ROWS: i64 = 4;
+/// Longest reduction of the score product (the head size) it fuses.
+const FUSED_ATTENTION_DEPTH: i64 = 256;
+
+/// Finds `MatMul(Softmax(e(MatMul(q, k))), v)` with `e` inlined
+/// elementwise work (scale, mask) and few query rows; marks the inner
+/// product and the Softmax `Fused` into the outer product.
+fn fuse_attention(
+    g: &Graph,
+    info: &DynInfo,
+    class: &mut HashMap<NodeId, Class>,
+    consumers: &HashMap<ValueId, Vec<NodeId>>,
+    live: &[NodeId],
+) -> HashMap<NodeId, (NodeId, NodeId)> {
+    let mut fused = HashMap::new();
+    let producer: HashMap<ValueId, NodeId> =
+        live.iter().flat_map(|&id| g.nodes[id].outputs.iter().flatten().map(move |&v| (v, id))).collect();
+    for &sm in live {
+        let node = &g.nodes[sm];
+        if node.op_type != "Softmax" || class.get(&sm) != Some(&Class::Kernel) {
+            continue;
+        }
+        let (Some(Some(x)), Some(Some(probs))) = (node.inputs.first(), node.outputs.first()) else { continue };
+        // The value product reads the probabilities directly, as A.
+        let [av] = readers(g, class, consumers, *probs)[..] else { continue };
+        let av_node = &g.nodes[av];
+        if av_node.op_type != "MatMul" || class.get(&av) != Some(&Class::Kernel) || av_node.inputs[0] != Some(*probs) {
+            continue;
+        }
+        // The inlined expression under the Softmax, and the one product in it.
+        let mut tree = vec![];
+        let mut leaves = vec![];
+        let mut stack = vec![*x];
+        while let Some(v) = stack.pop() {
+            match producer.get(&v) {
+                Some(&p) if class.get(&p) == Some(&Class::Inline) => {
+                    tree.push(p);
+                    stack.extend(g.nodes[p].inputs.iter().flatten().copied());
+                }
+                _ => leaves.push(v),
+            }
+        }
+        let products: Vec<NodeId> = leaves
+            .iter()
+            .filter_map(|v| producer.get(v).copied())
+            .filter(|&p| g.nodes[p].op_type == "MatMul" && class.get(&p) == Some(&Class::Kernel))
+            .collect();
+        let [qk] = products[..] else { continue };
+        let scores = g.nodes[qk].outputs[0].expect("MatMul has an output");
+        let inside = |r: &NodeId| *r == sm || tree.contains(r);
+        if !readers(g, class, consumers, scores).iter().all(inside) {
+            continue;
+        }
+        let shape = info.shape(g, scores);
+        let a = g.nodes[qk].inputs[0].expect("MatMul has A");
+        let depth = info.shape(g, a).last().and_then(|d| d.as_const());
+        let rows = shape.len().checked_sub(2).and_then(|k| shape[k].as_const());
+        let f32 = [scores, *probs].iter().all(|&v| g.ty(v).dtype == drift_ops::DType::F32);
+        if rows.is_some_and(|m| m <= FUSED_ATTENTION_ROWS) && depth.is_some_and(|d| d <= FUSED_ATTENTION_DEPTH) && f32 {
+            class.insert(qk, Class::Fused);
+            class.insert(sm, Class::Fused);
+            fused.insert(av, (sm, qk));
+        }
+    }
+    fused
 }
 
 /// Most tensor elements one element of a value inlined into several readers
@@ -278,11 +359,14 @@ impl DynInfo {
         let node = &g.nodes[id];
         let err = |msg: String| Error::Node { node: node.name.clone(), op_type: node.op_type.clone(), msg };
         match class {
-            Class::ShapeOnly | Class::Inline => Ok(DynLowering::Skip),
+            Class::ShapeOnly | Class::Inline | Class::Fused => Ok(DynLowering::Skip),
             Class::View => Ok(DynLowering::Alias),
             Class::Kernel => {
                 let kg = Gen::new(g, self);
-                kernels::lower_node(kg, id).map_err(err)
+                match self.plan.attention.get(&id) {
+                    Some(&(sm, qk)) => kernels::attention(kg, id, sm, qk).map_err(err),
+                    None => kernels::lower_node(kg, id).map_err(err),
+                }
             }
         }
     }
@@ -291,7 +375,7 @@ impl DynInfo {
     pub fn materialized(&self, g: &Graph, v: ValueId) -> bool {
         match g.live_nodes().find(|(_, n)| n.outputs.contains(&Some(v))) {
             None => true,
-            Some((id, _)) => !matches!(self.plan.class.get(&id), Some(Class::Inline | Class::ShapeOnly)),
+            Some((id, _)) => !matches!(self.plan.class.get(&id), Some(Class::Inline | Class::ShapeOnly | Class::Fused)),
         }
     }
 }
