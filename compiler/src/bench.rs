@@ -135,8 +135,9 @@ fn profile(session: &mut Session, model: &Model, gpu: &Gpu) -> Result<Vec<Line>,
         samples.push(session.profile().map_err(|e| e.to_string())?);
     }
     let program = model.program_for(gpu.vendor(), |n| gpu.has(n)).map_err(|e| e.to_string())?;
-    Ok(program
-        .dispatches
+    // Bundles with stages (decode, prefill) time the last run's stage only.
+    let range = session.stage_dispatches();
+    Ok(program.dispatches[range]
         .iter()
         .enumerate()
         .map(|(i, d)| Line {

@@ -220,9 +220,15 @@ impl Session {
         &self.target
     }
 
-    /// Number of dispatches one run records.
+    /// Number of dispatches one run records (of the last run's stage).
     pub fn dispatches(&self) -> usize {
-        self.steps.len()
+        self.stage_dispatches().len()
+    }
+
+    /// The bundle dispatches (indices into the program's `dispatches`) that
+    /// a run of the last run's stage records; all of them without stages.
+    pub fn stage_dispatches(&self) -> std::ops::Range<usize> {
+        self.stages.get(self.last.0).map_or(0..self.steps.len(), |s| s.steps.clone())
     }
 
     /// Replays every dispatch on the inputs of the last run (no uploads, no

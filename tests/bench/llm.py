@@ -137,6 +137,29 @@ def drift_generate(drift: str, bundle: Path, n_prompt: int, new: int, vocab: int
     return float(m.group(2)), float(m.group(4)), m.group(5).strip()
 
 
+def profile_decode(drift: str, bundle: Path, cfg: dict, past: int, work: Path) -> str:
+    """`drift bench --profile` of one decode step on a cache of `past` positions:
+    per-kernel GPU times of the decode stage."""
+    head = cfg["hidden"] // cfg["heads"]
+    rng = np.random.default_rng(2)
+    inputs = {
+        "input_ids": rng.integers(0, cfg["vocab"], (1, 1)).astype(np.int64),
+        "attention_mask": np.ones((1, past + 1), np.int64),
+        "position_ids": np.full((1, 1), past, np.int64),
+        "sampling": np.array([0.0, 1.0, 0.5, 0.0], np.float32),
+    }
+    for layer in range(cfg["layers"]):
+        for kind in ("key", "value"):
+            inputs[f"past_key_values.{layer}.{kind}"] = rng.standard_normal(
+                (1, cfg["kv_heads"], past, head)).astype(np.float32)
+    flags = []
+    for name, value in inputs.items():
+        f = work / f"decode_{name}.npy"
+        np.save(f, value)
+        flags += ["--input", f"{name}={f}"]
+    return run([drift, "bench", "--trusted", str(bundle), *flags, "--profile", "--iters", "50"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--drift", default=str(ROOT / "target/release/drift"))
@@ -145,6 +168,7 @@ def main() -> int:
     ap.add_argument("--small", action="store_true", help="a 2-layer model, to check the script")
     ap.add_argument("--formats", default="f16,int4")
     ap.add_argument("--skip-torch", action="store_true", help="no copy bandwidth and PyTorch prefill")
+    ap.add_argument("--profile-dir", default=None, help="write a per-kernel profile of one decode step here")
     args = ap.parse_args()
     cfg = CONFIG_SMALL if args.small else CONFIG_1B
     work = Path(args.work)
@@ -172,6 +196,10 @@ def main() -> int:
                                    "weight_bytes_per_token": weight_bytes(cfg, fmt)}
         results["gpu"] = gpu
         print(f"{fmt}: decode {decode_tps:.1f} tokens/s, prefill {PREFILL} tokens {prefill_ms:.1f} ms", flush=True)
+        if args.profile_dir:
+            prof = profile_decode(args.drift, bundle, cfg, PROMPT + DECODE, work)
+            Path(args.profile_dir, f"llm_{fmt}_decode_profile.txt").write_text(prof)
+            print(prof.split("slowest dispatches")[0], flush=True)
 
     if args.skip_torch:
         print(json.dumps(results, indent=2))
