@@ -204,6 +204,9 @@ fn merge(mut a: Part, b: Part, shared: usize) -> Part {
     for (av, (sm, qk)) in b.info.plan.attention {
         a.info.plan.attention.insert(av + base, (sm + base, qk + base));
     }
+    for (first, second) in b.info.plan.paired {
+        a.info.plan.paired.insert(first + base, second + base);
+    }
     a
 }
 

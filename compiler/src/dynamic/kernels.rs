@@ -493,6 +493,37 @@ pub fn lower_node(mut kg: Gen, id: NodeId) -> R<DynLowering> {
     Ok(DynLowering::Steps { temps: vec![], steps: vec![step] })
 }
 
+/// Two injective nodes writing tensors of one shape (`lower::pair_concats`)
+/// in one kernel: one thread per element of both.
+pub fn injective_pair(mut kg: Gen, first: NodeId, second: NodeId) -> R<DynLowering> {
+    let outs = [first, second].map(|id| kg.g.nodes[id].outputs.first().copied().flatten());
+    let [Some(a), Some(b)] = outs else { return Err("a paired node has no output".into()) };
+    let shape = kg.shape(a);
+    let t = kg.phys(a).wgsl();
+    for (name, id) in [("root", first), ("root2", second)] {
+        let body = kg.compute(id)?;
+        kg.fns.push(format!("fn {name}(c: {}) -> {t} {{\n{body}}}\n", arr(shape.len())));
+    }
+    let n = numel(&shape);
+    let main = format!(
+        "@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let n = {};
+    for (var i = gid.x; i < n; i += nwg.x * 256u) {{
+{}        st_y(i, root(c));
+        st_z(i, root2(c));
+    }}
+}}
+",
+        n.wgsl(),
+        unravel("c", "i", &shape)
+    );
+    let groups = [Groups { expr: n, div: 256, cap: MAX_GROUPS }, Groups::fixed(1), Groups::fixed(1)];
+    let values = vec![("y".into(), ArgOf::Value(a)), ("z".into(), ArgOf::Value(b))];
+    let step = kg.finish("dyn_eltwise2", &main, "", values, [256, 1, 1], groups);
+    Ok(DynLowering::Steps { temps: vec![], steps: vec![step] })
+}
+
 /// One thread per output element, grid-stride over the dynamic count.
 fn injective(kg: Gen, out: ValueId, shape: &[Poly]) -> DynStep {
     let n = numel(shape);

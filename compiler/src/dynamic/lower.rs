@@ -41,6 +41,8 @@ pub enum Class {
     /// Computed inside another node's kernel (the score product and the
     /// Softmax of a fused attention).
     Fused,
+    /// A tensor written by another node's kernel (`Plan::paired`).
+    Paired,
 }
 
 /// The decision per dynamic node.
@@ -49,6 +51,9 @@ pub struct Plan {
     pub class: HashMap<NodeId, Class>,
     /// Fused attentions: the value product → (its Softmax, the score product).
     pub attention: HashMap<NodeId, (NodeId, NodeId)>,
+    /// Concats writing tensors of one shape in one dispatch (a decoder's
+    /// present key and value): the first → the second, which is `Paired`.
+    pub paired: HashMap<NodeId, NodeId>,
 }
 
 /// A kernel argument of a dynamic kernel.
@@ -167,7 +172,70 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
         }
     }
     let attention = fuse_attention(g, info, &mut class, &consumers, &live);
-    info.plan = Plan { class, attention };
+    let paired = pair_concats(g, info, &mut class, &live);
+    info.plan = Plan { class, attention, paired };
+}
+
+/// Pairs Concat kernels writing tensors of one shape and type, the second
+/// computable where the first runs (everything it reads is ready there, and
+/// none of it comes from the first): each pair is one dispatch. A decode
+/// step's present key and value are such a pair in every layer.
+fn pair_concats(
+    g: &Graph,
+    info: &DynInfo,
+    class: &mut HashMap<NodeId, Class>,
+    live: &[NodeId],
+) -> HashMap<NodeId, NodeId> {
+    let position: HashMap<NodeId, usize> = live.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let producer: HashMap<ValueId, NodeId> =
+        live.iter().flat_map(|&id| g.nodes[id].outputs.iter().flatten().map(move |&v| (v, id))).collect();
+    let concats: Vec<NodeId> = live
+        .iter()
+        .copied()
+        .filter(|id| g.nodes[*id].op_type == "Concat" && class.get(id) == Some(&Class::Kernel))
+        .collect();
+    let out = |id: NodeId| g.nodes[id].outputs[0].expect("Concat has an output");
+    let mut paired = HashMap::new();
+    let mut taken: HashSet<NodeId> = HashSet::new();
+    for (n, &a) in concats.iter().enumerate() {
+        if taken.contains(&a) {
+            continue;
+        }
+        let fits = |b: NodeId| {
+            g.ty(out(a)).dtype == g.ty(out(b)).dtype
+                && info.shape(g, out(a)) == info.shape(g, out(b))
+                && tensors_read(g, class, &producer, b)
+                    .iter()
+                    .all(|v| *v != out(a) && producer.get(v).is_none_or(|p| position[p] < position[&a]))
+        };
+        if let Some(&b) = concats[n + 1..].iter().find(|&&b| !taken.contains(&b) && fits(b)) {
+            taken.extend([a, b]);
+            class.insert(b, Class::Paired);
+            paired.insert(a, b);
+        }
+    }
+    paired
+}
+
+/// The tensors node `id`'s kernel loads: its operands, looking through
+/// inlined values and views to what they read.
+fn tensors_read(
+    g: &Graph,
+    class: &HashMap<NodeId, Class>,
+    producer: &HashMap<ValueId, NodeId>,
+    id: NodeId,
+) -> Vec<ValueId> {
+    let mut out = vec![];
+    let mut stack: Vec<ValueId> = g.nodes[id].inputs.iter().flatten().copied().collect();
+    while let Some(v) = stack.pop() {
+        match producer.get(&v) {
+            Some(p) if matches!(class.get(p), Some(Class::Inline | Class::View)) => {
+                stack.extend(g.nodes[*p].inputs.iter().flatten().copied());
+            }
+            _ => out.push(v),
+        }
+    }
+    out
 }
 
 /// Most query rows per batch of a fused attention: decode (one row, or a
@@ -359,14 +427,17 @@ impl DynInfo {
         let node = &g.nodes[id];
         let err = |msg: String| Error::Node { node: node.name.clone(), op_type: node.op_type.clone(), msg };
         match class {
-            Class::ShapeOnly | Class::Inline | Class::Fused => Ok(DynLowering::Skip),
+            Class::ShapeOnly | Class::Inline | Class::Fused | Class::Paired => Ok(DynLowering::Skip),
             Class::View => Ok(DynLowering::Alias),
             Class::Kernel => {
                 let kg = Gen::new(g, self);
-                match self.plan.attention.get(&id) {
-                    Some(&(sm, qk)) => kernels::attention(kg, id, sm, qk).map_err(err),
-                    None => kernels::lower_node(kg, id).map_err(err),
+                if let Some(&(sm, qk)) = self.plan.attention.get(&id) {
+                    return kernels::attention(kg, id, sm, qk).map_err(err);
                 }
+                if let Some(&second) = self.plan.paired.get(&id) {
+                    return kernels::injective_pair(kg, id, second).map_err(err);
+                }
+                kernels::lower_node(kg, id).map_err(err)
             }
         }
     }
