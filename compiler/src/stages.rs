@@ -207,6 +207,9 @@ fn merge(mut a: Part, b: Part, shared: usize) -> Part {
     for (first, second) in b.info.plan.paired {
         a.info.plan.paired.insert(first + base, second + base);
     }
+    for (product, means) in b.info.plan.prologue {
+        a.info.plan.prologue.insert(product + base, means.iter().map(|m| m + base).collect());
+    }
     a
 }
 

@@ -656,6 +656,39 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     Ok(kg.finish(&format!("dyn_{}", op.to_lowercase()), &main, &at, y, [256, 1, 1], groups))
 }
 
+/// The row-mean prologue of product `id` (`lower::fuse_row_means`), if it
+/// has one: each mean becomes a read of workgroup memory, and the returned
+/// WGSL defines that memory and `fn row_prologue(lane: u32)`, which the
+/// product's 256 threads call first to fill it (a strided sum per lane, a
+/// tree over the workgroup, as the row kernel computes it).
+fn row_prologue(kg: &mut Gen, id: NodeId) -> R<Option<String>> {
+    let Some(means) = kg.info.plan.prologue.get(&id).cloned() else { return Ok(None) };
+    let mut decl = String::from("var<workgroup> pro_red: array<f32, 256>;\n");
+    let mut body = String::from("fn row_prologue(lane: u32) {\n");
+    for (i, &m) in means.iter().enumerate() {
+        let node = &kg.g.nodes[m];
+        let x = node.inputs[0].ok_or("a mean without input")?;
+        let out = node.outputs[0].ok_or("a mean without output")?;
+        let xs = kg.shape(x);
+        let r = xs.len().max(1);
+        let outer = &xs[..xs.len().saturating_sub(1)];
+        let rows = numel(outer).as_const().ok_or("a prologue mean over a symbolic row count")?;
+        let len = xs.last().map_or("1u".to_string(), |d| d.wgsl());
+        let read = format!("    return pro_mean{i}[{}];\n", linear("c", &kg.shape(out)));
+        kg.custom.insert(out, read);
+        let f = kg.value(x)?;
+        decl += &format!("var<workgroup> pro_mean{i}: array<f32, {}>;\n", rows.max(1));
+        let copy: String = (0..outer.len()).map(|k| format!("        c[{k}] = oc[{k}];\n")).collect();
+        body += &format!(
+            "    for (var row = 0u; row < {rows}u; row++) {{\n{unr}        var c: {arr};\n{copy}        var acc = 0.0;\n        for (var j = lane; j < {len}; j += 256u) {{ c[{last}] = j; acc += {f}(c); }}\n        pro_red[lane] = acc;\n        workgroupBarrier();\n        for (var s = 128u; s > 0u; s >>= 1u) {{\n            if (lane < s) {{ pro_red[lane] += pro_red[lane + s]; }}\n            workgroupBarrier();\n        }}\n        if (lane == 0u) {{ pro_mean{i}[row] = pro_red[0] / f32({len}); }}\n        workgroupBarrier();\n    }}\n",
+            unr = unravel("oc", "row", outer),
+            arr = arr(r),
+            last = r - 1,
+        );
+    }
+    Ok(Some(decl + &body + "}\n"))
+}
+
 /// Helpers `fa(bc, m, k)` / `fb(bc, k, n)`: operand elements from the
 /// output's batch coordinates `bc` (broadcast into each operand's own).
 fn operand_fn(kg: &mut Gen, name: &str, v: ValueId, batch_rank: usize) -> R<String> {
@@ -685,17 +718,24 @@ fn matmul(mut kg: Gen, id: NodeId, out: ValueId) -> R<DynStep> {
     let (m, n) = (os[br].clone(), os[br + 1].clone());
     let k = kg.shape(a).last().cloned().expect("rank ≥ 2");
     let batch = numel(&os[..br]);
-    let mut helpers = operand_fn(&mut kg, "fa", a, br)?;
+    let prologue = row_prologue(&mut kg, id)?;
+    let mut helpers = prologue.clone().unwrap_or_default();
+    helpers += &operand_fn(&mut kg, "fa", a, br)?;
     helpers += &operand_fn(&mut kg, "fb", b, br)?;
     let dims = format!("    let M = {};\n    let N = {};\n    let K = {};\n", m.wgsl(), n.wgsl(), k.wgsl());
     let bc = unravel("bc", "z", &os[..br]);
     let small = m.as_const().is_some_and(|m| m <= 4);
+    if prologue.is_some() && !small {
+        return Err("a row-mean prologue on a product of many rows".into());
+    }
+    let call = if prologue.is_some() { "    row_prologue(li);\n" } else { "" };
     let (main, wg, groups) = if small {
         // Few rows (decode): one thread per output, looping over K.
         let main = format!(
             "@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
-{dims}    let total = {total};
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {{
+{call}{dims}    let total = {total};
     for (var o = gid.x; o < total; o += nwg.x * 256u) {{
         let col = o % N;
         let row = (o / N) % M;
@@ -776,6 +816,7 @@ fn qmatmul(mut kg: Gen, id: NodeId) -> R<DynStep> {
     let node = &kg.g.nodes[id];
     let fmt = nbits_format(&node.attrs)?;
     let a = node.inputs[0].ok_or("no A")?;
+    let prologue = row_prologue(&mut kg, id)?;
     let xs = kg.shape(a);
     let m = numel(&xs[..xs.len() - 1]);
     let f = kg.value(a)?;
@@ -788,13 +829,14 @@ fn qmatmul(mut kg: Gen, id: NodeId) -> R<DynStep> {
     }
     a_at += &format!("    x[{}] = k;\n    return {f}(x);\n}}\n", r - 1);
     let bias = node.inputs.get(4).copied().flatten().is_some();
-    let spec = QSpec { fmt, bias, custom_a: true };
+    let spec = QSpec { fmt, bias, custom_a: true, prologue: prologue.is_some() };
     let (kernel, groups) = match m.as_const() {
         Some(rows) if rows as usize <= nbits::GEMV_MAX_ROWS => {
             let k = nbits::gemv_kernel(&spec, rows.max(1) as usize);
             let w = k.workgroups;
             (k, [Groups::fixed(w[0]), Groups::fixed(w[1]), Groups::fixed(1)])
         }
+        _ if prologue.is_some() => return Err("a row-mean prologue on a product of many rows".into()),
         _ => {
             let k = nbits::gemm_kernel(&spec, &m.wgsl());
             (k, [Groups::fixed(fmt.n.div_ceil(nbits::GEMM_TILE) as u32), Groups::ceil(m, 64), Groups::fixed(1)])
@@ -813,7 +855,8 @@ fn qmatmul(mut kg: Gen, id: NodeId) -> R<DynStep> {
         })
         .collect::<R<_>>()?;
     // nbits' kernels define `main` after their helpers; ours go first.
-    Ok(kg.finish(&kernel.name, &kernel.body, &a_at, values, kernel.workgroup_size, groups))
+    let helpers = a_at + &prologue.unwrap_or_default();
+    Ok(kg.finish(&kernel.name, &kernel.body, &helpers, values, kernel.workgroup_size, groups))
 }
 
 /// Token sampling over the last position of logits of a dynamic length.

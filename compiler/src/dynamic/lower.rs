@@ -43,6 +43,9 @@ pub enum Class {
     Fused,
     /// A tensor written by another node's kernel (`Plan::paired`).
     Paired,
+    /// A row mean computed by each workgroup of the product reading it
+    /// (`Plan::prologue`).
+    Prologue,
 }
 
 /// The decision per dynamic node.
@@ -54,6 +57,9 @@ pub struct Plan {
     /// Concats writing tensors of one shape in one dispatch (a decoder's
     /// present key and value): the first → the second, which is `Paired`.
     pub paired: HashMap<NodeId, NodeId>,
+    /// Decode products that compute the row means their A operand reads (a
+    /// fused RMSNorm) in every workgroup before the product: product → means.
+    pub prologue: HashMap<NodeId, Vec<NodeId>>,
 }
 
 /// A kernel argument of a dynamic kernel.
@@ -173,7 +179,77 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
     }
     let attention = fuse_attention(g, info, &mut class, &consumers, &live);
     let paired = pair_concats(g, info, &mut class, &live);
-    info.plan = Plan { class, attention, paired };
+    let prologue = fuse_row_means(g, info, &mut class, &consumers, &attention, &live);
+    info.plan = Plan { class, attention, paired, prologue };
+}
+
+/// Most rows of a mean computed in a product's prologue (decode).
+const PROLOGUE_ROWS: i64 = 4;
+
+/// Finds last-axis ReduceMeans over few rows whose result reaches exactly
+/// one product, through inlined values of its A operand only (RMSNorm's
+/// mean of squares feeding the next projection): each workgroup of that
+/// product computes the means itself (a row of a few thousand elements,
+/// read from cache), which saves a dependent dispatch per norm.
+fn fuse_row_means(
+    g: &Graph,
+    info: &DynInfo,
+    class: &mut HashMap<NodeId, Class>,
+    consumers: &HashMap<ValueId, Vec<NodeId>>,
+    attention: &HashMap<NodeId, (NodeId, NodeId)>,
+    live: &[NodeId],
+) -> HashMap<NodeId, Vec<NodeId>> {
+    let mut fused: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    for &id in live {
+        let node = &g.nodes[id];
+        if node.op_type != "ReduceMean" || class.get(&id) != Some(&Class::Kernel) {
+            continue;
+        }
+        let (Some(Some(x)), Some(Some(mean))) = (node.inputs.first(), node.outputs.first()) else { continue };
+        let xs = info.shape(g, *x);
+        let rows = drift_ops::dims::numel(&xs[..xs.len().saturating_sub(1)]).as_const();
+        if !rows.is_some_and(|r| r <= PROLOGUE_ROWS) || g.ty(*x).dtype != drift_ops::DType::F32 {
+            continue;
+        }
+        // The anchors the mean reaches through inlined values.
+        let mut anchors = HashSet::new();
+        let mut stack = vec![*mean];
+        let mut through = HashSet::new();
+        while let Some(v) = stack.pop() {
+            for r in readers(g, class, consumers, v) {
+                match class.get(&r) {
+                    Some(Class::Inline) => {
+                        through.insert(r);
+                        stack.extend(g.nodes[r].outputs.iter().flatten().copied());
+                    }
+                    _ => {
+                        anchors.insert(r);
+                    }
+                }
+            }
+        }
+        let [product] = anchors.into_iter().collect::<Vec<_>>()[..] else { continue };
+        let p = &g.nodes[product];
+        let is_product = matches!((p.domain.as_str(), p.op_type.as_str()), ("", "MatMul") | ("ai.drift", "QMatMul"));
+        if !is_product || class.get(&product) != Some(&Class::Kernel) || attention.contains_key(&product) {
+            continue;
+        }
+        // Only A may carry it: B (input 1 on) reads neither the mean nor
+        // anything inlined from it.
+        let in_b = p.inputs.iter().skip(1).flatten().any(|v| {
+            *v == *mean || g.live_nodes().any(|(n, node)| through.contains(&n) && node.outputs.contains(&Some(*v)))
+        });
+        let a_rows = p.inputs[0].map(|a| {
+            let s = info.shape(g, a);
+            drift_ops::dims::numel(&s[..s.len().saturating_sub(1)]).as_const()
+        });
+        if in_b || !a_rows.flatten().is_some_and(|r| r <= PROLOGUE_ROWS) {
+            continue;
+        }
+        class.insert(id, Class::Prologue);
+        fused.entry(product).or_default().push(id);
+    }
+    fused
 }
 
 /// Pairs Concat kernels writing tensors of one shape and type, the second
@@ -427,7 +503,7 @@ impl DynInfo {
         let node = &g.nodes[id];
         let err = |msg: String| Error::Node { node: node.name.clone(), op_type: node.op_type.clone(), msg };
         match class {
-            Class::ShapeOnly | Class::Inline | Class::Fused | Class::Paired => Ok(DynLowering::Skip),
+            Class::ShapeOnly | Class::Inline | Class::Fused | Class::Paired | Class::Prologue => Ok(DynLowering::Skip),
             Class::View => Ok(DynLowering::Alias),
             Class::Kernel => {
                 let kg = Gen::new(g, self);
@@ -446,7 +522,10 @@ impl DynInfo {
     pub fn materialized(&self, g: &Graph, v: ValueId) -> bool {
         match g.live_nodes().find(|(_, n)| n.outputs.contains(&Some(v))) {
             None => true,
-            Some((id, _)) => !matches!(self.plan.class.get(&id), Some(Class::Inline | Class::ShapeOnly | Class::Fused)),
+            Some((id, _)) => !matches!(
+                self.plan.class.get(&id),
+                Some(Class::Inline | Class::ShapeOnly | Class::Fused | Class::Prologue)
+            ),
         }
     }
 }

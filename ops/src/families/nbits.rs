@@ -428,7 +428,7 @@ impl Op for QMatMul {
         if m == 0 {
             return Ok(Lowering::Kernels { temps: vec![], kernels: vec![] });
         }
-        let spec = QSpec { fmt: self.fmt, bias: cx.has_input(BIAS), custom_a: false };
+        let spec = QSpec { fmt: self.fmt, bias: cx.has_input(BIAS), custom_a: false, prologue: false };
         let kernel = if m <= GEMV_MAX_ROWS {
             gemv_kernel(&spec, m)
         } else {
@@ -455,6 +455,10 @@ pub struct QSpec {
     /// k of A, both in range) and binds A itself; otherwise A is argument
     /// `a`, dense `[M, K]`.
     pub custom_a: bool,
+    /// The caller also defines `fn row_prologue(lane: u32)`, which every
+    /// thread of a GEMV workgroup calls first (it may use barriers): it
+    /// computes per-row values that `a_at` reads (a fused RMSNorm's means).
+    pub prologue: bool,
 }
 
 impl QSpec {
@@ -572,7 +576,7 @@ var<workgroup> red: array<f32, {red}>;
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{
     let group = wid.x + wid.y * {gx}u;
     if (group >= {groups}u) {{ return; }}
-    let t = lid.x % T;
+{prologue}    let t = lid.x % T;
     let n = group * {per_group}u + lid.x / T;
     var acc: array<f32, {m}>;
     if (n < N) {{
@@ -598,6 +602,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         helpers = spec.helpers(),
         red = 256 * m,
         gx = workgroups[0],
+        prologue = if spec.prologue { "    row_prologue(lid.x);\n" } else { "" },
     );
     Kernel {
         name: format!("qgemv_{}", fmt_name(f)),
@@ -771,7 +776,7 @@ mod tests {
             (16, ZeroPoints::Default, false),
         ] {
             let fmt = WeightFormat { k: 70, n: 9, bits, group: 32, f16_scales, zero_points };
-            let spec = QSpec { fmt, bias: true, custom_a: false };
+            let spec = QSpec { fmt, bias: true, custom_a: false, prologue: false };
             assert!(gemv_kernel(&spec, 3).body.contains("fn main"));
             assert!(gemm_kernel(&spec, "M_EXPR").body.contains("let M = M_EXPR;"));
         }
