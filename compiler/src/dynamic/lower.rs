@@ -208,7 +208,7 @@ fn fuse_row_means(
         let (Some(Some(x)), Some(Some(mean))) = (node.inputs.first(), node.outputs.first()) else { continue };
         let xs = info.shape(g, *x);
         let rows = drift_ops::dims::numel(&xs[..xs.len().saturating_sub(1)]).as_const();
-        if !rows.is_some_and(|r| r <= PROLOGUE_ROWS) || g.ty(*x).dtype != drift_ops::DType::F32 {
+        if rows.is_none_or(|r| r > PROLOGUE_ROWS) || g.ty(*x).dtype != drift_ops::DType::F32 {
             continue;
         }
         // The anchors the mean reaches through inlined values.
@@ -243,7 +243,7 @@ fn fuse_row_means(
             let s = info.shape(g, a);
             drift_ops::dims::numel(&s[..s.len().saturating_sub(1)]).as_const()
         });
-        if in_b || !a_rows.flatten().is_some_and(|r| r <= PROLOGUE_ROWS) {
+        if in_b || a_rows.flatten().is_none_or(|r| r > PROLOGUE_ROWS) {
             continue;
         }
         class.insert(id, Class::Prologue);
