@@ -544,9 +544,16 @@ fn fmt_name(f: &WeightFormat) -> String {
     if f.bits == 16 { "f16".into() } else { format!("int{}", f.bits) }
 }
 
+/// Workgroups of a GEMV whose workgroups each run a prologue (`QSpec::
+/// prologue`): they loop over output groups, so the prologue's work (a
+/// row of A read per workgroup) stays a small multiple of one read of A
+/// however wide the product.
+const PROLOGUE_GROUPS: usize = 264;
+
 /// One workgroup of 256 threads computes `256 / T` outputs for all `m` rows
 /// of A: T threads walk one weight row word by word (coalesced), then a tree
-/// reduction in workgroup memory sums their partials.
+/// reduction in workgroup memory sums their partials. With a prologue, at
+/// most `PROLOGUE_GROUPS` workgroups loop over the output groups.
 pub fn gemv_kernel(spec: &QSpec, m: usize) -> Kernel {
     let f = &spec.fmt;
     let e = f.per_word();
@@ -555,7 +562,8 @@ pub fn gemv_kernel(spec: &QSpec, m: usize) -> Kernel {
     let t = kw.next_power_of_two().clamp(1, 64);
     let per_group = 256 / t;
     let groups = f.n.div_ceil(per_group);
-    let workgroups = grid_1d(groups, 1);
+    let workgroups = grid_1d(if spec.prologue { groups.min(PROLOGUE_GROUPS) } else { groups }, 1);
+    let stride = workgroups[0] as usize * workgroups[1] as usize;
     let guard_k = !f.k.is_multiple_of(e);
     let load_a = if guard_k {
         "fn la(m: u32, k: u32) -> f32 { if (k < K) { return a_at(m, k); } return 0.0; }\n"
@@ -574,9 +582,10 @@ var<workgroup> red: array<f32, {red}>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{
-    let group = wid.x + wid.y * {gx}u;
-    if (group >= {groups}u) {{ return; }}
-{prologue}    let t = lid.x % T;
+    let first = wid.x + wid.y * {gx}u;
+    if (first >= {groups}u) {{ return; }}
+{prologue}    for (var group = first; group < {groups}u; group += {stride}u) {{
+    let t = lid.x % T;
     let n = group * {per_group}u + lid.x / T;
     var acc: array<f32, {m}>;
     if (n < N) {{
@@ -596,6 +605,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }}
     if (t == 0u && n < N) {{
         for (var r = 0u; r < {m}u; r++) {{ st_y(r * N + n, red[r * 256u + lid.x] + bias_of(n)); }}
+    }}
+    workgroupBarrier();
     }}
 }}
 ",
