@@ -118,14 +118,16 @@ impl Product {
         self.rows.div_ceil(bm) * self.cols.div_ceil(bn) * self.batch
     }
 
-    /// The largest tile that still gives `fill` workgroups; when none does,
-    /// the last (smallest) tile with the reduction split into enough parts
-    /// to fill the GPU, each at least `MIN_SLICES` slices of `bk` long and
-    /// at most `MAX_PARTS` of them. On an H100 small products are bound by
-    /// the latency of their serial reduction loop, so many short parts win
-    /// (the sweep of `tests/bench/tune.py`, docs/benchmarks.md). `forced`
-    /// (from `--tune`) replaces the choice of tile; `tuning.split` the
-    /// choice of split.
+    /// The largest tile but the last that still gives `fill` workgroups unsplit; when
+    /// none does, the next-to-last tile with the reduction split into
+    /// enough parts to fill the GPU, each at least `MIN_SLICES` slices of
+    /// `bk` long and at most `MAX_PARTS` of them: on an H100 small products
+    /// are bound by the latency of their serial reduction loop, so many
+    /// short parts win (the sweep of `tests/bench/tune.py`,
+    /// docs/benchmarks.md). The last (smallest) tile takes over where the
+    /// reduction is too short to split and it gives at least twice the
+    /// workgroups (a 192x784 product over 32). `forced` (from `--tune`)
+    /// replaces the choice of tile; `tuning.split` the choice of split.
     fn choose<T: Copy>(
         &self,
         tiles: &[T],
@@ -135,25 +137,32 @@ impl Product {
     ) -> (T, Split) {
         let tuning = target.tuning;
         let fill = tuning.fill.unwrap_or(target.fill);
-        let tile = forced.unwrap_or_else(|| {
-            tiles
-                .iter()
-                .copied()
-                .find(|t| {
-                    let (bm, bn, _) = dims(t);
-                    self.groups(bm, bn) >= fill
-                })
-                .unwrap_or(*tiles.last().expect("targets with products have tiles"))
-        });
-        let (bm, bn, bk) = dims(&tile);
-        let groups = self.groups(bm, bn);
         let slices = tuning.min_slices.unwrap_or(MIN_SLICES);
-        let most = (self.k / (slices * bk)).min(MAX_PARTS).min(MAX_GROUPS / self.batch.max(1)).max(1);
-        let parts = match tuning.split {
-            Some(s) => s.min(self.k.div_ceil(bk)).min(MAX_GROUPS / self.batch.max(1)).max(1),
-            None if groups >= fill => 1,
-            None => fill.div_ceil(groups).min(most),
+        // Parts a tile's reduction splits into, and the workgroups then.
+        let parts_of = |t: &T| {
+            let (bm, bn, bk) = dims(t);
+            let groups = self.groups(bm, bn);
+            let most = (self.k / (slices * bk)).min(MAX_PARTS).min(MAX_GROUPS / self.batch.max(1)).max(1);
+            let parts = match tuning.split {
+                Some(s) => s.min(self.k.div_ceil(bk)).min(MAX_GROUPS / self.batch.max(1)).max(1),
+                None if groups >= fill => 1,
+                None => fill.div_ceil(groups).min(most),
+            };
+            (parts, groups * parts)
         };
+        let tile = forced.unwrap_or_else(|| {
+            let last = *tiles.last().expect("targets with products have tiles");
+            // The smallest tile is only for what cannot split (below).
+            let unsplit = tiles[..tiles.len().max(2) - 1].iter().copied().find(|t| {
+                let (bm, bn, _) = dims(t);
+                self.groups(bm, bn) >= fill
+            });
+            let split_tile = tiles.len().checked_sub(2).map_or(last, |i| tiles[i]);
+            let (_, wide) = parts_of(&split_tile);
+            let (_, small) = parts_of(&last);
+            unsplit.unwrap_or(if 2 * wide < fill && small >= 2 * wide { last } else { split_tile })
+        });
+        let (parts, _) = parts_of(&tile);
         (tile, Split { parts, in_kernel: tuning.split_in_kernel.unwrap_or(true) })
     }
 
@@ -489,13 +498,15 @@ struct CoopTile {
     wn: usize,
 }
 
-/// Largest first; the last is the tile of split products: in the H100
-/// sweep 64x32 tiles of four warps, split to about 400 workgroups, beat
-/// 32x32 and 64x64 tiles on every small product but one.
+/// Largest first; the next-to-last is the tile of split products: in the
+/// H100 sweep 64x32 tiles of four warps, split to about 400 workgroups,
+/// beat 32x32 and 64x64 tiles on every small product but one. 32x32 serves
+/// reductions too short to split (see `Product::choose`).
 const COOP_TILES: &[CoopTile] = &[
     CoopTile { bm: 128, bn: 128, bk: 32, wm: 64, wn: 32 },
     CoopTile { bm: 64, bn: 64, bk: 32, wm: 32, wn: 32 },
     CoopTile { bm: 64, bn: 32, bk: 32, wm: 32, wn: 16 },
+    CoopTile { bm: 32, bn: 32, bk: 32, wm: 16, wn: 16 },
 ];
 
 /// f16 halves of padding per workgroup-memory row: 16 bytes keeps rows

@@ -85,12 +85,14 @@ pub struct Target {
 /// NVIDIA, from the H100 sweep (`tests/bench/tune.py`): 128x128 for
 /// products that fill the GPU, then 128x64 (a 1024x768 product ran 1.7x
 /// faster than on 128x128 tiles, which left SMs idle); smaller products
-/// split their reduction over 64x64 tiles (2-3x faster than 32x32 ones
-/// split less, on ResNet-50 and BERT shapes at batch 1).
+/// split their reduction over 64x64 tiles (1.4-2.5x faster than 32x32 ones
+/// split less, on ResNet-50 and BERT shapes at batch 1); 32x32 where the
+/// reduction is too short to split.
 const NVIDIA_TILES: &[Tile] = &[
     Tile { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 },
     Tile { bm: 128, bn: 64, bk: 16, tm: 8, tn: 4 },
     Tile { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+    Tile { bm: 32, bn: 32, bk: 32, tm: 2, tn: 2 },
 ];
 /// Tiles for desktop GPUs with 32-wide warps and 48+ KiB of shared memory.
 const DESKTOP_TILES: &[Tile] = &[
