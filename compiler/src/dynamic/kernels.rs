@@ -504,42 +504,34 @@ pub fn injective_pair(mut kg: Gen, first: NodeId, second: NodeId) -> R<DynLoweri
         let body = kg.compute(id)?;
         kg.fns.push(format!("fn {name}(c: {}) -> {t} {{\n{body}}}\n", arr(shape.len())));
     }
-    let n = numel(&shape);
-    let main = format!(
-        "@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
-    let n = {};
-    for (var i = gid.x; i < n; i += nwg.x * 256u) {{
-{}        st_y(i, root(c));
-        st_z(i, root2(c));
-    }}
-}}
-",
-        n.wgsl(),
-        unravel("c", "i", &shape)
-    );
-    let groups = [Groups { expr: n, div: 256, cap: MAX_GROUPS }, Groups::fixed(1), Groups::fixed(1)];
+    let (main, groups) = grid_stride(&shape, "        st_y(i, root(c));\n        st_z(i, root2(c));\n");
     let values = vec![("y".into(), ArgOf::Value(a)), ("z".into(), ArgOf::Value(b))];
     let step = kg.finish("dyn_eltwise2", &main, "", values, [256, 1, 1], groups);
     Ok(DynLowering::Steps { temps: vec![], steps: vec![step] })
 }
 
-/// One thread per output element, grid-stride over the dynamic count.
-fn injective(kg: Gen, out: ValueId, shape: &[Poly]) -> DynStep {
+/// A `main` of 256-thread workgroups running `stores` (which sees the
+/// element index `i` and its coordinates `c` in `shape`) once per element,
+/// grid-stride over the dynamic count, and its grid.
+fn grid_stride(shape: &[Poly], stores: &str) -> (String, [Groups; 3]) {
     let n = numel(shape);
     let main = format!(
         "@compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
     let n = {};
     for (var i = gid.x; i < n; i += nwg.x * 256u) {{
-{}        st_y(i, root(c));
-    }}
+{}{stores}    }}
 }}
 ",
         n.wgsl(),
         unravel("c", "i", shape)
     );
-    let groups = [Groups { expr: n, div: 256, cap: MAX_GROUPS }, Groups::fixed(1), Groups::fixed(1)];
+    (main, [Groups { expr: n, div: 256, cap: MAX_GROUPS }, Groups::fixed(1), Groups::fixed(1)])
+}
+
+/// One thread per output element, grid-stride over the dynamic count.
+fn injective(kg: Gen, out: ValueId, shape: &[Poly]) -> DynStep {
+    let (main, groups) = grid_stride(shape, "        st_y(i, root(c));\n");
     kg.finish("dyn_eltwise", &main, "", vec![("y".into(), ArgOf::Value(out))], [256, 1, 1], groups)
 }
 
