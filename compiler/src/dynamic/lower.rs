@@ -365,8 +365,23 @@ fn fuse_attention(
             .collect();
         let [qk] = products[..] else { continue };
         let scores = g.nodes[qk].outputs[0].expect("MatMul has an output");
+        // The scores and everything inlined from them (not the mask, which
+        // other layers may share) feed only this Softmax: once fused, nothing
+        // else could compute them.
+        let mut from_scores: HashSet<ValueId> = HashSet::from([scores]);
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for &n in &tree {
+                if g.nodes[n].inputs.iter().flatten().any(|v| from_scores.contains(v)) {
+                    for &o in g.nodes[n].outputs.iter().flatten() {
+                        grew |= from_scores.insert(o);
+                    }
+                }
+            }
+        }
         let inside = |r: &NodeId| *r == sm || tree.contains(r);
-        if !readers(g, class, consumers, scores).iter().all(inside) {
+        if !from_scores.iter().all(|&v| readers(g, class, consumers, v).iter().all(inside)) {
             continue;
         }
         let shape = info.shape(g, scores);
