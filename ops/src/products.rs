@@ -51,13 +51,14 @@ pub(crate) struct Product {
     /// operand has none), plus whatever they call. Their arguments are
     /// always in range: the kernels clamp them.
     pub address: String,
-    /// Optionally, B addressed in two steps (implicit-GEMM convolutions): a
-    /// thread's tile columns stay the same over the reduction, so what
-    /// depends on the column alone is computed once, before the loop:
-    /// `fn b_col(bi: u32, c: u32) -> vec4<i32>`, and per element `fn
-    /// load_b_col(bi: u32, s: vec4<i32>, k: u32) -> f32`, which together
-    /// equal `load_b`. Used where B's loading threads run along columns.
-    pub b_column: Option<String>,
+    /// Whether `address` also addresses B in two steps (implicit-GEMM
+    /// convolutions): a thread's tile columns stay the same over the
+    /// reduction, so what depends on the column alone is computed once,
+    /// before the loop, by `fn b_col(bi: u32, c: u32) -> S` (any state type
+    /// `S`), and per element by `fn load_b_col(bi: u32, s: S, k: u32) ->
+    /// f32`; together they equal `load_b`. Used where B's loading threads
+    /// run along columns.
+    pub b_column: bool,
     pub operand_args: Vec<KernelArg>,
     /// `fn epilogue(bi: u32, r: u32, c: u32, v: f32)` and its arguments.
     pub epilogue: String,
@@ -91,6 +92,11 @@ impl Split {
 
     fn is_split(&self) -> bool {
         self.parts > 1
+    }
+
+    /// Whether the parts meet in the product kernel itself.
+    fn meets_in_kernel(&self) -> bool {
+        self.is_split() && self.in_kernel
     }
 
     /// Whether the product kernel runs the epilogue (unsplit, or the last
@@ -205,16 +211,20 @@ impl Product {
         format!("((bi * {}u + {s}) * {}u + {r}) * {}u + {c}", split.parts, self.rows, self.cols)
     }
 
-    /// The end of a product kernel whose parts meet in it: after storing
-    /// its partial sums, each workgroup counts its arrival at its output
-    /// tile's counter; the last to arrive adds the parts of the outputs
-    /// `outputs` (each thread's, as WGSL row and column expressions), runs
-    /// the epilogue and resets the counter for the next run. The storage
-    /// barriers are device-scope release (before counting) and acquire
-    /// (before reading the other parts).
-    fn meet_in_kernel(&self, split: Split, outputs: &[(String, String)]) -> String {
+    /// The end of a product kernel whose parts meet in it (nothing
+    /// otherwise): after storing its partial sums, each workgroup of the
+    /// `gx x gy` grid counts its arrival at its output tile's counter; the
+    /// last to arrive adds the parts of the outputs `outputs` (each
+    /// thread's, as WGSL row and column expressions), runs the epilogue and
+    /// resets the counter for the next run. The storage barriers are
+    /// device-scope release (before counting) and acquire (before reading
+    /// the other parts).
+    fn meet_in_kernel(&self, split: Split, gx: u32, gy: u32, outputs: &[(String, String)]) -> String {
+        if !split.meets_in_kernel() {
+            return String::new();
+        }
         let mut s = format!(
-            "    storageBarrier();\n    if (tid == 0u) {{ arrived = atomic_add_count(tile, 1u); }}\n    if (workgroupUniformLoad(&arrived) == {}u) {{\n        storageBarrier();\n",
+            "    let tile = (bi * {gy}u + wid.y) * {gx}u + wid.x;\n    storageBarrier();\n    if (tid == 0u) {{ arrived = atomic_add_count(tile, 1u); }}\n    if (workgroupUniformLoad(&arrived) == {}u) {{\n        storageBarrier();\n",
             split.parts - 1
         );
         for (r, c) in outputs {
@@ -226,12 +236,6 @@ impl Product {
             );
         }
         s + "        if (tid == 0u) { atomic_store_count(tile, 0u); }\n    }\n"
-    }
-
-    /// WGSL declaring `tile` (the workgroup's output tile, counting over
-    /// batches) and the arrival order shared by its threads.
-    fn tile_id(gx: u32, gy: u32) -> String {
-        format!("    let tile = (bi * {gy}u + wid.y) * {gx}u + wid.x;\n")
     }
 
     /// The epilogue's arguments, its outputs marked stored once: every
@@ -250,7 +254,7 @@ impl Product {
         if split.is_split() {
             args.push(KernelArg::new("part", crate::TensorRef::Temp(self.part_temp)));
         }
-        if split.is_split() && split.in_kernel {
+        if split.meets_in_kernel() {
             args.push(KernelArg::new("count", crate::TensorRef::Temp(self.part_temp + 1)).atomic());
         }
         if split.epilogue_in_main() {
@@ -259,15 +263,14 @@ impl Product {
         args
     }
 
-    /// The helpers every kernel of this product needs besides the operand
-    /// addressing: the epilogue where it runs, the arrival order of an
-    /// in-kernel meeting.
+    /// The helpers the product kernel needs: the operand addressing, the
+    /// epilogue where it runs, the arrival order of an in-kernel meeting.
     fn main_helpers(&self, split: Split) -> String {
-        let mut s = String::new();
+        let mut s = self.address.clone();
         if split.epilogue_in_main() {
             s += &self.epilogue;
         }
-        if split.is_split() && split.in_kernel {
+        if split.meets_in_kernel() {
             s += "var<workgroup> arrived: u32;\n";
         }
         s
@@ -296,7 +299,7 @@ impl Product {
         let total = extent * bk;
         // Column state, when the load has one and this share's column is
         // fixed over the loop (threads along the extent).
-        let column = load == "load_b" && !k_fast && self.b_column.is_some();
+        let column = load == "load_b" && !k_fast && self.b_column;
         for j in 0..total.div_ceil(threads) {
             let e = format!("(tid + {}u)", j * threads);
             // A share past the tile's end (threads not dividing it) loads
@@ -386,7 +389,7 @@ pub(crate) fn tiled(p: &Product, target: &Target) -> Result<ProductKernels> {
     // along k, so their stores spread over banks (a whole vec4 if read so).
     let pad = if vec { 4 } else { 1 };
     let (sa, sb) = (t.bm + pad * usize::from(p.a_k_fast), t.bn + pad * usize::from(p.b_k_fast));
-    let mut s = p.address.clone() + p.b_column.as_deref().unwrap_or("") + &p.main_helpers(split);
+    let mut s = p.main_helpers(split);
     if vec {
         s += &format!(
             "var<workgroup> ta: array<vec4<f32>, {}>;\nvar<workgroup> tb: array<vec4<f32>, {}>;\n",
@@ -468,12 +471,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             s += &format!("    {}\n", p.store(split, &format!("rr{i}"), &format!("cc{j}"), &format!("acc{i}_{j}")));
         }
     }
-    if split.is_split() && split.in_kernel {
-        let outputs: Vec<(String, String)> =
-            (0..t.tm).flat_map(|i| (0..t.tn).map(move |j| (format!("rr{i}"), format!("cc{j}")))).collect();
-        s += &Product::tile_id(gx, gy);
-        s += &p.meet_in_kernel(split, &outputs);
-    }
+    let outputs: Vec<(String, String)> =
+        (0..t.tm).flat_map(|i| (0..t.tn).map(move |j| (format!("rr{i}"), format!("cc{j}")))).collect();
+    s += &p.meet_in_kernel(split, gx, gy, &outputs);
     s += "}\n";
     let main = Kernel {
         name: p.name.clone(),
@@ -527,8 +527,6 @@ pub(crate) fn cooperative(p: &Product, target: &Target) -> Result<ProductKernels
     let gz = check_groups("batches", p.batch * split.parts)?;
     let (sa, sb) = (t.bk + COOP_PAD, t.bn + COOP_PAD);
     let mut s = "enable f16;\nenable wgpu_cooperative_matrix;\n".to_string();
-    s += &p.address;
-    s += p.b_column.as_deref().unwrap_or("");
     s += &p.main_helpers(split);
     s += &format!(
         "var<workgroup> ta: array<f16, {}>;\nvar<workgroup> tb: array<f16, {}>;\nvar<workgroup> tc: array<f32, {}>;\n",
@@ -602,6 +600,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     s += "        workgroupBarrier();\n    }\n";
     // Each warp's 16x16 staging area; lanes take 256 / subgroup elements.
     let per_lane = 256usize.div_ceil(subgroup);
+    let mut outputs = vec![];
     for i in 0..fm {
         for j in 0..fn_ {
             s += &format!("    coopStoreT(acc{i}_{j}, &tc[warp * 256u], 16u);\n    workgroupBarrier();\n");
@@ -613,26 +612,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     "    {{ let r = {r}; let c = {c}; let v = tc[warp * 256u + {idx}]; {} }}\n",
                     p.store(split, "r", "c", "v")
                 );
+                outputs.push((r, c));
             }
             s += "    workgroupBarrier();\n";
         }
     }
-    if split.is_split() && split.in_kernel {
-        let mut outputs = vec![];
-        for i in 0..fm {
-            for j in 0..fn_ {
-                for e in 0..per_lane {
-                    let idx = format!("(lane + {}u)", e * subgroup);
-                    outputs.push((
-                        format!("r0 + wr + {}u + {idx} / 16u", i * 16),
-                        format!("c0 + wc + {}u + {idx} % 16u", j * 16),
-                    ));
-                }
-            }
-        }
-        s += &Product::tile_id(gx, gy);
-        s += &p.meet_in_kernel(split, &outputs);
-    }
+    s += &p.meet_in_kernel(split, gx, gy, &outputs);
     s += "}\n";
     let main = Kernel {
         name: format!("{}_coop", p.name),
@@ -751,7 +736,7 @@ mod tests {
             a_k_fast: true,
             b_k_fast: false,
             part_temp: 0,
-            b_column: None,
+            b_column: false,
         }
     }
 

@@ -527,37 +527,16 @@ fn epilogue(bi: u32, r: u32, c: u32, o: u32, v: {t}) {{ st_y(o, v); }}
 /// A forward float convolution on the tiled product kernels (targets with
 /// workgroup memory): rows are a group's output channels, columns the
 /// output positions of every image, the reduction index `k` is input
-/// channel x taps, split into its coordinates in `b_at`.
+/// channel x taps, split into its coordinates by `conv_columns`.
 fn conv_tiled(g: &Geom, has_bias: bool, target: &crate::Target) -> Result<Lowering> {
     use crate::products::{Product, cooperative, tiled};
     let r = g.ins.len();
     let (cg, mg) = (g.cg(), g.mg());
-    let (insp, ksp, outsp): (usize, usize, usize) =
-        (g.ins.iter().product(), g.ks.iter().product(), g.outs.iter().product());
-    let (ist, kst, ost) = (strides(&g.ins), strides(&g.ks), strides(&g.outs));
-    let outsp = outsp.max(1);
-    // Input coordinates from the output position and the tap; outside the
-    // input (padding) the element is 0, read from a clamped place.
-    let mut load_b = format!(
-        "fn load_b(bi: u32, c: u32, k: u32) -> f32 {{\n    let n = c / {outsp}u;\n    let o = c % {outsp}u;\n    let ic = k / {ksp}u;\n    let t = k % {ksp}u;\n    _ = t;\n    var inside = true;\n    var at = (n * {}u + bi * {cg}u + ic) * {insp}u;\n",
-        g.c
-    );
-    for d in 0..r {
-        load_b += &format!(
-            "    let i{d} = i32(((o / {}u) % {}u) * {}u + ((t / {}u) % {}u) * {}u) - {};\n    inside = inside && i{d} >= 0 && i{d} < {};\n    at = at + u32(clamp(i{d}, 0, {})) * {}u;\n",
-            ost[d],
-            g.outs[d],
-            g.strides[d],
-            kst[d],
-            g.ks[d],
-            g.dil[d],
-            g.pad[d],
-            g.ins[d],
-            g.ins[d].max(1) - 1,
-            ist[d]
-        );
-    }
-    load_b += "    return select(0.0, ld_x(at), inside);\n}\n";
+    let ksp: usize = g.ks.iter().product();
+    let outsp = g.outs.iter().product::<usize>().max(1);
+    // B through its column state (`conv_columns`), whole or in two steps.
+    let load_b =
+        conv_columns(g) + "fn load_b(bi: u32, c: u32, k: u32) -> f32 { return load_b_col(bi, b_col(bi, c), k); }\n";
     let address = format!(
         "fn load_a(bi: u32, r: u32, k: u32) -> f32 {{ return ld_w((bi * {mg}u + r) * {}u + k); }}\n{load_b}",
         cg * ksp
@@ -579,7 +558,7 @@ fn conv_tiled(g: &Geom, has_bias: bool, target: &crate::Target) -> Result<Loweri
         k: cg * ksp,
         batch: g.group,
         address,
-        b_column: conv_columns(g),
+        b_column: true,
         operand_args: vec![KernelArg::new("w", TensorRef::Input(1)), KernelArg::new("x", TensorRef::Input(0))],
         epilogue,
         epilogue_args,
@@ -594,17 +573,15 @@ fn conv_tiled(g: &Geom, has_bias: bool, target: &crate::Target) -> Result<Loweri
 /// `b_col` and `load_b_col` of a convolution (see `Product::b_column`): the
 /// column state is the input plane's base index and the window's corner per
 /// spatial dimension, so per element only the tap's coordinates remain.
-/// Bounds checks appear only where a window can leave the input (inputs the
-/// layout pass padded need none). Up to three spatial dimensions.
-fn conv_columns(g: &Geom) -> Option<String> {
+/// Outside the input (padding) an element is 0, read from a clamped place;
+/// bounds checks appear only where a window can leave the input (inputs the
+/// layout pass padded need none).
+fn conv_columns(g: &Geom) -> String {
     let r = g.ins.len();
-    if r == 0 || r > 3 {
-        return None;
-    }
     let (insp, ksp, outsp): (usize, usize, usize) =
         (g.ins.iter().product(), g.ks.iter().product(), g.outs.iter().product::<usize>().max(1));
     let (ist, kst, ost) = (strides(&g.ins), strides(&g.ks), strides(&g.outs));
-    let lanes = ["y", "z", "w"];
+    let state = format!("array<i32, {}>", r + 1);
     // Coordinate `d` of flat index `x` over extents `ext` with strides `st`,
     // without the division or modulo that cannot matter.
     let coord = |x: &str, d: usize, st: &[usize], ext: &[usize]| match (d == 0, d + 1 == ext.len()) {
@@ -614,33 +591,28 @@ fn conv_columns(g: &Geom) -> Option<String> {
         (false, false) => format!("(({x} / {}u) % {}u)", st[d], ext[d]),
     };
     let mut col = format!(
-        "fn b_col(bi: u32, c: u32) -> vec4<i32> {{\n    let n = c / {outsp}u;\n    let o = c % {outsp}u;\n    var s = vec4<i32>(i32((n * {}u + bi * {}u) * {insp}u), 0, 0, 0);\n",
+        "fn b_col(bi: u32, c: u32) -> {state} {{\n    let n = c / {outsp}u;\n    let o = c % {outsp}u;\n    _ = o;\n    var s: {state};\n    s[0] = i32((n * {}u + bi * {}u) * {insp}u);\n",
         g.c,
         g.cg()
     );
-    for (d, lane) in lanes.iter().enumerate().take(r) {
+    for d in 0..r {
         let corner = coord("o", d, &ost, &g.outs);
-        col += &format!("    s.{lane} = i32({corner} * {}u) - {};\n", g.strides[d], g.pad[d]);
+        col += &format!("    s[{}] = i32({corner} * {}u) - {};\n", d + 1, g.strides[d], g.pad[d]);
     }
     col += "    return s;\n}\n";
-    let checked: Vec<bool> = (0..r)
-        .map(|d| {
-            let reach = ((g.outs[d].max(1) - 1) * g.strides[d] + (g.ks[d] - 1) * g.dil[d]) as i64 - g.pad[d];
-            g.pad[d] > 0 || reach >= g.ins[d] as i64
-        })
-        .collect();
-    let mut ld = String::from("fn load_b_col(bi: u32, s: vec4<i32>, k: u32) -> f32 {\n");
+    let mut ld = format!("fn load_b_col(bi: u32, s: {state}, k: u32) -> f32 {{\n");
     ld += &if ksp == 1 {
         "    let ic = k;\n".to_string()
     } else {
         format!("    let ic = k / {ksp}u;\n    let t = k % {ksp}u;\n")
     };
-    let mut at = format!("u32(s.x) + ic * {insp}u");
+    let mut at = format!("u32(s[0]) + ic * {insp}u");
     let mut inside = vec![];
-    for (d, lane) in lanes.iter().enumerate().take(r) {
+    for d in 0..r {
         let tap = if g.ks[d] == 1 { "0u".to_string() } else { coord("t", d, &kst, &g.ks) };
-        ld += &format!("    let i{d} = s.{lane} + i32({tap} * {}u);\n", g.dil[d]);
-        if checked[d] {
+        ld += &format!("    let i{d} = s[{}] + i32({tap} * {}u);\n", d + 1, g.dil[d]);
+        let (low, high) = window_leaves_input(g, d);
+        if low || high {
             inside.push(format!("i{d} >= 0 && i{d} < {}", g.ins[d]));
             at += &format!(" + u32(clamp(i{d}, 0, {})) * {}u", g.ins[d].max(1) - 1, ist[d]);
         } else {
@@ -652,7 +624,14 @@ fn conv_columns(g: &Geom) -> Option<String> {
     } else {
         format!("    return select(0.0, ld_x({at}), {});\n}}\n", inside.join(" && "))
     };
-    Some(col + &ld)
+    col + &ld
+}
+
+/// Whether a forward convolution's windows reach below 0 and past the end
+/// of the input along spatial dimension `d`.
+fn window_leaves_input(g: &Geom, d: usize) -> (bool, bool) {
+    let reach = ((g.outs[d].max(1) - 1) * g.strides[d] + (g.ks[d] - 1) * g.dil[d]) as i64 - g.pad[d];
+    (g.pad[d] > 0, reach >= g.ins[d] as i64)
 }
 
 /// Input coordinate feeding output coordinate `o` through kernel tap `k`
@@ -737,7 +716,7 @@ fn tap_loops(g: &Geom, d: usize, inner: &str, indent: usize) -> String {
     }
     let body_indent = indent + 4;
     let p2 = " ".repeat(body_indent);
-    let (ind, dil, st, pb) = (g.ins[d], g.dil[d], g.strides[d], g.pad[d]);
+    let (ind, dil, st) = (g.ins[d], g.dil[d], g.strides[d]);
     if g.transpose {
         // o = i * s - pad + k * dil  =>  i = (o + pad - k * dil) / s
         s += &format!("{p2}let t{d} = b{d} - i32(k{d} * {dil}u);\n");
@@ -749,9 +728,7 @@ fn tap_loops(g: &Geom, d: usize, inner: &str, indent: usize) -> String {
         s += &format!("{p2}if ({}) {{ continue; }}\n", conds.join(" || "));
         s += &format!("{p2}let i{d} = u32(t{d}) / {st}u;\n");
     } else {
-        let lo_check = pb > 0;
-        let max_reach = ((g.outs[d].max(1) - 1) * st + (g.ks[d] - 1) * dil) as i64 - pb;
-        let hi_check = max_reach >= ind as i64;
+        let (lo_check, hi_check) = window_leaves_input(g, d);
         if lo_check || hi_check {
             s += &format!("{p2}let t{d} = b{d} + i32(k{d} * {dil}u);\n");
             let mut conds = vec![];

@@ -287,7 +287,7 @@ fn load_b(bi: u32, c: u32, k: u32) -> f32 {{ return ld_{}(batch_b(bi) + c * {}u 
             a_k_fast: self.a.s_k == 1,
             b_k_fast: self.b.s_k == 1,
             part_temp: 0,
-            b_column: None,
+            b_column: false,
         }
     }
 
