@@ -608,15 +608,15 @@ fn conv_columns(g: &Geom) -> String {
     };
     let mut at = format!("u32(s[0]) + ic * {insp}u");
     let mut inside = vec![];
-    for d in 0..r {
+    for (d, stride) in ist.iter().enumerate() {
         let tap = if g.ks[d] == 1 { "0u".to_string() } else { coord("t", d, &kst, &g.ks) };
         ld += &format!("    let i{d} = s[{}] + i32({tap} * {}u);\n", d + 1, g.dil[d]);
         let (low, high) = window_leaves_input(g, d);
         if low || high {
             inside.push(format!("i{d} >= 0 && i{d} < {}", g.ins[d]));
-            at += &format!(" + u32(clamp(i{d}, 0, {})) * {}u", g.ins[d].max(1) - 1, ist[d]);
+            at += &format!(" + u32(clamp(i{d}, 0, {})) * {stride}u", g.ins[d].max(1) - 1);
         } else {
-            at += &format!(" + u32(i{d}) * {}u", ist[d]);
+            at += &format!(" + u32(i{d}) * {stride}u");
         }
     }
     ld += &if inside.is_empty() {
