@@ -648,6 +648,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     Ok(kg.finish(&format!("dyn_{}", op.to_lowercase()), &main, &at, y, [256, 1, 1], groups))
 }
 
+/// WGSL of `fn {name}(x: f32, lane: u32, is_max: bool) -> f32`: the sum or
+/// the maximum of `x` over a workgroup of 256 threads (a tree in workgroup
+/// memory), returned to every thread; call it in uniform control flow.
+fn workgroup_reduce(name: &str) -> String {
+    format!(
+        "var<workgroup> {name}_tree: array<f32, 256>;
+
+fn {name}(x: f32, lane: u32, is_max: bool) -> f32 {{
+    {name}_tree[lane] = x;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {{
+        if (lane < s) {{
+            let a = {name}_tree[lane];
+            let b = {name}_tree[lane + s];
+            {name}_tree[lane] = select(a + b, max(a, b), is_max);
+        }}
+        workgroupBarrier();
+    }}
+    let r = {name}_tree[0];
+    workgroupBarrier();
+    return r;
+}}
+"
+    )
+}
+
 /// The row-mean prologue of product `id` (`lower::fuse_row_means`), if it
 /// has one: each mean becomes a read of workgroup memory, and the returned
 /// WGSL defines that memory and `fn row_prologue(lane: u32)`, which the
@@ -655,7 +681,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 /// tree over the workgroup, as the row kernel computes it).
 fn row_prologue(kg: &mut Gen, id: NodeId) -> R<Option<String>> {
     let Some(means) = kg.info.plan.prologue.get(&id).cloned() else { return Ok(None) };
-    let mut decl = String::from("var<workgroup> pro_red: array<f32, 256>;\n");
+    let mut decl = workgroup_reduce("prologue_sum");
     let mut body = String::from("fn row_prologue(lane: u32) {\n");
     for (i, &m) in means.iter().enumerate() {
         let node = &kg.g.nodes[m];
@@ -672,13 +698,13 @@ fn row_prologue(kg: &mut Gen, id: NodeId) -> R<Option<String>> {
         decl += &format!("var<workgroup> pro_mean{i}: array<f32, {}>;\n", rows.max(1));
         let copy: String = (0..outer.len()).map(|k| format!("        c[{k}] = oc[{k}];\n")).collect();
         body += &format!(
-            "    for (var row = 0u; row < {rows}u; row++) {{\n{unr}        var c: {arr};\n{copy}        var acc = 0.0;\n        for (var j = lane; j < {len}; j += 256u) {{ c[{last}] = j; acc += {f}(c); }}\n        pro_red[lane] = acc;\n        workgroupBarrier();\n        for (var s = 128u; s > 0u; s >>= 1u) {{\n            if (lane < s) {{ pro_red[lane] += pro_red[lane + s]; }}\n            workgroupBarrier();\n        }}\n        if (lane == 0u) {{ pro_mean{i}[row] = pro_red[0] / f32({len}); }}\n        workgroupBarrier();\n    }}\n",
+            "    for (var row = 0u; row < {rows}u; row++) {{\n{unr}        var c: {arr};\n{copy}        var acc = 0.0;\n        for (var j = lane; j < {len}; j += 256u) {{ c[{last}] = j; acc += {f}(c); }}\n        let total = prologue_sum(acc, lane, false);\n        if (lane == 0u) {{ pro_mean{i}[row] = total / f32({len}); }}\n    }}\n",
             unr = unravel("oc", "row", outer),
             arr = arr(r),
             last = r - 1,
         );
     }
-    Ok(Some(decl + &body + "}\n"))
+    Ok(Some(decl + &body + "    workgroupBarrier();\n}\n"))
 }
 
 /// Helpers `fa(bc, m, k)` / `fb(bc, k, n)`: operand elements from the
@@ -934,24 +960,7 @@ pub fn attention(mut kg: Gen, av: NodeId, sm: NodeId, qk: NodeId) -> R<DynLoweri
     at += &format!("    c[{}] = j;\n    return c;\n}}\n", outer.len());
     let neg_inf = "bitcast<f32>(0xff800000u)";
     let main = format!(
-        "var<workgroup> red: array<f32, 256>;
-
-fn reduce(x: f32, lane: u32, is_max: bool) -> f32 {{
-    red[lane] = x;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {{
-        if (lane < s) {{
-            let a = red[lane];
-            let b = red[lane + s];
-            red[lane] = select(a + b, max(a, b), is_max);
-        }}
-        workgroupBarrier();
-    }}
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}}
-
+        "{reduce}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {{
@@ -968,17 +977,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         sum = reduce(sum, lid.x, false);
         storageBarrier();
         var bc: {barr};
-{bcs}        let i = oc[{br}];
-        for (var n = lid.x; n < N; n += 256u) {{
+{bcs}        for (var n = lid.x; n < N; n += 256u) {{
             var acc = 0.0;
             for (var j = 0u; j < L; j++) {{ acc += ld_sc(base + j) * fv(bc, j, n); }}
             st_y(row * N + n, acc / sum);
         }}
-        _ = i;
         storageBarrier();
     }}
 }}
 ",
+        reduce = workgroup_reduce("reduce"),
         rows = rows.wgsl(),
         len = len.wgsl(),
         width = width.wgsl(),

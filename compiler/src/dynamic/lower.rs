@@ -110,6 +110,8 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
             consumers.entry(v).or_default().push(id);
         }
     }
+    let producer: HashMap<ValueId, NodeId> =
+        live.iter().flat_map(|&id| g.nodes[id].outputs.iter().flatten().map(move |&v| (v, id))).collect();
     let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
     let mut class: HashMap<NodeId, Class> = HashMap::new();
     for &id in &live {
@@ -156,7 +158,8 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
             let readers = readers(g, &round, &consumers, v);
             let readable =
                 readers.iter().all(|r| round.contains_key(r) && (round[r] != Class::Kernel || reads_inline(g, *r)));
-            let shared = readers.len() > 1 && inline_leaves(g, &settled, &mut leaves, id) <= MAX_SHARED_LEAVES;
+            let shared =
+                readers.len() > 1 && inline_leaves(g, &settled, &producer, &mut leaves, id) <= MAX_SHARED_LEAVES;
             if outputs.contains(&v) || readers.is_empty() || !readable || (readers.len() > 1 && !shared) {
                 round.insert(id, Class::Kernel);
             }
@@ -177,9 +180,9 @@ pub fn plan(g: &Graph, info: &mut DynInfo, order: &[NodeId]) {
             }
         }
     }
-    let attention = fuse_attention(g, info, &mut class, &consumers, &live);
-    let paired = pair_concats(g, info, &mut class, &live);
-    let prologue = fuse_row_means(g, info, &mut class, &consumers, &attention, &live);
+    let attention = fuse_attention(g, info, &mut class, &consumers, &producer, &live);
+    let paired = pair_concats(g, info, &mut class, &producer, &live);
+    let prologue = fuse_row_means(g, info, &mut class, &consumers, &producer, &attention, &live);
     info.plan = Plan { class, attention, paired, prologue };
 }
 
@@ -196,6 +199,7 @@ fn fuse_row_means(
     info: &DynInfo,
     class: &mut HashMap<NodeId, Class>,
     consumers: &HashMap<ValueId, Vec<NodeId>>,
+    producer: &HashMap<ValueId, NodeId>,
     attention: &HashMap<NodeId, (NodeId, NodeId)>,
     live: &[NodeId],
 ) -> HashMap<NodeId, Vec<NodeId>> {
@@ -236,9 +240,12 @@ fn fuse_row_means(
         }
         // Only A may carry it: B (input 1 on) reads neither the mean nor
         // anything inlined from it.
-        let in_b = p.inputs.iter().skip(1).flatten().any(|v| {
-            *v == *mean || g.live_nodes().any(|(n, node)| through.contains(&n) && node.outputs.contains(&Some(*v)))
-        });
+        let in_b = p
+            .inputs
+            .iter()
+            .skip(1)
+            .flatten()
+            .any(|v| *v == *mean || producer.get(v).is_some_and(|n| through.contains(n)));
         let a_rows = p.inputs[0].map(|a| {
             let s = info.shape(g, a);
             drift_ops::dims::numel(&s[..s.len().saturating_sub(1)]).as_const()
@@ -260,11 +267,10 @@ fn pair_concats(
     g: &Graph,
     info: &DynInfo,
     class: &mut HashMap<NodeId, Class>,
+    producer: &HashMap<ValueId, NodeId>,
     live: &[NodeId],
 ) -> HashMap<NodeId, NodeId> {
     let position: HashMap<NodeId, usize> = live.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-    let producer: HashMap<ValueId, NodeId> =
-        live.iter().flat_map(|&id| g.nodes[id].outputs.iter().flatten().map(move |&v| (v, id))).collect();
     let concats: Vec<NodeId> = live
         .iter()
         .copied()
@@ -280,7 +286,8 @@ fn pair_concats(
         let fits = |b: NodeId| {
             g.ty(out(a)).dtype == g.ty(out(b)).dtype
                 && info.shape(g, out(a)) == info.shape(g, out(b))
-                && tensors_read(g, class, &producer, b)
+                && inline_tree(g, class, producer, &g.nodes[b].inputs, &[Class::Inline, Class::View])
+                    .1
                     .iter()
                     .all(|v| *v != out(a) && producer.get(v).is_none_or(|p| position[p] < position[&a]))
         };
@@ -293,25 +300,28 @@ fn pair_concats(
     paired
 }
 
-/// The tensors node `id`'s kernel loads: its operands, looking through
-/// inlined values and views to what they read.
-fn tensors_read(
+/// The values computed on the fly from `roots` (producers of a class in
+/// `through`, followed to their own operands) and the tensors they end in:
+/// (those nodes, the leaf values).
+fn inline_tree(
     g: &Graph,
     class: &HashMap<NodeId, Class>,
     producer: &HashMap<ValueId, NodeId>,
-    id: NodeId,
-) -> Vec<ValueId> {
-    let mut out = vec![];
-    let mut stack: Vec<ValueId> = g.nodes[id].inputs.iter().flatten().copied().collect();
+    roots: &[Option<ValueId>],
+    through: &[Class],
+) -> (Vec<NodeId>, Vec<ValueId>) {
+    let (mut nodes, mut leaves) = (vec![], vec![]);
+    let mut stack: Vec<ValueId> = roots.iter().flatten().copied().collect();
     while let Some(v) = stack.pop() {
         match producer.get(&v) {
-            Some(p) if matches!(class.get(p), Some(Class::Inline | Class::View)) => {
-                stack.extend(g.nodes[*p].inputs.iter().flatten().copied());
+            Some(&p) if class.get(&p).is_some_and(|c| through.contains(c)) => {
+                nodes.push(p);
+                stack.extend(g.nodes[p].inputs.iter().flatten().copied());
             }
-            _ => out.push(v),
+            _ => leaves.push(v),
         }
     }
-    out
+    (nodes, leaves)
 }
 
 /// Most query rows per batch of a fused attention: decode (one row, or a
@@ -328,17 +338,16 @@ fn fuse_attention(
     info: &DynInfo,
     class: &mut HashMap<NodeId, Class>,
     consumers: &HashMap<ValueId, Vec<NodeId>>,
+    producer: &HashMap<ValueId, NodeId>,
     live: &[NodeId],
 ) -> HashMap<NodeId, (NodeId, NodeId)> {
     let mut fused = HashMap::new();
-    let producer: HashMap<ValueId, NodeId> =
-        live.iter().flat_map(|&id| g.nodes[id].outputs.iter().flatten().map(move |&v| (v, id))).collect();
     for &sm in live {
         let node = &g.nodes[sm];
         if node.op_type != "Softmax" || class.get(&sm) != Some(&Class::Kernel) {
             continue;
         }
-        let (Some(Some(x)), Some(Some(probs))) = (node.inputs.first(), node.outputs.first()) else { continue };
+        let (Some(x), Some(Some(probs))) = (node.inputs.first(), node.outputs.first()) else { continue };
         // The value product reads the probabilities directly, as A.
         let [av] = readers(g, class, consumers, *probs)[..] else { continue };
         let av_node = &g.nodes[av];
@@ -346,18 +355,7 @@ fn fuse_attention(
             continue;
         }
         // The inlined expression under the Softmax, and the one product in it.
-        let mut tree = vec![];
-        let mut leaves = vec![];
-        let mut stack = vec![*x];
-        while let Some(v) = stack.pop() {
-            match producer.get(&v) {
-                Some(&p) if class.get(&p) == Some(&Class::Inline) => {
-                    tree.push(p);
-                    stack.extend(g.nodes[p].inputs.iter().flatten().copied());
-                }
-                _ => leaves.push(v),
-            }
-        }
+        let (tree, leaves) = inline_tree(g, class, producer, std::slice::from_ref(x), &[Class::Inline]);
         let products: Vec<NodeId> = leaves
             .iter()
             .filter_map(|v| producer.get(v).copied())
@@ -409,7 +407,13 @@ const MAX_SHARED_LEAVES: usize = 4;
 /// literals), through operands that are themselves inlined. With the
 /// classes as they stand (producers may still become kernels, which only
 /// lowers the count), so the bound is conservative.
-fn inline_leaves(g: &Graph, class: &HashMap<NodeId, Class>, memo: &mut HashMap<NodeId, usize>, id: NodeId) -> usize {
+fn inline_leaves(
+    g: &Graph,
+    class: &HashMap<NodeId, Class>,
+    producer: &HashMap<ValueId, NodeId>,
+    memo: &mut HashMap<NodeId, usize>,
+    id: NodeId,
+) -> usize {
     if let Some(&n) = memo.get(&id) {
         return n;
     }
@@ -423,8 +427,8 @@ fn inline_leaves(g: &Graph, class: &HashMap<NodeId, Class>, memo: &mut HashMap<N
         if g.values[v].constant.as_ref().is_some_and(|t| t.len() == 1) {
             continue;
         }
-        n += match g.live_nodes().find(|(_, node)| node.outputs.contains(&Some(v))) {
-            Some((p, _)) if class.get(&p) == Some(&Class::Inline) => inline_leaves(g, class, memo, p),
+        n += match producer.get(&v) {
+            Some(&p) if class.get(&p) == Some(&Class::Inline) => inline_leaves(g, class, producer, memo, p),
             _ => 1,
         };
     }
