@@ -58,7 +58,8 @@ enum Command {
         no_opt: bool,
         /// Override the product kernels' heuristics, for calibration sweeps:
         /// fill=N, slices=N, split=N, tile=BMxBNxBKxTMxTN,
-        /// coop=BMxBNxBKxWMxWN, grouped=direct|product (comma-separated).
+        /// coop=BMxBNxBKxWMxWN, grouped=direct|product,
+        /// split-meet=kernel|pass (comma-separated).
         #[arg(long, value_name = "KEY=VALUE,..", default_value = "")]
         tune: String,
         /// Print dispatches, kernels, estimated bytes per run and FLOPs, before and after optimization.
@@ -223,31 +224,7 @@ fn main() -> ExitCode {
         Command::Bench { bundles, iters, warmup, warmup_ms, json, profile, inputs, trusted } => {
             let args = bench::BenchArgs { iters, warmup, warmup_ms, json, profile };
             let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
-            drift_runtime::Gpu::new().map_err(|e| e.to_string()).and_then(|gpu| {
-                // Every bundle is benched; failures are reported as they
-                // come (a JSON line with "error" under --json) and fail the
-                // command at the end.
-                let mut failed = 0;
-                for bundle in &bundles {
-                    let result = load(bundle).map(|m| m.with_trust(trust)).and_then(|model| {
-                        let given = read_inputs(&model, &inputs, true)?;
-                        let list: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                        bench::bench(&gpu, &model, &list, &args)
-                    });
-                    if let Err(e) = result {
-                        failed += 1;
-                        let e = format!("{}: {e}", bundle.display());
-                        if json {
-                            println!("{}", serde_json::json!({ "bundle": bundle.display().to_string(), "error": e }));
-                        }
-                        eprintln!("error: {e}");
-                    }
-                }
-                match failed {
-                    0 => Ok(()),
-                    n => Err(format!("{n} of {} bundles failed", bundles.len())),
-                }
-            })
+            bench_bundles(&bundles, &inputs, trust, &args)
         }
     };
     match result {
@@ -580,6 +557,33 @@ fn generate(
         gpu.info()
     );
     Ok(())
+}
+
+/// `drift bench`: every bundle on one GPU. Failures are reported as they
+/// come (a JSON line with "error" under --json) and fail the command at the
+/// end, so one bad bundle of a sweep does not hide the others.
+fn bench_bundles(bundles: &[PathBuf], inputs: &[String], trust: Trust, args: &bench::BenchArgs) -> Result<(), String> {
+    let gpu = drift_runtime::Gpu::new().map_err(|e| e.to_string())?;
+    let mut failed = 0;
+    for bundle in bundles {
+        let result = load(bundle).map(|m| m.with_trust(trust)).and_then(|model| {
+            let given = read_inputs(&model, inputs, true)?;
+            let list: Vec<(&str, &HostTensor)> = given.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            bench::bench(&gpu, &model, &list, args)
+        });
+        if let Err(e) = result {
+            failed += 1;
+            let e = format!("{}: {e}", bundle.display());
+            if args.json {
+                println!("{}", serde_json::json!({ "bundle": bundle.display().to_string(), "error": e }));
+            }
+            eprintln!("error: {e}");
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} of {} bundles failed", bundles.len())),
+    }
 }
 
 fn inspect(path: &Path, json: bool, dispatches: bool) -> Result<(), String> {

@@ -69,6 +69,14 @@ def log(*a) -> None:
     print(*a, flush=True)
 
 
+def save_model(nodes: list, inputs: dict, outputs: dict, weights: dict, path: Path) -> None:
+    """One float32 graph: inputs and outputs by name -> shape, weights by name -> array."""
+    info = lambda items: [helper.make_tensor_value_info(k, TensorProto.FLOAT, s) for k, s in items.items()]
+    inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+    g = helper.make_graph(nodes, path.stem, info(inputs), info(outputs), inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
 def conv_model(p, path: Path) -> None:
     n, cin, cout, k, hw, stride, group = p
     rng = np.random.default_rng(0)
@@ -77,29 +85,18 @@ def conv_model(p, path: Path) -> None:
     pad = k // 2
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[pad] * 4, strides=[stride] * 2, group=group)
     out = (hw + 2 * pad - k) // stride + 1
-    g = helper.make_graph(
-        [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, cin, hw, hw])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, cout, out, out])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    save_model([node], {"x": [n, cin, hw, hw]}, {"y": [n, cout, out, out]}, {"w": w, "b": b}, path)
 
 
 def matmul_model(p, path: Path) -> None:
     m, k, n = p
-    rng = np.random.default_rng(0)
-    b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
-    g = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["y"])], "matmul",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [numpy_helper.from_array(b, "b")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    b = (np.random.default_rng(0).standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    save_model([helper.make_node("MatMul", ["a", "b"], ["y"])], {"a": [m, k]}, {"y": [m, n]}, {"b": b}, path)
 
 
 def relu_chain(size: int, path: Path, count: int = 200) -> None:
     nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(count)]
-    g = helper.make_graph(nodes, "relu_chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [size])],
-                          [helper.make_tensor_value_info(f"t{count}", TensorProto.FLOAT, [size])])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    save_model(nodes, {"t0": [size]}, {f"t{count}": [size]}, {}, path)
 
 
 def torch_floor(sizes, count: int = 200) -> dict:
