@@ -79,6 +79,13 @@ pub(crate) struct ProductKernels {
     pub temps: Vec<TempSpec>,
 }
 
+/// The operands of a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    A,
+    B,
+}
+
 /// How a product's reduction is split: `parts` ranges of `k`, which meet
 /// in the product kernel itself (`in_kernel`) or in a second kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,30 +283,30 @@ impl Product {
         s
     }
 
-    /// This thread's share of one operand tile (`extent x bk` elements,
-    /// element (i, kk) read by `load(bi, base + i, k0 + kk)`) as three
-    /// pieces of WGSL: `setup` (the tile coordinates of each element, once),
-    /// `fetch` (global loads into registers `{reg}{j}`, so that the next
-    /// tile is in flight while this one is multiplied) and `put` (the
-    /// registers into workgroup memory `dst`).
-    #[allow(clippy::too_many_arguments)]
+    /// This thread's share of one tile of operand `side` (`extent x bk`
+    /// elements, element (i, kk) read by `load_a(bi, r0 + i, k0 + kk)` or
+    /// `load_b(bi, c0 + i, k0 + kk)`) as three pieces of WGSL: `setup` (the
+    /// tile coordinates of each element, once), `fetch` (global loads into
+    /// registers `pa{j}` / `pb{j}`, so that the next tile is in flight while
+    /// this one is multiplied) and `put` (the registers, converted by
+    /// `convert`, into workgroup memory `ta` / `tb` at `slot(i, kk)`).
     fn tile_share(
         &self,
-        (reg, dst, load): (&str, &str, &str),
-        (base, limit): (&str, usize),
-        extent: usize,
-        bk: usize,
-        threads: usize,
-        k_fast: bool,
+        side: Side,
+        (extent, bk, threads): (usize, usize, usize),
         slot: impl Fn(&str, &str) -> String,
         convert: &str,
     ) -> TileShare {
+        let (reg, dst, load, base, limit, k_fast) = match side {
+            Side::A => ("pa", "ta", "load_a", "r0", self.rows, self.a_k_fast),
+            Side::B => ("pb", "tb", "load_b", "c0", self.cols, self.b_k_fast),
+        };
         let mut t = TileShare::default();
         let (lmax, kmax) = (limit.max(1) - 1, self.k.max(1) - 1);
         let total = extent * bk;
         // Column state, when the load has one and this share's column is
         // fixed over the loop (threads along the extent).
-        let column = load == "load_b" && !k_fast && self.b_column;
+        let column = side == Side::B && !k_fast && self.b_column;
         for j in 0..total.div_ceil(threads) {
             let e = format!("(tid + {}u)", j * threads);
             // A share past the tile's end (threads not dividing it) loads
@@ -426,8 +433,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     };
-    let a = p.tile_share(("pa", "ta", "load_a"), ("r0", p.rows), t.bm, t.bk, threads, p.a_k_fast, slot(sa), "f32");
-    let b = p.tile_share(("pb", "tb", "load_b"), ("c0", p.cols), t.bn, t.bk, threads, p.b_k_fast, slot(sb), "f32");
+    let a = p.tile_share(Side::A, (t.bm, t.bk, threads), slot(sa), "f32");
+    let b = p.tile_share(Side::B, (t.bn, t.bk, threads), slot(sb), "f32");
     s += &prefetch_loop(&a, &b, t.bk);
     s += &format!("        for (var kk = 0u; kk < {}u; kk = kk + 1u) {{\n", t.bk);
     // Row i and column j of this thread, and the expression reading them.
@@ -557,26 +564,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
     // A row-major [m][k], B row-major [k][n].
-    let a = p.tile_share(
-        ("pa", "ta", "load_a"),
-        ("r0", p.rows),
-        t.bm,
-        t.bk,
-        threads,
-        p.a_k_fast,
-        |i, kk| format!("{i} * {sa}u + {kk}"),
-        "f16",
-    );
-    let b = p.tile_share(
-        ("pb", "tb", "load_b"),
-        ("c0", p.cols),
-        t.bn,
-        t.bk,
-        threads,
-        p.b_k_fast,
-        |i, kk| format!("{kk} * {sb}u + {i}"),
-        "f16",
-    );
+    let a = p.tile_share(Side::A, (t.bm, t.bk, threads), |i, kk| format!("{i} * {sa}u + {kk}"), "f16");
+    let b = p.tile_share(Side::B, (t.bn, t.bk, threads), |i, kk| format!("{kk} * {sb}u + {i}"), "f16");
     s += &prefetch_loop(&a, &b, t.bk);
     for kk in (0..t.bk).step_by(16) {
         for i in 0..fm {
