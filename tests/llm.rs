@@ -147,36 +147,57 @@ fn one_dynamic_bundle_runs_prefill_decode_and_chunk() {
 
 /// Prefill, then decode and chunk with the KV cache carried on the GPU:
 /// only the first run uploads a (empty) cache, only logits are read back
-/// until the end.
+/// until the end. Once run by run, once with decode and chunk as two steps
+/// of one synchronization (`Session::run_steps`).
 #[test]
 fn kv_cache_is_carried_on_the_gpu_between_steps() {
     let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
     let dir = fixture_dir();
     for v in [variants().remove(0), variants().remove(2)] {
         let model = compile_dynamic(&v);
-        let mut session = Session::new(&gpu, &model).expect("session");
-        let pairs: Vec<(String, String)> =
-            session.state_pairs().iter().map(|(i, o)| (i.to_string(), o.to_string())).collect();
-        assert_eq!(pairs.len(), 4, "{}: 2 layers × key/value", v.name);
-        for (k, step) in STEPS.iter().enumerate() {
-            let inputs = read_dir(&dir.join(v.refs).join(step).join("inputs"));
-            let want = read_dir(&dir.join(v.refs).join(step).join("outputs"));
-            let feeds: Vec<(&str, Feed)> = inputs
+        for chained in [false, true] {
+            let mut session = Session::new(&gpu, &model).expect("session");
+            let pairs: Vec<String> = session.state_pairs().iter().map(|(i, _)| i.to_string()).collect();
+            assert_eq!(pairs.len(), 4, "{}: 2 layers × key/value", v.name);
+            let steps: Vec<_> = STEPS
                 .iter()
-                .map(|(n, t)| {
-                    let carried = k > 0 && pairs.iter().any(|(i, _)| i == n);
-                    (n.as_str(), if carried { Feed::Carried } else { Feed::Host(t) })
+                .map(|step| {
+                    let at = dir.join(v.refs).join(step);
+                    (read_dir(&at.join("inputs")), read_dir(&at.join("outputs")))
                 })
                 .collect();
-            let last = k + 1 == STEPS.len();
-            let names: Vec<String> = want.iter().map(|(n, _)| n.clone()).filter(|n| last || n == "logits").collect();
-            let fetch: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-            let got = session.run_with(&feeds, Some(&fetch)).unwrap_or_else(|e| panic!("{} {step}: {e}", v.name));
-            assert_eq!(got.len(), fetch.len());
-            let want: Vec<(String, HostTensor)> =
-                want.into_iter().filter(|(n, _)| fetch.contains(&n.as_str())).collect();
-            if let Outcome::Mismatch(m) = compare(&got, &want, RTOL, ATOL) {
-                panic!("{} {step} (carried cache): {m}", v.name);
+            let feeds = |k: usize| -> Vec<(&str, Feed)> {
+                let carried = |n: &str| k > 0 && pairs.iter().any(|i| i == n);
+                steps[k]
+                    .0
+                    .iter()
+                    .map(|(n, t)| (n.as_str(), if carried(n) { Feed::Carried } else { Feed::Host(t) }))
+                    .collect()
+            };
+            // Logits from every step, every output from the last.
+            let fetch = |k: usize| -> Vec<&str> {
+                let last = k + 1 == STEPS.len();
+                steps[k].1.iter().map(|(n, _)| n.as_str()).filter(|n| last || *n == "logits").collect()
+            };
+            let mut got = vec![];
+            if chained {
+                got.push(session.run_with(&feeds(0), Some(&fetch(0))).expect("prefill"));
+                // run_steps fetches one list for all steps: the last step's.
+                let outs = session.run_steps(&[feeds(1), feeds(2)], &fetch(2)).expect("decode + chunk");
+                got.extend(outs);
+            } else {
+                for (k, step) in STEPS.iter().enumerate() {
+                    let run = session.run_with(&feeds(k), Some(&fetch(k)));
+                    got.push(run.unwrap_or_else(|e| panic!("{} {step}: {e}", v.name)));
+                }
+            }
+            for (k, got) in got.iter().enumerate() {
+                let want: Vec<(String, HostTensor)> =
+                    steps[k].1.iter().filter(|(n, _)| got.iter().any(|(g, _)| g == n)).cloned().collect();
+                assert_eq!(want.len(), got.len(), "{} {}: every fetched output has a reference", v.name, STEPS[k]);
+                if let Outcome::Mismatch(m) = compare(got, &want, RTOL, ATOL) {
+                    panic!("{} {} (carried cache, chained {chained}): {m}", v.name, STEPS[k]);
+                }
             }
         }
     }
@@ -249,15 +270,80 @@ fn greedy_generation_matches_onnxruntime() {
     let prompt =
         read_dir(&dir.join("steps/prefill/inputs")).into_iter().find(|(n, _)| n == "input_ids").expect("ids").1;
     let prompt: Vec<i64> = prompt.to_f64_vec().into_iter().map(|x| x as i64).collect();
+    // One host synchronization per token, chains that do not divide the
+    // decode steps, and one chain for all of them.
+    for sync_every in [1, 3, want.len()] {
+        let settings = drift_compiler::generate::Settings {
+            max_new_tokens: want.len(),
+            temperature: 0.0,
+            top_k: 1,
+            seed: 0,
+            stop: None,
+            sync_every,
+        };
+        let report = drift_compiler::generate::generate(&mut session, &prompt, &settings).expect("generate");
+        assert_eq!(report.tokens, want, "sync every {sync_every} steps");
+        assert_eq!(report.decode_steps, want.len() - 1);
+    }
+}
+
+/// A stop token ends generation at the end of its chain, the tokens after
+/// it dropped; the first chain step's token id comes from the host.
+#[test]
+fn a_stop_token_ends_generation() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let model = compile_with_sampler();
+    let mut session = Session::new(&gpu, &model).expect("session");
+    let dir = fixture_dir();
+    let want: Vec<i64> = std::fs::read_to_string(dir.join("greedy.txt"))
+        .expect("greedy.txt")
+        .trim()
+        .split(',')
+        .map(|t| t.parse().expect("token id"))
+        .collect();
+    let prompt =
+        read_dir(&dir.join("steps/prefill/inputs")).into_iter().find(|(n, _)| n == "input_ids").expect("ids").1;
+    let prompt: Vec<i64> = prompt.to_f64_vec().into_iter().map(|x| x as i64).collect();
+    // The third greedy token as the stop token (its first occurrence).
+    let stop = want[2];
+    let end = want.iter().position(|&t| t == stop).expect("present") + 1;
     let settings = drift_compiler::generate::Settings {
         max_new_tokens: want.len(),
         temperature: 0.0,
         top_k: 1,
         seed: 0,
-        stop: None,
+        stop: Some(stop),
+        sync_every: 4,
     };
     let report = drift_compiler::generate::generate(&mut session, &prompt, &settings).expect("generate");
-    assert_eq!(report.tokens, want);
+    assert_eq!(report.tokens, want[..end]);
+}
+
+/// Feeding an output to an input is for the steps of one `run_steps`: the
+/// first step and a plain run have no previous step, and the dtypes must
+/// agree; each is an error naming the input.
+#[test]
+fn chained_inputs_are_checked() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let model = compile_with_sampler();
+    let mut session = Session::new(&gpu, &model).expect("session");
+    let inputs = read_dir(&fixture_dir().join("steps/prefill/inputs"));
+    let params = HostTensor::from_f32(vec![4], &[0.0, 1.0, 0.5, 0.0]);
+    let mut feeds: Vec<(&str, Feed)> = inputs.iter().map(|(n, t)| (n.as_str(), Feed::Host(t))).collect();
+    feeds.push(("sampling", Feed::Host(&params)));
+    let with_ids = |ids: Feed<'static>| {
+        let mut f = feeds.clone();
+        f.iter_mut().find(|(n, _)| *n == "input_ids").expect("input_ids").1 = ids;
+        f
+    };
+    let e = session.run_with(&with_ids(Feed::Output("next_token")), None).expect_err("plain run").to_string();
+    assert!(e.contains("input_ids") && e.contains("run_steps"), "{e}");
+    let e = session.run_steps(&[with_ids(Feed::Output("next_token"))], &[]).expect_err("first step").to_string();
+    assert!(e.contains("input_ids") && e.contains("first step") && e.contains("next_token"), "{e}");
+    let e = session.run_steps(&[feeds.clone(), with_ids(Feed::Output("logits"))], &[]).expect_err("dtype").to_string();
+    assert!(e.contains("input_ids") && e.contains("int64") && e.contains("float32"), "{e}");
+    let e = session.run_steps(&[feeds.clone(), with_ids(Feed::Output("nope"))], &[]).expect_err("unknown").to_string();
+    assert!(e.contains("nope") && e.contains("next_token"), "{e}");
 }
 
 /// Temperature + top-k sampling on the GPU picks what the CPU rule picks

@@ -104,6 +104,10 @@ enum Command {
         /// Stop after this token id.
         #[arg(long)]
         stop: Option<i64>,
+        /// Decode steps per host synchronization: the GPU feeds each sampled
+        /// token to the next step itself; 1 waits for every token.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        sync_every: u32,
         /// Vouch for the bundle, as `run --trusted`: passthrough shaders.
         #[arg(long)]
         trusted: bool,
@@ -210,9 +214,12 @@ fn main() -> ExitCode {
             top_k,
             seed,
             stop,
+            sync_every,
             trusted,
         } => {
-            let settings = drift_compiler::generate::Settings { max_new_tokens, temperature, top_k, seed, stop };
+            let sync_every = sync_every as usize;
+            let settings =
+                drift_compiler::generate::Settings { max_new_tokens, temperature, top_k, seed, stop, sync_every };
             let trust = if trusted { Trust::Trusted } else { Trust::Untrusted };
             generate(&bundle, tokens, prompt, tokenizer.as_deref(), &settings, trust)
         }
@@ -552,7 +559,7 @@ fn generate(
     eprintln!(
         "prefill {} tokens in {prefill_ms:.2} ms; decode {} tokens at {:.1} tokens/s on {}",
         tokens.len(),
-        r.decode.len(),
+        r.decode_steps,
         r.decode_tokens_per_s(),
         gpu.info()
     );

@@ -24,6 +24,9 @@ use crate::model::{Model, TensorInfo, Trust, target_name};
 use crate::tensor::HostTensor;
 use crate::validate::{binding_kinds, io_size};
 
+mod steps;
+pub use steps::StepOutputs;
+
 /// A model instantiated on a GPU, ready to run repeatedly.
 pub struct Session {
     shader_path: ShaderPath,
@@ -37,9 +40,10 @@ pub struct Session {
     outputs: Vec<Slot>,
     /// Inputs fixed at compile time: checked, never uploaded.
     fixed_inputs: Vec<(String, HostTensor)>,
-    /// All outputs side by side, each at `Slot::staging_offset`; `None` when
+    /// All outputs side by side, where `staging_layout` says; `None` when
     /// no output has elements.
     staging: Option<wgpu::Buffer>,
+    staging_layout: Readback,
     /// Reused for converting inputs to their GPU form.
     scratch: Vec<u8>,
     /// The target of the program this session runs (`Model::program_for`).
@@ -51,6 +55,9 @@ pub struct Session {
     state: Option<StateRt>,
     /// The stage and symbol values of the last run (what `replay` repeats).
     last: (usize, Vec<u64>),
+    /// Each output's shape in the last run (what a carried or chained input
+    /// takes); `None` before the first.
+    last_shapes: Vec<Option<Vec<usize>>>,
 }
 
 /// One dispatch, ready to record.
@@ -82,8 +89,6 @@ struct StateRt {
     /// (input index, output index).
     pairs: Vec<(usize, usize)>,
     swapped: bool,
-    /// Each output's shape in the last run.
-    last: Vec<Option<Vec<usize>>>,
 }
 
 /// Where a run's input comes from.
@@ -94,6 +99,9 @@ pub enum Feed<'a> {
     /// The previous run's output paired with this input (`Bundle::state`),
     /// left on the GPU: nothing is copied.
     Carried,
+    /// The named output of the previous step of [`Session::run_steps`],
+    /// copied on the GPU (e.g. a sampled token fed back as the next input).
+    Output(&'a str),
 }
 
 /// Where an input or output lives on the GPU.
@@ -104,8 +112,6 @@ struct Slot {
     offset: u64,
     /// Bytes of the physical copy at the bounds: 4 per element.
     size: u64,
-    /// Outputs only: offset in the staging buffer.
-    staging_offset: u64,
     /// Outputs only: a data-dependent extent to read back with the data.
     extent: Option<ExtentSlot>,
     /// The bundle's description (symbolic dims).
@@ -117,7 +123,6 @@ struct ExtentSlot {
     axis: usize,
     buffer: usize,
     offset: u64,
-    staging_offset: u64,
 }
 
 /// Bytes of the uniform binding of a kernel: wgpu needs a nonzero size and
@@ -141,8 +146,9 @@ impl Session {
         let device = &gpu.device;
 
         let inputs: Vec<Slot> = bundle.inputs.iter().zip(model.inputs()).map(|(t, info)| slot(t, info)).collect();
-        let mut outputs: Vec<Slot> =
-            bundle.outputs.iter().zip(model.outputs()).map(|(t, info)| slot(t, info)).collect();
+        let outputs: Vec<Slot> = bundle.outputs.iter().zip(model.outputs()).map(|(t, info)| slot(t, info)).collect();
+        let staging_layout = readback_layout(&outputs, &vec![true; outputs.len()]);
+        check_readback(&gpu.device.limits(), staging_layout.bytes)?;
         let ((buffers, params, staging, dims), err) = catch(device, || {
             let buffers = create_buffers(device, bundle, model.weights());
             let dims = device.create_buffer(&wgpu::BufferDescriptor {
@@ -152,7 +158,7 @@ impl Session {
                 mapped_at_creation: false,
             });
             let params = create_params_buffer(device, &gpu.queue, bundle);
-            (buffers, params, create_staging(device, &mut outputs), dims)
+            (buffers, params, create_readback(device, "outputs", staging_layout.bytes), dims)
         });
         if let Some(e) = err {
             return Err(Error::Gpu(format!("creating buffers: {e}")));
@@ -200,12 +206,14 @@ impl Session {
             fixed_inputs: model.fixed_inputs().to_vec(),
             outputs,
             staging,
+            staging_layout,
             scratch: Vec::new(),
             target: target_name(bundle).to_string(),
             symbols: bundle.symbols.clone(),
             dims,
             state,
             last: (0, vec![0; bundle.symbols.len()]),
+            last_shapes: vec![None; bundle.outputs.len()],
         })
     }
 
@@ -347,8 +355,25 @@ impl Session {
     /// when `None`); the others stay on the GPU, where a state output is
     /// carried into the next run.
     pub fn run_with(&mut self, feeds: &[(&str, Feed)], fetch: Option<&[&str]>) -> Result<Vec<(String, HostTensor)>> {
+        if let Some((name, _)) = feeds.iter().find(|(_, f)| matches!(f, Feed::Output(_))) {
+            return Err(Error::Run(format!(
+                "input '{name}': an output feeds an input only between the steps of run_steps"
+            )));
+        }
+        let wanted = self.fetched(fetch)?;
+        let run = self.prepare(feeds)?;
+        let staging = self.staging.as_ref().map(|b| (b, 0, &self.staging_layout));
+        self.queue.submit([self.record(&run, staging, None)]);
+        let layout = &self.staging_layout;
+        self.read_back(self.staging.as_ref(), |words| self.convert(words, layout, &run.shapes, &wanted))
+    }
+
+    /// Matches a run's inputs, solves its symbol values and picks its stage,
+    /// uploads its host inputs and symbol values (queued: they reach the GPU
+    /// after every earlier submission), and moves the carried state on.
+    fn prepare(&mut self, feeds: &[(&str, Feed)]) -> Result<Prepared> {
         let carried = feeds.iter().any(|(_, f)| matches!(f, Feed::Carried));
-        let (order, shapes) = self.match_inputs(feeds)?;
+        let (order, shapes, chained) = self.match_inputs(feeds)?;
         let vals = if self.symbols.is_empty() {
             vec![]
         } else {
@@ -362,7 +387,6 @@ impl Session {
             crate::dims::solve(&self.symbols, &given)?
         };
         let stage = self.stage_for(&vals)?;
-        let wanted = self.fetched(fetch)?;
         if let Some(st) = &mut self.state {
             st.swapped ^= carried;
         }
@@ -388,13 +412,9 @@ impl Session {
             self.queue.write_buffer(&self.dims, 0, &words);
         }
         let out_shapes: Vec<Vec<usize>> = self.outputs.iter().map(|o| crate::dims::shape(&o.desc, &vals)).collect();
-        self.queue.submit([self.record(stage, &vals, &out_shapes, &wanted)]);
-        self.last = (stage, vals);
-        let result = self.read_outputs(&out_shapes, &wanted);
-        if let Some(st) = &mut self.state {
-            st.last = out_shapes.into_iter().map(Some).collect();
-        }
-        result
+        self.last = (stage, vals.clone());
+        self.last_shapes = out_shapes.iter().cloned().map(Some).collect();
+        Ok(Prepared { stage, vals, input_shapes: shapes, shapes: out_shapes, chained })
     }
 
     /// Which outputs a run reads back.
@@ -402,13 +422,17 @@ impl Session {
         let Some(names) = fetch else { return Ok(vec![true; self.outputs.len()]) };
         let mut wanted = vec![false; self.outputs.len()];
         for name in names {
-            let Some(i) = self.outputs.iter().position(|o| o.info.name == *name) else {
-                let all: Vec<&str> = self.outputs.iter().map(|o| o.info.name.as_str()).collect();
-                return Err(Error::Run(format!("unknown output '{name}' (outputs: {})", all.join(", "))));
-            };
-            wanted[i] = true;
+            wanted[self.output_index(name)?] = true;
         }
         Ok(wanted)
+    }
+
+    /// The index of output `name`, or an error listing the outputs.
+    fn output_index(&self, name: &str) -> Result<usize> {
+        self.outputs.iter().position(|o| o.info.name == name).ok_or_else(|| {
+            let all: Vec<&str> = self.outputs.iter().map(|o| o.info.name.as_str()).collect();
+            Error::Run(format!("unknown output '{name}' (outputs: {})", all.join(", ")))
+        })
     }
 
     /// The first stage whose ranges hold the run's symbol values.
@@ -432,9 +456,9 @@ impl Session {
     }
 
     /// Pairs the given inputs with the bundle's, in bundle order, checking
-    /// names, dtypes, shapes and data lengths; a carried input takes the
-    /// shape its paired output had. Returns the host tensors to upload and
-    /// every input's shape.
+    /// names, dtypes, shapes and data lengths; a carried or chained input
+    /// takes the shape its output had in the last run. Returns the host
+    /// tensors to upload, every input's shape and the chained inputs.
     fn match_inputs<'a>(&self, given: &[(&str, Feed<'a>)]) -> Result<Matched<'a>> {
         let mut order: Vec<Option<Feed>> = vec![None; self.inputs.len()];
         for &(name, feed) in given {
@@ -452,7 +476,8 @@ impl Session {
         }
         let mut tensors = vec![];
         let mut shapes = vec![];
-        for (slot, feed) in self.inputs.iter().zip(order) {
+        let mut chained = vec![];
+        for (i, (slot, feed)) in self.inputs.iter().zip(order).enumerate() {
             match feed {
                 None => return Err(Error::MissingInput(slot.info.name.clone())),
                 Some(Feed::Host(t)) => {
@@ -464,9 +489,15 @@ impl Session {
                     shapes.push(self.carried_shape(&slot.info.name)?);
                     tensors.push(None);
                 }
+                Some(Feed::Output(name)) => {
+                    let o = self.output_index(name)?;
+                    shapes.push(self.chained_shape(slot, o)?);
+                    tensors.push(None);
+                    chained.push((i, o));
+                }
             }
         }
-        Ok((tensors, shapes))
+        Ok((tensors, shapes, chained))
     }
 
     /// The shape the output paired with input `name` had in the last run.
@@ -477,7 +508,33 @@ impl Session {
         let Some(&(_, o)) = state.pairs.iter().find(|(inp, _)| *inp == i) else {
             return Err(Error::Run(format!("input '{name}' is not carried state (state: {:?})", self.state_pairs())));
         };
-        state.last.get(o).cloned().flatten().ok_or_else(|| {
+        self.last_shape(name, o)
+    }
+
+    /// The shape of output `o` in the last run, as input `input` takes it:
+    /// same dtype, no data-dependent extent, a shape the input accepts.
+    fn chained_shape(&self, input: &Slot, o: usize) -> Result<Vec<usize>> {
+        let out = &self.outputs[o];
+        let name = &input.info.name;
+        if out.info.dtype != input.info.dtype {
+            return Err(Error::DTypeMismatch {
+                name: name.clone(),
+                expected: input.info.dtype.name(),
+                got: out.info.dtype.name(),
+            });
+        }
+        if out.extent.is_some() {
+            let o = &out.info.name;
+            return Err(Error::Run(format!("input '{name}': output '{o}' has a data-dependent size")));
+        }
+        let shape = self.last_shape(name, o)?;
+        check_shape(&input.info, &input.desc, &shape)?;
+        Ok(shape)
+    }
+
+    /// The shape of output `o` in the last run, for input `name`.
+    fn last_shape(&self, name: &str, o: usize) -> Result<Vec<usize>> {
+        self.last_shapes[o].clone().ok_or_else(|| {
             Error::Run(format!(
                 "input '{name}': nothing to carry, '{}' has not been computed yet",
                 self.outputs[o].info.name
@@ -485,31 +542,59 @@ impl Session {
         })
     }
 
-    /// One command buffer: the stage's dispatches in one compute pass, then
-    /// the copies of the fetched outputs (their actual size) into staging.
-    fn record(&self, stage: usize, vals: &[u64], shapes: &[Vec<usize>], wanted: &[bool]) -> wgpu::CommandBuffer {
+    /// One command buffer: the chained inputs copied in from `carry`, the
+    /// stage's dispatches in one compute pass, the fetched outputs (their
+    /// actual size) copied into `readback` at its base offset, and the
+    /// outputs that `carry` holds copied out for the next step.
+    fn record(
+        &self,
+        run: &Prepared,
+        readback: Option<(&wgpu::Buffer, u64, &Readback)>,
+        carry: Option<&Carry>,
+    ) -> wgpu::CommandBuffer {
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        self.record_pass(&mut encoder, None, stage, vals);
-        if let Some(staging) = &self.staging {
-            for (i, out) in self.outputs.iter().enumerate().filter(|(i, o)| o.size > 0 && wanted[*i]) {
-                let (b, off, size) = self.place(stage, false, i);
-                let bytes = (shapes[i].iter().product::<usize>() as u64 * 4).min(out.size).min(size);
-                if bytes > 0 {
-                    encoder.copy_buffer_to_buffer(&self.buffers[b], off, staging, out.staging_offset, bytes);
+        let bytes = |shape: &[usize], bound: u64| (shape.iter().product::<usize>() as u64 * 4).min(bound);
+        for &(i, o) in &run.chained {
+            let carry = carry.expect("run_steps gives a carry buffer to steps with chained inputs");
+            let (b, off, size) = self.place(run.stage, true, i);
+            let n = bytes(&run.input_shapes[i], size);
+            if n > 0 {
+                encoder.copy_buffer_to_buffer(&carry.buffer, carry.offset(o), &self.buffers[b], off, n);
+            }
+        }
+        self.record_pass(&mut encoder, None, run.stage, &run.vals);
+        if let Some((buffer, base, layout)) = readback {
+            for (i, at) in layout.data.iter().enumerate() {
+                let Some(at) = at else { continue };
+                let (b, off, size) = self.place(run.stage, false, i);
+                let n = bytes(&run.shapes[i], size);
+                if n > 0 {
+                    encoder.copy_buffer_to_buffer(&self.buffers[b], off, buffer, base + at, n);
                 }
             }
-            for e in self.outputs.iter().zip(wanted).filter(|(_, w)| **w).filter_map(|(o, _)| o.extent.as_ref()) {
-                encoder.copy_buffer_to_buffer(&self.buffers[e.buffer], e.offset, staging, e.staging_offset, 4);
+            for (o, at) in self.outputs.iter().zip(&layout.extents) {
+                if let (Some(e), Some(at)) = (&o.extent, at) {
+                    encoder.copy_buffer_to_buffer(&self.buffers[e.buffer], e.offset, buffer, base + at, 4);
+                }
+            }
+        }
+        if let Some(carry) = carry {
+            for &(o, at) in &carry.outputs {
+                let (b, off, size) = self.place(run.stage, false, o);
+                let n = bytes(&run.shapes[o], size);
+                if n > 0 {
+                    encoder.copy_buffer_to_buffer(&self.buffers[b], off, &carry.buffer, at, n);
+                }
             }
         }
         encoder.finish()
     }
 
-    /// The compute pass of every dispatch; with `timestamps`, query `i`
-    /// is written before dispatch `i` and the last after all of them.
     /// One compute pass over the dispatches of `stage`, their workgroup
     /// counts evaluated for the symbol values `vals` (empty ones skipped),
-    /// the state buffers bound as the current run sees them.
+    /// the state buffers bound as the current run sees them; with
+    /// `timestamps`, query `i` is written before dispatch `i` and the last
+    /// after all of them.
     fn record_pass(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -542,49 +627,52 @@ impl Session {
         }
     }
 
-    /// Waits for the submitted work, maps the staging buffer once and
-    /// converts every fetched output back to its logical type.
-    fn read_outputs(&self, shapes: &[Vec<usize>], wanted: &[bool]) -> Result<Vec<(String, HostTensor)>> {
-        let Some(staging) = &self.staging else {
+    /// Waits for the submitted work, maps `readback` (if any) once and
+    /// hands its bytes to `convert`; an error wgpu reported meanwhile
+    /// explains a failure best, so it comes first.
+    fn read_back<T>(&self, readback: Option<&wgpu::Buffer>, convert: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        let Some(buffer) = readback else {
             // Nothing to read back, but a run still ends when the GPU is done.
-            self.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-            return match take_error(&self.errors) {
-                Some(e) => Err(Error::Gpu(e)),
-                None => self.convert(&[], shapes, wanted),
-            };
+            self.wait()?;
+            return convert(&[]);
         };
-        let mapped = self.map(staging);
-        // An error wgpu reported during the run explains a failure best.
-        let result = match (take_error(&self.errors), mapped) {
-            (Some(e), _) => Err(Error::Gpu(e)),
-            (None, Err(e)) => Err(e),
-            (None, Ok(view)) => self.convert(&view, shapes, wanted),
+        let result = match (self.map(buffer), take_error(&self.errors)) {
+            (_, Some(e)) => Err(Error::Gpu(e)),
+            (Err(e), None) => Err(e),
+            (Ok(view), None) => convert(&view),
         };
         // Always unmap, or the next run's map fails. After a failed map this
         // reports "not mapped", which is noise next to the error above.
-        staging.unmap();
+        buffer.unmap();
         if result.is_err() {
             take_error(&self.errors);
         }
         result
     }
 
-    /// The fetched outputs from the staging bytes (`words` is empty when
-    /// every output is).
-    fn convert(&self, words: &[u8], shapes: &[Vec<usize>], wanted: &[bool]) -> Result<Vec<(String, HostTensor)>> {
-        let convert_one = |(o, shape): (&Slot, &Vec<usize>)| {
-            let shape = actual_shape(o, shape.clone(), words)?;
-            let bytes = shape.iter().product::<usize>() as u64 * 4;
-            let range = o.staging_offset as usize..(o.staging_offset + bytes) as usize;
-            let words = words.get(range).unwrap_or_default();
+    /// The fetched outputs from the bytes of a readback laid out as
+    /// `layout` (`words` is empty when every output is).
+    fn convert(
+        &self,
+        words: &[u8],
+        layout: &Readback,
+        shapes: &[Vec<usize>],
+        wanted: &[bool],
+    ) -> Result<Vec<(String, HostTensor)>> {
+        let word_at =
+            |at: u64| words.get(at as usize..at as usize + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let mut fetched = vec![];
+        for (i, o) in self.outputs.iter().enumerate().filter(|(i, _)| wanted[*i]) {
+            let count = layout.extents[i].map(|at| word_at(at).unwrap_or(0) as usize);
+            let shape = actual_shape(o, shapes[i].clone(), count)?;
+            let bytes = shape.iter().product::<usize>() * 4;
+            let at = layout.data[i].unwrap_or(0) as usize;
+            let words = words.get(at..at + bytes).unwrap_or_default();
             let mut data = Vec::with_capacity(words.len() / 4 * o.info.dtype.size_bytes());
             o.info.dtype.from_physical(words, &mut data);
-            let tensor = HostTensor { dtype: o.info.dtype, shape, data };
-            Ok((o.info.name.clone(), tensor))
-        };
-        self.outputs.iter().zip(shapes).zip(wanted).filter(|(_, w)| **w).map(|(x, _)| convert_one(x)).collect()
+            fetched.push((o.info.name.clone(), HostTensor { dtype: o.info.dtype, shape, data }));
+        }
+        Ok(fetched)
     }
 
     /// Maps `staging` for reading and waits for the GPU.
@@ -606,8 +694,36 @@ impl Session {
     }
 }
 
-/// The host tensors to upload (`None`: carried) and every input's shape.
-type Matched<'a> = (Vec<Option<&'a HostTensor>>, Vec<Vec<usize>>);
+/// The host tensors to upload (`None`: on the GPU already), every input's
+/// shape, and the chained inputs as (input, output).
+type Matched<'a> = (Vec<Option<&'a HostTensor>>, Vec<Vec<usize>>, Vec<(usize, usize)>);
+
+/// A run whose inputs are uploaded and symbol values written, ready to record.
+struct Prepared {
+    stage: usize,
+    vals: Vec<u64>,
+    input_shapes: Vec<Vec<usize>>,
+    /// Every output's shape at `vals`.
+    shapes: Vec<Vec<usize>>,
+    /// Inputs taken from the previous step's outputs: (input, output).
+    chained: Vec<(usize, usize)>,
+}
+
+/// Outputs that the next step of a chain takes as inputs, each kept at its
+/// offset in `buffer` between the steps. A separate buffer, because an
+/// input's place may overlap the output's, and the next step's uploads
+/// land before its commands run.
+struct Carry {
+    buffer: wgpu::Buffer,
+    /// (output, offset).
+    outputs: Vec<(usize, u64)>,
+}
+
+impl Carry {
+    fn offset(&self, output: usize) -> u64 {
+        self.outputs.iter().find(|(o, _)| *o == output).map_or(0, |&(_, at)| at)
+    }
+}
 
 /// Buffer `b` as a run sees it: with `swapped`, the two state buffers trade places.
 fn swap(st: &StateRt, b: usize, swapped: bool) -> usize {
@@ -647,18 +763,13 @@ fn state_of(bundle: &Bundle, inputs: &[Slot], outputs: &[Slot]) -> Option<StateR
     let index = |slots: &[Slot], name: &str| slots.iter().position(|s| s.info.name == name);
     let pairs =
         bundle.state.iter().filter_map(|p| Some((index(inputs, &p.input)?, index(outputs, &p.output)?))).collect();
-    Some(StateRt { buffers: [s0 as usize, s1 as usize], pairs, swapped: false, last: vec![None; outputs.len()] })
+    Some(StateRt { buffers: [s0 as usize, s1 as usize], pairs, swapped: false })
 }
 
 /// An output's shape: the bundle's, with a data-dependent extent replaced
-/// by the count the kernels left (checked against the planned bound).
-fn actual_shape(o: &Slot, mut shape: Vec<usize>, staging: &[u8]) -> Result<Vec<usize>> {
-    let Some(e) = &o.extent else { return Ok(shape) };
-    let at = e.staging_offset as usize;
-    let count = match staging.get(at..at + 4) {
-        Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
-        None => 0,
-    };
+/// by the `count` the kernels left (checked against the planned bound).
+fn actual_shape(o: &Slot, mut shape: Vec<usize>, count: Option<usize>) -> Result<Vec<usize>> {
+    let (Some(e), Some(count)) = (&o.extent, count) else { return Ok(shape) };
     if count > shape[e.axis] {
         return Err(Error::Gpu(format!(
             "output '{}': the kernels report {count} entries along axis {}, more than the planned {}",
@@ -697,14 +808,21 @@ fn check_input(info: &TensorInfo, desc: &IoTensor, tensor: &HostTensor) -> Resul
             got: tensor.dtype.name(),
         });
     }
-    if tensor.shape.len() != info.shape.len() || (desc.dims.is_empty() && tensor.shape != info.shape) {
+    check_shape(info, desc, &tensor.shape)?;
+    tensor.check_len(&format!("input '{}'", info.name))
+}
+
+/// Checks a shape against the bundle's description of an input: its rank,
+/// and every dim when none is dynamic (dynamic dims are solved later).
+fn check_shape(info: &TensorInfo, desc: &IoTensor, shape: &[usize]) -> Result<()> {
+    if shape.len() != info.shape.len() || (desc.dims.is_empty() && shape != info.shape) {
         return Err(Error::ShapeMismatch {
             name: info.name.clone(),
             expected: fmt_shape(&info.shape),
-            got: fmt_shape(&tensor.shape),
+            got: fmt_shape(shape),
         });
     }
-    tensor.check_len(&format!("input '{}'", info.name))
+    Ok(())
 }
 
 fn slot(t: &IoTensor, info: &TensorInfo) -> Slot {
@@ -713,12 +831,10 @@ fn slot(t: &IoTensor, info: &TensorInfo) -> Slot {
         buffer: t.buffer as usize,
         offset: t.offset,
         size: io_size(t).expect("validate() checked the size"),
-        staging_offset: 0,
         extent: t.extent.as_ref().map(|e| ExtentSlot {
             axis: e.axis as usize,
             buffer: e.buffer as usize,
             offset: e.offset,
-            staging_offset: 0,
         }),
         desc: t.clone(),
     }
@@ -796,13 +912,6 @@ fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
     for (i, k) in bundle.kernels.iter().enumerate() {
         check_kernel_limits(&limits, i, k)?;
     }
-    let staging = staging_size(bundle);
-    if staging > limits.max_buffer_size {
-        return unsupported(format!(
-            "its outputs need {staging} bytes of readback, the GPU allows {}",
-            limits.max_buffer_size
-        ));
-    }
     let max_groups = limits.max_compute_workgroups_per_dimension;
     if let Some((i, d)) =
         bundle.dispatches.iter().enumerate().find(|(_, d)| d.workgroups.iter().any(|&n| n > max_groups))
@@ -811,6 +920,16 @@ fn check_limits(gpu: &Gpu, bundle: &Bundle) -> Result<()> {
             "dispatches[{i}] launches {} workgroups, the GPU allows {max_groups} per dimension",
             fmt_shape(&d.workgroups)
         ));
+    }
+    Ok(())
+}
+
+/// Fails with `Error::Unsupported` when reading outputs back needs a larger
+/// buffer than the device allows.
+fn check_readback(limits: &wgpu::Limits, bytes: u64) -> Result<()> {
+    let max = limits.max_buffer_size;
+    if bytes > max {
+        return Err(Error::Unsupported(format!("its outputs need {bytes} bytes of readback, the GPU allows {max}")));
     }
     Ok(())
 }
@@ -1084,34 +1203,39 @@ fn create_bind_group(
     })
 }
 
-/// Bytes of the staging buffer `create_staging` makes; saturates.
-fn staging_size(bundle: &Bundle) -> u64 {
-    bundle.outputs.iter().fold(0u64, |end, o| {
-        let data = end
-            .checked_add(io_size(o).unwrap_or(u64::MAX))
-            .and_then(|n| n.checked_next_multiple_of(wgpu::MAP_ALIGNMENT))
-            .unwrap_or(u64::MAX);
-        let extent = if o.extent.is_some() { wgpu::MAP_ALIGNMENT } else { 0 };
-        data.saturating_add(extent)
-    })
+/// Where fetched outputs land in a readback buffer: each fetched output's
+/// data and data-dependent extent, at offsets aligned for mapping.
+#[derive(Clone, Debug, Default)]
+struct Readback {
+    data: Vec<Option<u64>>,
+    extents: Vec<Option<u64>>,
+    /// Bytes in all (saturated: checked against the GPU's limit).
+    bytes: u64,
 }
 
-/// One MAP_READ buffer for all outputs, each at an offset aligned for
-/// mapping; records the offsets in `outputs`.
-fn create_staging(device: &wgpu::Device, outputs: &mut [Slot]) -> Option<wgpu::Buffer> {
-    let mut end = 0u64;
-    for out in outputs.iter_mut() {
-        out.staging_offset = end;
-        end = (end + out.size).next_multiple_of(wgpu::MAP_ALIGNMENT);
-        if let Some(e) = &mut out.extent {
-            e.staging_offset = end;
-            end += wgpu::MAP_ALIGNMENT;
+/// Lays out the `wanted` outputs side by side, each at its bound size.
+fn readback_layout(outputs: &[Slot], wanted: &[bool]) -> Readback {
+    let mut r = Readback::default();
+    for (o, &w) in outputs.iter().zip(wanted) {
+        let fetched = w && o.size > 0;
+        r.data.push(fetched.then_some(r.bytes));
+        if fetched {
+            r.bytes = r.bytes.saturating_add(o.size).next_multiple_of(wgpu::MAP_ALIGNMENT);
+        }
+        r.extents.push((w && o.extent.is_some()).then_some(r.bytes));
+        if w && o.extent.is_some() {
+            r.bytes = r.bytes.saturating_add(wgpu::MAP_ALIGNMENT);
         }
     }
-    (end > 0).then(|| {
+    r
+}
+
+/// A MAP_READ buffer of `bytes`; `None` for nothing to read.
+fn create_readback(device: &wgpu::Device, label: &str, bytes: u64) -> Option<wgpu::Buffer> {
+    (bytes > 0).then(|| {
         device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("outputs"),
-            size: end,
+            label: Some(label),
+            size: bytes,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })

@@ -6,8 +6,9 @@ A Llama-architecture model with random weights is built from a transformers `Lla
 `fixtures/llama.py` (the optimum-style decoder graph with past key/values that the tiny
 fixture uses; that graph matches `LlamaForCausalLM` to 2e-6 on the fixture). drift compiles it
 with bounded dims (`--dim seq=1..512 --dim past=0..1024`), a sampler, and f16 or int4
-weights; `drift generate` times prefill and decode (the KV cache carried on the GPU, one token
-id read back per step).
+weights; `drift generate` times prefill and decode (the KV cache carried on the GPU), decode
+both with one host synchronization per token (`--sync-every 1`) and in chains of 16 steps that
+feed each sampled token to the next step on the GPU (the default).
 
 - Decode roofline: weight bytes read per token (the packed matmul weights and scales, as
   stored) / copy bandwidth measured on the same GPU (torch device-to-device copy, read +
@@ -127,10 +128,12 @@ def run(cmd: list[str]) -> str:
     return p.stdout + p.stderr
 
 
-def drift_generate(drift: str, bundle: Path, n_prompt: int, new: int, vocab: int) -> tuple[float, float, str]:
+def drift_generate(drift: str, bundle: Path, n_prompt: int, new: int, vocab: int,
+                   sync_every: int = 16) -> tuple[float, float, str]:
     rng = np.random.default_rng(1)
     tokens = ",".join(str(t) for t in rng.integers(0, vocab, n_prompt))
-    out = run([drift, "generate", "--trusted", str(bundle), "--tokens", tokens, "--max-new-tokens", str(new)])
+    out = run([drift, "generate", "--trusted", str(bundle), "--tokens", tokens, "--max-new-tokens", str(new),
+               "--sync-every", str(sync_every)])
     m = re.search(r"prefill (\d+) tokens in ([\d.]+) ms; decode (\d+) tokens at ([\d.]+) tokens/s on (.*)", out)
     if not m:
         raise SystemExit(f"unexpected drift generate output:\n{out}")
@@ -191,11 +194,13 @@ def main() -> int:
                    "--group-size", "32", "--sampler"])
         print(out.strip(), f"({time.perf_counter() - t:.0f} s)", flush=True)
         _, decode_tps, gpu = drift_generate(args.drift, bundle, PROMPT, DECODE, cfg["vocab"])
+        _, decode_tps_sync1, _ = drift_generate(args.drift, bundle, PROMPT, DECODE, cfg["vocab"], sync_every=1)
         prefill_ms = min(drift_generate(args.drift, bundle, PREFILL, 1, cfg["vocab"])[0] for _ in range(2))
-        results["formats"][fmt] = {"decode_tokens_per_s": decode_tps, "prefill_512_ms": prefill_ms,
-                                   "weight_bytes_per_token": weight_bytes(cfg, fmt)}
+        results["formats"][fmt] = {"decode_tokens_per_s": decode_tps, "decode_tokens_per_s_sync_every_1": decode_tps_sync1,
+                                   "prefill_512_ms": prefill_ms, "weight_bytes_per_token": weight_bytes(cfg, fmt)}
         results["gpu"] = gpu
-        print(f"{fmt}: decode {decode_tps:.1f} tokens/s, prefill {PREFILL} tokens {prefill_ms:.1f} ms", flush=True)
+        print(f"{fmt}: decode {decode_tps:.1f} tokens/s (sync every 16; every token: {decode_tps_sync1:.1f}), "
+              f"prefill {PREFILL} tokens {prefill_ms:.1f} ms", flush=True)
         if args.profile_dir:
             prof = profile_decode(args.drift, bundle, cfg, PROMPT + DECODE, work)
             Path(args.profile_dir, f"llm_{fmt}_decode_profile.txt").write_text(prof)
