@@ -345,6 +345,30 @@ case(Q, "matmulinteger_zero_points", "MatMulInteger", ["a", "b", "za", "zb"],
      {"a": rand(3, 4, dtype=np.int32).astype(np.uint8)},
      {"b": rand(4, 2, dtype=np.int32).astype(np.uint8), "za": np.uint8(2), "zb": np.array([1, 3], np.uint8)})
 
+
+
+def nbits_case(name, m, k, n, bits, block, zero_points):
+    """onnxruntime's MatMulNBits (com.microsoft): B as random packed codes.
+    K long enough that the GEMV's threads take several words each, and not
+    a multiple of the block (padded codes ignored)."""
+    blocks = -(-k // block)
+    blob = block * bits // 8
+    gen = np.random.default_rng(len(name) * 7919 + k)
+    consts = {"b": gen.integers(0, 256, (n, blocks, blob), dtype=np.uint8),
+              "s": (gen.random(n * blocks, dtype=np.float32) * 0.02 + 0.005).astype(np.float32)}
+    args = ["a", "b", "s"]
+    if zero_points:
+        consts["z"] = gen.integers(0, 256, n * -(-blocks * bits // 8), dtype=np.uint8)
+        args.append("z")
+    # A local generator: the cases after these keep their data.
+    case(Q, name, "MatMulNBits", args, {"a": gen.standard_normal((m, k)).astype(np.float32)}, consts, domain="com.microsoft", opset=1,
+         K=k, N=n, bits=bits, block_size=block)
+
+
+nbits_case("matmulnbits_int4_gemv_long_k", 1, 2100, 33, 4, 32, False)
+nbits_case("matmulnbits_int8_gemv_rows_zero_points", 3, 1536, 20, 8, 64, True)
+nbits_case("matmulnbits_int4_gemm_zero_points", 20, 256, 70, 4, 32, True)
+
 # ---------------------------------------------------------------- rnn
 
 N2 = "rnn"
