@@ -857,7 +857,8 @@ fn qmatmul(mut kg: Gen, id: NodeId) -> R<DynStep> {
         _ if prologue.is_some() => return Err("a row-mean prologue on a product of many rows".into()),
         _ => {
             let k = nbits::gemm_kernel(&spec, &m.wgsl());
-            (k, [Groups::fixed(fmt.n.div_ceil(nbits::GEMM_TILE) as u32), Groups::ceil(m, 64), Groups::fixed(1)])
+            let cols = fmt.n.div_ceil(nbits::GEMM_COLS) as u32;
+            (k, [Groups::fixed(cols), Groups::ceil(m, nbits::GEMM_ROWS as u32), Groups::fixed(1)])
         }
     };
     let values: Vec<(String, ArgOf)> = kernel

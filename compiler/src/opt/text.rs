@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Constants are `[values]`, `fill X` or `iota` (element k is
-//! `(k % 7) * 0.25 - 0.75`); omitted inputs are `_`; attributes are ints,
+//! `(k % 7) * 0.25 - 0.75`); omitted inputs are `_`; an op of another
+//! domain than ai.onnx is written `domain.Op` (`com.microsoft.MatMulNBits`,
+//! opset 1; [`print`] leaves domains out); attributes are ints,
 //! floats (with a `.`), strings in quotes or lists of either. [`print`]
 //! writes the same form, summarizing constants of more than 16 elements.
 
@@ -92,7 +94,8 @@ fn constant(ty: &TypeInfo, init: &str) -> Option<Tensor> {
 
 fn node(line: &str, g: &mut Graph, names: &mut HashMap<String, ValueId>, opset: i64) -> Option<Node> {
     let (outs, rhs) = line.split_once('=')?;
-    let (op_type, rest) = rhs.trim().split_once('(')?;
+    let (qualified, rest) = rhs.trim().split_once('(')?;
+    let (domain, op_type) = qualified.trim().rsplit_once('.').unwrap_or(("", qualified.trim()));
     let (args, attrs) = rest.split_once(')')?;
     let mut inputs = vec![];
     for a in args.split(',').map(str::trim).filter(|a| !a.is_empty()) {
@@ -111,8 +114,9 @@ fn node(line: &str, g: &mut Graph, names: &mut HashMap<String, ValueId>, opset: 
     let name = outs.split(',').next()?.trim().to_string();
     Some(Node {
         name,
-        op_type: op_type.trim().to_string(),
-        opset,
+        op_type: op_type.to_string(),
+        opset: if domain.is_empty() { opset } else { 1 },
+        domain: domain.to_string(),
         attrs: parse_attrs(attrs.trim())?,
         inputs,
         outputs,

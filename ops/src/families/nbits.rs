@@ -392,8 +392,6 @@ pub struct QMatMul {
 
 /// Rows of A up to which QMatMul runs as a GEMV.
 pub const GEMV_MAX_ROWS: usize = 8;
-/// Tile of the GEMM kernel (rows of A and outputs per workgroup).
-pub const GEMM_TILE: usize = 64;
 
 impl Op for QMatMul {
     fn infer(&self, inputs: &[Option<Input>]) -> Result<Vec<TypeInfo>> {
@@ -433,7 +431,7 @@ impl Op for QMatMul {
             gemv_kernel(&spec, m)
         } else {
             let mut k = gemm_kernel(&spec, &format!("{m}u"));
-            k.workgroups = [self.fmt.n.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1];
+            k.workgroups = [self.fmt.n.div_ceil(GEMM_COLS) as u32, m.div_ceil(GEMM_ROWS) as u32, 1];
             k.flops = 2 * (m * self.fmt.n * self.fmt.k) as u64;
             k
         };
@@ -550,10 +548,22 @@ fn fmt_name(f: &WeightFormat) -> String {
 /// however wide the product.
 const PROLOGUE_GROUPS: usize = 264;
 
+/// ` + {x}u`, or nothing for 0.
+fn plus(x: usize) -> String {
+    if x == 0 { String::new() } else { format!(" + {x}u") }
+}
+
+/// Weight words a GEMV thread loads before using any of them. A GEMV is
+/// bound by memory latency as much as bandwidth: one 4-byte load in flight
+/// per thread leaves a GPU's memory system mostly idle, four keep four times
+/// the bytes in flight.
+const GEMV_LOADS: usize = 4;
+
 /// One workgroup of 256 threads computes `256 / T` outputs for all `m` rows
-/// of A: T threads walk one weight row word by word (coalesced), then a tree
-/// reduction in workgroup memory sums their partials. With a prologue, at
-/// most `PROLOGUE_GROUPS` workgroups loop over the output groups.
+/// of A: T threads walk one weight row word by word (coalesced:
+/// `GEMV_LOADS` words, T apart, loaded at a time), then a tree reduction in
+/// workgroup memory sums their partials. With a prologue, at most
+/// `PROLOGUE_GROUPS` workgroups loop over the output groups.
 pub fn gemv_kernel(spec: &QSpec, m: usize) -> Kernel {
     let f = &spec.fmt;
     let e = f.per_word();
@@ -575,6 +585,28 @@ pub fn gemv_kernel(spec: &QSpec, m: usize) -> Kernel {
         let terms: Vec<String> = (0..e).map(|i| format!("(q[{i}] - d.y) * la({r}u, k + {i}u)")).collect();
         acc += &format!("            acc[{r}] += d.x * ({});\n", terms.join(" + "));
     }
+    let word = |w: &str| format!("            let q = codes({w});\n            let d = dq(n, k);\n{acc}");
+    // The words of rows long enough go `GEMV_LOADS` at a time, the rest
+    // (and shorter rows) one at a time.
+    let mut batched = String::new();
+    if kw >= GEMV_LOADS * t {
+        let loads: String =
+            (0..GEMV_LOADS).map(|u| format!("            let w{u} = ld_w(n * RW + j{});\n", plus(u * t))).collect();
+        let uses: String = (0..GEMV_LOADS)
+            .map(|u| {
+                format!(
+                    "            {{\n            let k = (j{}) * E;\n{}            }}\n",
+                    plus(u * t),
+                    word(&format!("w{u}"))
+                )
+            })
+            .collect();
+        batched = format!(
+            "        for (; j + {}u < KW; j += {}u) {{\n{loads}{uses}        }}\n",
+            (GEMV_LOADS - 1) * t,
+            GEMV_LOADS * t
+        );
+    }
     let body = format!(
         "{helpers}{load_a}const T: u32 = {t}u;
 const KW: u32 = {kw}u;
@@ -589,11 +621,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let n = group * {per_group}u + lid.x / T;
     var acc: array<f32, {m}>;
     if (n < N) {{
-        for (var j = t; j < KW; j += T) {{
+        var j = t;
+{batched}        for (; j < KW; j += T) {{
             let k = j * E;
-            let q = codes(ld_w(n * RW + j));
-            let d = dq(n, k);
-{acc}        }}
+{single}        }}
     }}
     for (var r = 0u; r < {m}u; r++) {{ red[r * 256u + lid.x] = acc[r]; }}
     workgroupBarrier();
@@ -611,6 +642,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }}
 ",
         helpers = spec.helpers(),
+        single = word("ld_w(n * RW + j)"),
         red = 256 * m,
         gx = workgroups[0],
         prologue = if spec.prologue { "    row_prologue(lid.x);\n" } else { "" },
@@ -625,41 +657,51 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
 }
 
-/// A 64×64 output tile per workgroup of 16×16 threads (4×4 outputs each),
-/// stepping K by TK: A's tile and the tile of weights, decoded and scaled,
-/// go through workgroup memory. `m` is the WGSL expression of A's row count
-/// (a literal, or a run-time dim); the caller sets the workgroups:
-/// `[ceil(N / 64), ceil(M / 64), 1]`.
+/// Rows and columns of the output tile of one GEMM workgroup.
+pub const GEMM_ROWS: usize = 64;
+pub const GEMM_COLS: usize = 128;
+
+/// A 64×128 output tile per workgroup of 256 threads, each holding 4 rows
+/// × 8 columns of accumulators, stepping K by 16: A's tile (transposed) and
+/// the tile of weights, decoded and scaled once, go through workgroup
+/// memory as vec4s, so each step of the inner loop reads three vec4s for 32
+/// multiply-adds. A thread's columns are two runs of four, 64 apart, so a
+/// warp reads consecutive vec4s of the weight tile. `m` is the WGSL
+/// expression of A's row count (a literal, or a run-time dim); the caller
+/// sets the workgroups: `[ceil(N / GEMM_COLS), ceil(M / GEMM_ROWS), 1]`.
 pub fn gemm_kernel(spec: &QSpec, m: &str) -> Kernel {
-    let f = &spec.fmt;
-    let tk = if f.bits == 16 { 32 } else { f.group.min(32) };
     let mut fma = String::new();
-    for i in 0..4 {
-        for j in 0..4 {
-            fma += &format!("            acc[{}] += a[{i}] * b[{j}];\n", i * 4 + j);
+    for (i, c) in ["x", "y", "z", "w"].iter().enumerate() {
+        for h in 0..2 {
+            fma += &format!("            acc[{}] += a.{c} * b{h};\n", i * 2 + h);
         }
     }
     let body = format!(
-        "{helpers}const TK: u32 = {tk}u;
-var<workgroup> As: array<f32, {at}>;
-var<workgroup> Bs: array<f32, {at}>;
+        "{helpers}const TK: u32 = 16u;
+// A's tile as [k][row / 4] and the weights' as [k][col / 4].
+var<workgroup> As: array<vec4<f32>, {a_tile}>;
+var<workgroup> Bs: array<vec4<f32>, {b_tile}>;
 
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {{
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {{
     let M = {m};
-    let m0 = wid.y * 64u;
-    let n0 = wid.x * 64u;
-    var acc: array<f32, 16>;
+    let m0 = wid.y * {rows}u;
+    let n0 = wid.x * {cols}u;
+    let tx = li % 16u;
+    let ty = li / 16u;
+    // acc[2i + h]: row ty * 4 + i, columns h * 64 + tx * 4 .. + 3.
+    var acc: array<vec4<f32>, 8>;
     for (var k0 = 0u; k0 < K; k0 += TK) {{
-        for (var r = li; r < 64u * TK; r += 256u) {{
-            let row = m0 + r / TK;
-            let k = k0 + r % TK;
+        // Consecutive threads along k: A's rows are read contiguously.
+        for (var r = li; r < {rows}u * TK; r += 256u) {{
+            let row = r / TK;
+            let kk = r % TK;
             var v = 0.0;
-            if (row < M && k < K) {{ v = a_at(row, k); }}
-            As[r] = v;
+            if (m0 + row < M && k0 + kk < K) {{ v = a_at(m0 + row, k0 + kk); }}
+            As[kk * {a_row}u + row / 4u][row % 4u] = v;
         }}
-        for (var r = li; r < 64u * (TK / E); r += 256u) {{
+        // Consecutive threads along a weight row's words, each decoded once.
+        for (var r = li; r < {cols}u * (TK / E); r += 256u) {{
             let col = r / (TK / E);
             let wj = r % (TK / E);
             let n = n0 + col;
@@ -670,36 +712,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 q = codes(ld_w(n * RW + k / E));
                 d = dq(n, k);
             }}
-            for (var e = 0u; e < E; e++) {{ Bs[(wj * E + e) * 64u + col] = (q[e] - d.y) * d.x; }}
+            for (var e = 0u; e < E; e++) {{ Bs[(wj * E + e) * {b_row}u + col / 4u][col % 4u] = (q[e] - d.y) * d.x; }}
         }}
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {{
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {{
-                a[i] = As[(lid.y + 16u * i) * TK + kk];
-                b[i] = Bs[kk * 64u + lid.x + 16u * i];
-            }}
+            let a = As[kk * {a_row}u + ty];
+            let b0 = Bs[kk * {b_row}u + tx];
+            let b1 = Bs[kk * {b_row}u + 16u + tx];
 {fma}        }}
         workgroupBarrier();
     }}
     for (var i = 0u; i < 4u; i++) {{
-        for (var j = 0u; j < 4u; j++) {{
-            let row = m0 + lid.y + 16u * i;
-            let n = n0 + lid.x + 16u * j;
-            if (row < M && n < N) {{ st_y(row * N + n, acc[i * 4u + j] + bias_of(n)); }}
+        let row = m0 + ty * 4u + i;
+        for (var h = 0u; h < 2u; h++) {{
+            for (var c = 0u; c < 4u; c++) {{
+                let n = n0 + h * 64u + tx * 4u + c;
+                if (row < M && n < N) {{ st_y(row * N + n, acc[i * 2u + h][c] + bias_of(n)); }}
+            }}
         }}
     }}
 }}
 ",
         helpers = spec.helpers(),
-        at = 64 * tk,
+        rows = GEMM_ROWS,
+        cols = GEMM_COLS,
+        a_row = GEMM_ROWS / 4,
+        b_row = GEMM_COLS / 4,
+        a_tile = 16 * GEMM_ROWS / 4,
+        b_tile = 16 * GEMM_COLS / 4,
     );
     Kernel {
-        name: format!("qgemm_{}", fmt_name(f)),
+        name: format!("qgemm_{}", fmt_name(&spec.fmt)),
         args: spec.args(),
         body,
-        workgroup_size: [16, 16, 1],
+        workgroup_size: [256, 1, 1],
         workgroups: [1, 1, 1],
         flops: 0,
     }
