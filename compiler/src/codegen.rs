@@ -28,6 +28,20 @@ pub struct ArgBinding {
     /// Counters touched only atomically (`KernelArg::atomic`), through a
     /// binding of their buffer as `array<atomic<u32>>`.
     pub atomic: bool,
+    /// How `ld4_<name>` reads four words (`KernelArg::wide`), if at all.
+    pub quads: Quads,
+}
+
+/// How a wide argument's `ld4_<name>(i)` reads words `4i .. 4i + 3`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Quads {
+    /// Not a wide argument: no `ld4_`.
+    No,
+    /// One load from this binding of the buffer as `array<vec4<u32>>`
+    /// (the tensor starts on 16 bytes).
+    Bound(u32),
+    /// Four `ld_` loads (an unaligned, windowed or f16 tensor).
+    Words,
 }
 
 /// The windows one argument spans.
@@ -48,6 +62,8 @@ pub struct StorageBinding {
     pub half: bool,
     /// Bound as `array<atomic<u32>>` for atomic counters.
     pub atomic: bool,
+    /// Bound as `array<vec4<u32>>` for 16-byte reads.
+    pub quads: bool,
 }
 
 /// The prelude for `args` over `storage` bindings (binding k+1 = storage[k]).
@@ -61,10 +77,11 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     s += "@group(0) @binding(0) var<uniform> p: Params;\n";
     for (k, b) in storage.iter().enumerate() {
         let access = if b.read_write { "read_write" } else { "read" };
-        let elem = match (b.half, b.atomic) {
-            (_, true) => "atomic<u32>",
-            (true, false) => "f16",
-            (false, false) => "u32",
+        let elem = match b {
+            StorageBinding { atomic: true, .. } => "atomic<u32>",
+            StorageBinding { quads: true, .. } => "vec4<u32>",
+            StorageBinding { half: true, .. } => "f16",
+            _ => "u32",
         };
         s += &format!("@group(0) @binding({}) var<storage, {access}> b{}: array<{elem}>;\n", k + 1, k + 1);
     }
@@ -76,8 +93,24 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
             Some(w) => windowed_accessors(a, w, &off),
             None => accessors(a, &off, half),
         };
+        s += &quad_accessor(a, &off);
     }
     s
+}
+
+/// `ld4_<name>(i) -> vec4<u32>`, words `4i .. 4i + 3` of a wide argument
+/// (nothing for others). A bound quad view is indexed in quads: the word
+/// offset `off` is a multiple of four there.
+fn quad_accessor(a: &ArgBinding, off: &str) -> String {
+    let name = &a.name;
+    match a.quads {
+        Quads::No => String::new(),
+        Quads::Bound(b) => format!("fn ld4_{name}(i: u32) -> vec4<u32> {{ return b{b}[({off} >> 2u) + i]; }}\n"),
+        Quads::Words => format!(
+            "fn ld4_{name}(i: u32) -> vec4<u32> {{ let w = 4u * i; \
+             return bitcast<vec4<u32>>(vec4(ld_{name}(w), ld_{name}(w + 1u), ld_{name}(w + 2u), ld_{name}(w + 3u))); }}\n"
+        ),
+    }
 }
 
 /// The `dims` uniform that kernels of dynamic shapes read: the run's value

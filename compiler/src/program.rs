@@ -2,7 +2,7 @@
 //! every tensor a home (arena offset or weights), plan the arena, generate
 //! and validate shaders, and assemble the dispatch list.
 
-use crate::codegen::{self, ArgBinding, StorageBinding};
+use crate::codegen::{self, ArgBinding, Quads, StorageBinding};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, ValueId};
 use crate::plan::{self, Lifetime};
@@ -564,6 +564,17 @@ struct Layout {
     memory: b::MemoryStats,
 }
 
+/// How a binding presents its buffer to a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    /// Words (or f16 activations).
+    Plain,
+    /// `array<atomic<u32>>`, for counters.
+    Atomic,
+    /// `array<vec4<u32>>`, for 16-byte reads.
+    Quads,
+}
+
 /// The storage bindings of one dispatch.
 struct Binds {
     /// Buffer per binding (bindings 1..).
@@ -688,11 +699,12 @@ impl Layout {
     /// The kernel's full WGSL, its storage bindings and each argument's
     /// element offset (relative to the start of its first binding).
     fn kernel_source(&self, step: &Step) -> (String, Binds, Vec<u32>) {
-        // Distinct (buffer, window, atomic) in order of first use; `None`
+        // Distinct (buffer, window, view) in order of first use; `None`
         // is the whole buffer. Atomic counters bind their arena a second
-        // time, as `array<atomic<u32>>` (both bindings read-write).
-        let mut bound: Vec<(u32, Option<u64>, bool)> = vec![];
-        let mut binding_of = |key: (u32, Option<u64>, bool)| {
+        // time, as `array<atomic<u32>>` (both bindings read-write), and
+        // 16-byte reads their buffer as `array<vec4<u32>>`.
+        let mut bound: Vec<(u32, Option<u64>, View)> = vec![];
+        let mut binding_of = |key: (u32, Option<u64>, View)| {
             let k = bound.iter().position(|&x| x == key).unwrap_or_else(|| {
                 bound.push(key);
                 bound.len() - 1
@@ -711,12 +723,20 @@ impl Layout {
                     (Some(off / w), end / w - off / w + 1, off % w)
                 }
             };
-            let bindings: Vec<u32> = (0..spanned).map(|k| binding_of((buf, first.map(|f| f + k), a.atomic))).collect();
+            let view = if a.atomic { View::Atomic } else { View::Plain };
+            let bindings: Vec<u32> = (0..spanned).map(|k| binding_of((buf, first.map(|f| f + k), view))).collect();
             let windows = (spanned > 1).then(|| codegen::Windows {
                 bindings: bindings.clone(),
                 shift: (self.window[buf as usize].unwrap_or(4) / 4).trailing_zeros(),
             });
             let (phys, storage) = (self.phys[s], self.storage[s]);
+            // Quads need one binding, word storage and a 16-byte start.
+            let aligned = spanned == 1 && storage == Storage::Word && Some(buf) != self.half_buffer;
+            let quads = match a.wide {
+                false => Quads::No,
+                true if aligned && local.is_multiple_of(16) => Quads::Bound(binding_of((buf, first, View::Quads))),
+                true => Quads::Words,
+            };
             args.push(ArgBinding {
                 name: a.name.clone(),
                 phys,
@@ -725,6 +745,7 @@ impl Layout {
                 writable,
                 windows,
                 atomic: a.atomic,
+                quads,
             });
             // Offsets count elements of the storage: halves in the f16
             // activation arena and for f16 weights, words otherwise.
@@ -733,10 +754,11 @@ impl Layout {
         }
         let storage: Vec<StorageBinding> = bound
             .iter()
-            .map(|&(buf, _, atomic)| StorageBinding {
+            .map(|&(buf, _, view)| StorageBinding {
                 read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32,
-                half: Some(buf) == self.half_buffer && !atomic,
-                atomic,
+                half: Some(buf) == self.half_buffer && view == View::Plain,
+                atomic: view == View::Atomic,
+                quads: view == View::Quads,
             })
             .collect();
         let source = codegen::prelude(&args, &storage) + &step.kernel.body;

@@ -156,16 +156,27 @@ pub struct KernelArg {
     /// starts (arenas start zeroed) and every kernel using it must leave it
     /// zero, so no other tensor ever shares its bytes.
     pub atomic: bool,
+    /// The kernel also reads this tensor of words four at a time, through
+    /// `ld4_<name>(i) -> vec4<u32>` (words `4i .. 4i + 3`): one 16-byte load
+    /// from a binding of its buffer as `array<vec4<u32>>` where the tensor
+    /// starts on 16 bytes in one binding, four word loads otherwise.
+    pub wide: bool,
 }
 
 impl KernelArg {
     pub fn new(name: &str, tensor: TensorRef) -> KernelArg {
-        KernelArg { name: name.to_string(), tensor, stored_once: false, pointwise: false, atomic: false }
+        KernelArg { name: name.to_string(), tensor, stored_once: false, pointwise: false, atomic: false, wide: false }
     }
 
     /// Declares the argument a temp of atomic counters (see `atomic`).
     pub fn atomic(mut self) -> KernelArg {
         self.atomic = true;
+        self
+    }
+
+    /// Declares 16-byte reads of the argument (see `wide`).
+    pub fn wide(mut self) -> KernelArg {
+        self.wide = true;
         self
     }
 

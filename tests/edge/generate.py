@@ -368,6 +368,8 @@ def nbits_case(name, m, k, n, bits, block, zero_points):
 nbits_case("matmulnbits_int4_gemv_long_k", 1, 2100, 33, 4, 32, False)
 nbits_case("matmulnbits_int8_gemv_rows_zero_points", 3, 1536, 20, 8, 64, True)
 nbits_case("matmulnbits_int4_gemm_zero_points", 20, 256, 70, 4, 32, True)
+# 257 units of four words per row: each GEMV thread loads four at once.
+nbits_case("matmulnbits_int8_gemv_batched_loads", 1, 4100, 8, 8, 32, True)
 
 # ---------------------------------------------------------------- rnn
 

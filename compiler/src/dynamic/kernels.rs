@@ -875,7 +875,12 @@ fn qmatmul(mut kg: Gen, id: NodeId) -> R<DynStep> {
         .collect::<R<_>>()?;
     // nbits' kernels define `main` after their helpers; ours go first.
     let helpers = a_at + &prologue.unwrap_or_default();
-    Ok(kg.finish(&kernel.name, &kernel.body, &helpers, values, kernel.workgroup_size, groups))
+    let mut step = kg.finish(&kernel.name, &kernel.body, &helpers, values, kernel.workgroup_size, groups);
+    // The weights' 16-byte reads (`ld4_w`) survive the renaming of arguments.
+    for arg in step.kernel.args.iter_mut() {
+        arg.wide = kernel.args.iter().any(|a| a.wide && a.name == arg.name);
+    }
+    Ok(step)
 }
 
 /// Token sampling over the last position of logits of a dynamic length.

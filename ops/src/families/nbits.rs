@@ -553,63 +553,75 @@ fn plus(x: usize) -> String {
     if x == 0 { String::new() } else { format!(" + {x}u") }
 }
 
-/// Weight words a GEMV thread loads before using any of them. A GEMV is
-/// bound by memory latency as much as bandwidth: one 4-byte load in flight
-/// per thread leaves a GPU's memory system mostly idle, four keep four times
-/// the bytes in flight.
+/// Loads a GEMV thread issues before using any of them. A GEMV is bound by
+/// memory latency as much as bandwidth: one load in flight per thread
+/// leaves a GPU's memory system mostly idle, four keep four times the bytes
+/// in flight.
 const GEMV_LOADS: usize = 4;
 
 /// One workgroup of 256 threads computes `256 / T` outputs for all `m` rows
-/// of A: T threads walk one weight row word by word (coalesced:
-/// `GEMV_LOADS` words, T apart, loaded at a time), then a tree reduction in
-/// workgroup memory sums their partials. With a prologue, at most
-/// `PROLOGUE_GROUPS` workgroups loop over the output groups.
+/// of A: T threads walk one weight row (coalesced) a unit at a time — four
+/// words read as one 16-byte load where rows start on 16 bytes, else one
+/// word — `GEMV_LOADS` units, T apart, loaded before use; then a tree
+/// reduction in workgroup memory sums their partials. With a prologue, at
+/// most `PROLOGUE_GROUPS` workgroups loop over the output groups.
 pub fn gemv_kernel(spec: &QSpec, m: usize) -> Kernel {
     let f = &spec.fmt;
     let e = f.per_word();
-    // Words that hold elements below K (the rest is block padding).
-    let kw = f.k.div_ceil(e);
-    let t = kw.next_power_of_two().clamp(1, 64);
+    // Words per unit: quads where every row starts on 16 bytes.
+    let quads = f.row_words().is_multiple_of(4);
+    let words = if quads { 4 } else { 1 };
+    // Units that hold elements below K (the rest is block padding).
+    let ku = f.k.div_ceil(e * words);
+    let t = ku.next_power_of_two().clamp(1, 64);
     let per_group = 256 / t;
     let groups = f.n.div_ceil(per_group);
     let workgroups = grid_1d(if spec.prologue { groups.min(PROLOGUE_GROUPS) } else { groups }, 1);
     let stride = workgroups[0] as usize * workgroups[1] as usize;
-    let guard_k = !f.k.is_multiple_of(e);
-    let load_a = if guard_k {
-        "fn la(m: u32, k: u32) -> f32 { if (k < K) { return a_at(m, k); } return 0.0; }\n"
-    } else {
+    // A unit's last elements may lie past K: they read A as 0.
+    let load_a = if f.k.is_multiple_of(e * words) {
         "fn la(m: u32, k: u32) -> f32 { return a_at(m, k); }\n"
+    } else {
+        "fn la(m: u32, k: u32) -> f32 { if (k < K) { return a_at(m, k); } return 0.0; }\n"
     };
     let mut acc = String::new();
     for r in 0..m {
         let terms: Vec<String> = (0..e).map(|i| format!("(q[{i}] - d.y) * la({r}u, k + {i}u)")).collect();
         acc += &format!("            acc[{r}] += d.x * ({});\n", terms.join(" + "));
     }
-    let word = |w: &str| format!("            let q = codes({w});\n            let d = dq(n, k);\n{acc}");
-    // The words of rows long enough go `GEMV_LOADS` at a time, the rest
-    // (and shorter rows) one at a time.
+    // The words of the unit held in `w`, loaded from unit index `j + off`.
+    let use_unit = |w: &str, off: usize| -> String {
+        let word = |value: String, first: String| {
+            format!(
+                "            {{\n            let k = {first} * E;\n            let q = codes({value});\n            let d = dq(n, k);\n{acc}            }}\n"
+            )
+        };
+        if quads {
+            let lanes = ["x", "y", "z", "w"];
+            (0..4).map(|c| word(format!("{w}.{}", lanes[c]), format!("((j{}) * 4u{})", plus(off), plus(c)))).collect()
+        } else {
+            word(w.to_string(), format!("(j{})", plus(off)))
+        }
+    };
+    let load = |off: usize| {
+        if quads { format!("ld4_w(n * RQ + j{})", plus(off)) } else { format!("ld_w(n * RW + j{})", plus(off)) }
+    };
+    // Rows long enough go `GEMV_LOADS` units at a time, the rest (and
+    // shorter rows) one at a time.
     let mut batched = String::new();
-    if kw >= GEMV_LOADS * t {
-        let loads: String =
-            (0..GEMV_LOADS).map(|u| format!("            let w{u} = ld_w(n * RW + j{});\n", plus(u * t))).collect();
-        let uses: String = (0..GEMV_LOADS)
-            .map(|u| {
-                format!(
-                    "            {{\n            let k = (j{}) * E;\n{}            }}\n",
-                    plus(u * t),
-                    word(&format!("w{u}"))
-                )
-            })
-            .collect();
+    if ku >= GEMV_LOADS * t {
+        let loads: String = (0..GEMV_LOADS).map(|u| format!("            let w{u} = {};\n", load(u * t))).collect();
+        let uses: String = (0..GEMV_LOADS).map(|u| use_unit(&format!("w{u}"), u * t)).collect();
         batched = format!(
-            "        for (; j + {}u < KW; j += {}u) {{\n{loads}{uses}        }}\n",
+            "        for (; j + {}u < KU; j += {}u) {{\n{loads}{uses}        }}\n",
             (GEMV_LOADS - 1) * t,
             GEMV_LOADS * t
         );
     }
     let body = format!(
         "{helpers}{load_a}const T: u32 = {t}u;
-const KW: u32 = {kw}u;
+const KU: u32 = {ku}u;
+const RQ: u32 = {rq}u;
 var<workgroup> red: array<f32, {red}>;
 
 @compute @workgroup_size(256)
@@ -622,8 +634,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var acc: array<f32, {m}>;
     if (n < N) {{
         var j = t;
-{batched}        for (; j < KW; j += T) {{
-            let k = j * E;
+{batched}        for (; j < KU; j += T) {{
+            let w0 = {single_load};
 {single}        }}
     }}
     for (var r = 0u; r < {m}u; r++) {{ red[r * 256u + lid.x] = acc[r]; }}
@@ -642,14 +654,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }}
 ",
         helpers = spec.helpers(),
-        single = word("ld_w(n * RW + j)"),
+        rq = f.row_words() / 4,
+        single_load = load(0),
+        single = use_unit("w0", 0),
         red = 256 * m,
         gx = workgroups[0],
         prologue = if spec.prologue { "    row_prologue(lid.x);\n" } else { "" },
     );
+    let mut args = spec.args();
+    if quads {
+        args.iter_mut().filter(|a| a.name == "w").for_each(|a| a.wide = true);
+    }
     Kernel {
         name: format!("qgemv_{}", fmt_name(f)),
-        args: spec.args(),
+        args,
         body,
         workgroup_size: [256, 1, 1],
         workgroups,
