@@ -106,10 +106,7 @@ fn quad_accessor(a: &ArgBinding, off: &str) -> String {
     match a.quads {
         Quads::No => String::new(),
         Quads::Bound(b) => format!("fn ld4_{name}(i: u32) -> vec4<u32> {{ return b{b}[({off} >> 2u) + i]; }}\n"),
-        Quads::Words => format!(
-            "fn ld4_{name}(i: u32) -> vec4<u32> {{ let w = 4u * i; \
-             return bitcast<vec4<u32>>(vec4(ld_{name}(w), ld_{name}(w + 1u), ld_{name}(w + 2u), ld_{name}(w + 3u))); }}\n"
-        ),
+        Quads::Words => drift_ops::wgsl::quads_from_loads(name),
     }
 }
 

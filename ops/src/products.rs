@@ -37,6 +37,20 @@ struct TileShare {
     setup: String,
     fetch: String,
     put: String,
+    /// The argument read four elements at a time (`ld4_`), if any.
+    wide: Option<String>,
+}
+
+/// An operand whose elements sit in one argument at `batch + x * s_x + k *
+/// s_k` (x: the operand's row for A, column for B), so that a tile load can
+/// fetch four along its contiguous axis with one 16-byte load. `batch` is
+/// the WGSL expression of batch `bi`'s base, a multiple of 4 by contract.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Words {
+    pub arg: String,
+    pub batch: String,
+    pub s_x: usize,
+    pub s_k: usize,
 }
 
 /// One batched product, as the kernels see it.
@@ -70,6 +84,10 @@ pub(crate) struct Product {
     /// The lowering's temp index to use for partial sums, if split (the
     /// tile counters of an in-kernel meeting take the next index).
     pub part_temp: usize,
+    /// A and B as plain words, where they are (`load_a` / `load_b` read
+    /// exactly these elements).
+    pub a_words: Option<Words>,
+    pub b_words: Option<Words>,
 }
 
 /// What a product lowers to: kernels in order, and the temps they need
@@ -256,8 +274,12 @@ impl Product {
         })
     }
 
-    fn args(&self, split: Split) -> Vec<KernelArg> {
+    /// The kernel's arguments; `wide` names operands read four at a time.
+    fn args(&self, split: Split, wide: &[Option<String>]) -> Vec<KernelArg> {
         let mut args = self.operand_args.clone();
+        for a in &mut args {
+            a.wide = wide.iter().flatten().any(|w| *w == a.name);
+        }
         if split.is_split() {
             args.push(KernelArg::new("part", crate::TensorRef::Temp(self.part_temp)));
         }
@@ -301,6 +323,9 @@ impl Product {
             Side::A => ("pa", "ta", "load_a", "r0", self.rows, self.a_k_fast),
             Side::B => ("pb", "tb", "load_b", "c0", self.cols, self.b_k_fast),
         };
+        if let Some(words) = self.quads(side, extent, bk) {
+            return self.tile_quads(side, words, (extent, bk, threads), slot, convert);
+        }
         let mut t = TileShare::default();
         let (lmax, kmax) = (limit.max(1) - 1, self.k.max(1) - 1);
         let total = extent * bk;
@@ -331,6 +356,76 @@ impl Product {
             let put = format!("{dst}[{}] = {convert}({reg}{j});", slot(&format!("{reg}i{j}"), &format!("{reg}k{j}")));
             t.put +=
                 &if spare { format!("        if ({e} < {total}u) {{ {put} }}\n") } else { format!("        {put}\n") };
+        }
+        t
+    }
+
+    /// Operand `side` as words a tile of `extent x bk` can load four at a
+    /// time: along k where k is contiguous, else along the extent; every
+    /// quad must start on 16 bytes and hold no element past the operand.
+    fn quads(&self, side: Side, extent: usize, bk: usize) -> Option<&Words> {
+        let (words, limit) = match side {
+            Side::A => (self.a_words.as_ref()?, self.rows),
+            Side::B => (self.b_words.as_ref()?, self.cols),
+        };
+        let fits = match (words.s_k, words.s_x) {
+            (1, s_x) => s_x % 4 == 0 && bk % 4 == 0 && self.k % 4 == 0 && self.k >= 4,
+            (s_k, 1) => s_k % 4 == 0 && extent % 4 == 0 && limit % 4 == 0 && limit >= 4,
+            _ => false,
+        };
+        fits.then_some(words)
+    }
+
+    /// `tile_share` of an operand read as words (`quads`): each share is
+    /// four adjacent elements, fetched with one `ld4_` into a vec4 register
+    /// and put into workgroup memory one element at a time.
+    fn tile_quads(
+        &self,
+        side: Side,
+        words: &Words,
+        (extent, bk, threads): (usize, usize, usize),
+        slot: impl Fn(&str, &str) -> String,
+        convert: &str,
+    ) -> TileShare {
+        let (reg, dst, base, limit) = match side {
+            Side::A => ("pa", "ta", "r0", self.rows),
+            Side::B => ("pb", "tb", "c0", self.cols),
+        };
+        let k_fast = words.s_k == 1;
+        let mut t = TileShare { wide: Some(words.arg.clone()), ..TileShare::default() };
+        // Clamped starts of a quad: the last whole quad along each axis.
+        let (lmax, kmax) = if k_fast { (limit.max(1) - 1, self.k - 4) } else { (limit - 4, self.k.max(1) - 1) };
+        let total = extent * bk / 4;
+        for j in 0..total.div_ceil(threads) {
+            let q = format!("(tid + {}u)", j * threads);
+            let spare = (j + 1) * threads > total;
+            let (i, kk) = if k_fast {
+                (format!("{q} / {}u", bk / 4), format!("({q} % {}u) * 4u", bk / 4))
+            } else {
+                (format!("({q} % {}u) * 4u", extent / 4), format!("{q} / {}u", extent / 4))
+            };
+            t.setup +=
+                &format!("    let {reg}i{j} = {i};\n    let {reg}k{j} = {kk};\n    var {reg}{j} = vec4<f32>();\n");
+            let in_tile = if spare { format!(" && {q} < {total}u") } else { String::new() };
+            let word = format!("{} + min(x, {lmax}u) * {}u + min(k, {kmax}u) * {}u", words.batch, words.s_x, words.s_k);
+            t.fetch += &format!(
+                "        {{\n            let x = {base} + {reg}i{j};\n            let k = k0 + {reg}k{j};\n            {reg}{j} = select(vec4<f32>(), bitcast<vec4<f32>>(ld4_{}(({word}) >> 2u)), x < {limit}u && k < k_end{in_tile});\n        }}\n",
+                words.arg
+            );
+            let mut put = String::new();
+            for c in 0..4 {
+                let (ic, kc) = if k_fast {
+                    (format!("{reg}i{j}"), format!("({reg}k{j} + {c}u)"))
+                } else {
+                    (format!("({reg}i{j} + {c}u)"), format!("{reg}k{j}"))
+                };
+                put += &format!("{dst}[{}] = {convert}({reg}{j}[{c}]); ", slot(&ic, &kc));
+            }
+            t.put += &if spare {
+                format!("        if ({q} < {total}u) {{ {put}}}\n")
+            } else {
+                format!("        {}\n", put.trim_end())
+            };
         }
         t
     }
@@ -484,7 +579,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     s += "}\n";
     let main = Kernel {
         name: p.name.clone(),
-        args: p.args(split),
+        args: p.args(split, &[a.wide, b.wide]),
         body: s,
         workgroup_size: [threads as u32, 1, 1],
         workgroups: [gx, gy, gz],
@@ -610,7 +705,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     s += "}\n";
     let main = Kernel {
         name: format!("{}_coop", p.name),
-        args: p.args(split),
+        args: p.args(split, &[a.wide, b.wide]),
         body: s,
         workgroup_size: [threads as u32, 1, 1],
         workgroups: [gx, gy, gz],
@@ -688,7 +783,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     s += "    }\n}\n";
     let main = Kernel {
         name: format!("{}_gemv", p.name),
-        args: p.args(Split::NONE),
+        args: p.args(Split::NONE, &[]),
         body: s,
         workgroup_size: [GEMV_WG as u32, 1, 1],
         workgroups: [gx, 1, gz],
@@ -726,6 +821,8 @@ mod tests {
             b_k_fast: false,
             part_temp: 0,
             b_column: false,
+            a_words: Some(Words { arg: "a".into(), batch: "0u".into(), s_x: k, s_k: 1 }),
+            b_words: Some(Words { arg: "b".into(), batch: "0u".into(), s_x: 1, s_k: cols }),
         }
     }
 

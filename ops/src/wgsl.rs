@@ -38,6 +38,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {{
     Kernel { name: name.to_string(), args, body, workgroup_size: [WG, 1, 1], workgroups, flops: 0 }
 }
 
+/// `ld4_<name>(i)` of a wide argument (`KernelArg::wide`) from its `ld_`:
+/// the 32-bit patterns of elements `4i .. 4i + 3`, four loads. Where the
+/// argument is bound as quads its prelude reads them with one load instead.
+pub fn quads_from_loads(name: &str) -> String {
+    format!(
+        "fn ld4_{name}(i: u32) -> vec4<u32> {{ let e = 4u * i; \
+         return bitcast<vec4<u32>>(vec4(ld_{name}(e), ld_{name}(e + 1u), ld_{name}(e + 2u), ld_{name}(e + 3u))); }}\n"
+    )
+}
+
 /// Row-major strides of a shape.
 pub fn strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; shape.len()];

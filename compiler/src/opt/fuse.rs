@@ -295,6 +295,10 @@ fn padded_load(mut k: Kernel, p: &Prologue, source: &TypeInfo) -> Kernel {
         }
         f +=
             &format!("    return ld_{}({});\n}}\n", a.name, if idx.is_empty() { "0u".into() } else { idx.join(" + ") });
+        // Padded, the argument is no longer read as plain quads.
+        if std::mem::take(&mut a.wide) {
+            f += &drift_ops::wgsl::quads_from_loads(&name);
+        }
         k.body = f + &k.body;
     }
     k

@@ -529,7 +529,7 @@ fn epilogue(bi: u32, r: u32, c: u32, o: u32, v: {t}) {{ st_y(o, v); }}
 /// output positions of every image, the reduction index `k` is input
 /// channel x taps, split into its coordinates by `conv_columns`.
 fn conv_tiled(g: &Geom, has_bias: bool, target: &crate::Target) -> Result<Lowering> {
-    use crate::products::{Product, cooperative, tiled};
+    use crate::products::{Product, Words, cooperative, tiled};
     let r = g.ins.len();
     let (cg, mg) = (g.cg(), g.mg());
     let ksp: usize = g.ks.iter().product();
@@ -565,6 +565,9 @@ fn conv_tiled(g: &Geom, has_bias: bool, target: &crate::Target) -> Result<Loweri
         a_k_fast: true,
         b_k_fast: false,
         part_temp: 0,
+        // The weights, [group][row][k]: read four along k where k allows.
+        a_words: Some(Words { arg: "w".into(), batch: format!("bi * {}u", mg * cg * ksp), s_x: cg * ksp, s_k: 1 }),
+        b_words: None,
     };
     let pk = if target.use_cooperative() { cooperative(&p, target)? } else { tiled(&p, target)? };
     Ok(Lowering::Kernels { temps: pk.temps, kernels: pk.kernels })

@@ -19,7 +19,7 @@
 //!
 //! The CPU reference walks the same `Problem`, so strides are tested once.
 
-use crate::products::{GEMV_ROWS, Product, cooperative, gemv, tiled, worth_tiling};
+use crate::products::{GEMV_ROWS, Product, Words, cooperative, gemv, tiled, worth_tiling};
 use crate::wgsl::{f32_lit, strides};
 use crate::{
     Attrs, DType, Error, Input, Kernel, KernelArg, LowerCtx, Lowering, Op, Phys, Result, Target, Tensor, TensorRef,
@@ -109,6 +109,20 @@ struct Operand {
     batch: BatchMap,
     /// MatMulInteger's zero point of this operand, subtracted from it.
     zero: Option<ZeroPoint>,
+}
+
+impl Operand {
+    /// The operand as plain words for 16-byte tile loads: no zero point,
+    /// every batch base a multiple of 4 (`batch` names its WGSL function).
+    fn words(&self, batch: &str) -> Option<Words> {
+        let aligned = self.batch.strides.iter().all(|s| s % 4 == 0);
+        (self.zero.is_none() && aligned).then(|| Words {
+            arg: self.arg.into(),
+            batch: format!("{batch}(bi)"),
+            s_x: self.s_r,
+            s_k: self.s_k,
+        })
+    }
 }
 
 /// A zero point input: one value, or one per row (column for the right
@@ -288,6 +302,8 @@ fn load_b(bi: u32, c: u32, k: u32) -> f32 {{ return ld_{}(batch_b(bi) + c * {}u 
             b_k_fast: self.b.s_k == 1,
             part_temp: 0,
             b_column: false,
+            a_words: self.a.words("batch_a"),
+            b_words: self.b.words("batch_b"),
         }
     }
 
