@@ -369,8 +369,8 @@ impl Product {
             Side::B => (self.b_words.as_ref()?, self.cols),
         };
         let fits = match (words.s_k, words.s_x) {
-            (1, s_x) => s_x % 4 == 0 && bk % 4 == 0 && self.k % 4 == 0 && self.k >= 4,
-            (s_k, 1) => s_k % 4 == 0 && extent % 4 == 0 && limit % 4 == 0 && limit >= 4,
+            (1, s_x) => [s_x, bk, self.k].iter().all(|x| x.is_multiple_of(4)) && self.k >= 4,
+            (s_k, 1) => [s_k, extent, limit].iter().all(|x| x.is_multiple_of(4)) && limit >= 4,
             _ => false,
         };
         fits.then_some(words)

@@ -115,7 +115,7 @@ impl Operand {
     /// The operand as plain words for 16-byte tile loads: no zero point,
     /// every batch base a multiple of 4 (`batch` names its WGSL function).
     fn words(&self, batch: &str) -> Option<Words> {
-        let aligned = self.batch.strides.iter().all(|s| s % 4 == 0);
+        let aligned = self.batch.strides.iter().all(|s| s.is_multiple_of(4));
         (self.zero.is_none() && aligned).then(|| Words {
             arg: self.arg.into(),
             batch: format!("{batch}(bi)"),
