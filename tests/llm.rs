@@ -1,5 +1,7 @@
 //! The tiny Llama fixture (`fixtures/llama_tiny`, made by `fixtures/llama.py`)
-//! against onnxruntime: prefill, decode and a chunk on top of the cache, in
+//! and the tiny GPT-2 one (`fixtures/gpt2_tiny`, `fixtures/gpt2.py`: learned
+//! positions, LayerNorm, a fused Q/K/V projection split in three, tanh GELU,
+//! a tied LM head) against onnxruntime: prefill, decode and a chunk on top of the cache, in
 //! f32, with drift's own weight-only quantization (`--quantize`) against a
 //! reference that dequantized the same weights in numpy, and as published
 //! int4 models ship it (MatMulNBits, run natively by onnxruntime).
@@ -244,12 +246,80 @@ fn ops_without_symbolic_rules_are_named() {
 }
 
 fn compile_with_sampler() -> Model {
-    let mut opts = Options { sampler: true, ..Options::default() };
+    compile_bounded(&fixture_dir(), true)
+}
+
+/// The fixture in `dir` with the tests' bounds, with or without a sampler.
+fn compile_bounded(dir: &Path, sampler: bool) -> Model {
+    let mut opts = Options { sampler, ..Options::default() };
     opts.dims.insert("batch_size".into(), 1);
     opts.dim_ranges.insert("seq".into(), SEQ);
     opts.dim_ranges.insert("past".into(), PAST);
-    let compiled = drift_compiler::compile_file(&fixture_dir().join("model.onnx"), &opts).expect("compile");
+    let compiled = drift_compiler::compile_file(&dir.join("model.onnx"), &opts).expect("compile");
     Model::from_bytes(compiled.to_bytes()).expect("load")
+}
+
+fn gpt2_dir() -> PathBuf {
+    fixture_dir().parent().expect("fixtures").join("gpt2_tiny")
+}
+
+/// The tokens onnxruntime generates greedily after the fixture's prompt,
+/// and that prompt.
+fn greedy_reference(dir: &Path) -> (Vec<i64>, Vec<i64>) {
+    let want: Vec<i64> = std::fs::read_to_string(dir.join("greedy.txt"))
+        .expect("greedy.txt")
+        .trim()
+        .split(',')
+        .map(|t| t.parse().expect("token id"))
+        .collect();
+    let prompt =
+        read_dir(&dir.join("steps/prefill/inputs")).into_iter().find(|(n, _)| n == "input_ids").expect("ids").1;
+    (want, prompt.to_f64_vec().into_iter().map(|x| x as i64).collect())
+}
+
+/// GPT-2's op pattern as one bounded bundle: prefill, decode and chunk with
+/// the cache carried on the GPU match onnxruntime's logits and presents.
+#[test]
+fn gpt2_steps_match_onnxruntime() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let dir = gpt2_dir();
+    let model = compile_bounded(&dir, false);
+    assert_eq!(model.bundle().stages.len(), 2, "a decode and a prefill stage");
+    let mut session = Session::new(&gpu, &model).expect("session");
+    let pairs: Vec<String> = session.state_pairs().iter().map(|(i, _)| i.to_string()).collect();
+    assert_eq!(pairs.len(), 4, "2 layers × key/value");
+    for (k, step) in STEPS.iter().enumerate() {
+        let inputs = read_dir(&dir.join("steps").join(step).join("inputs"));
+        let want = read_dir(&dir.join("steps").join(step).join("outputs"));
+        let feeds: Vec<(&str, Feed)> = inputs
+            .iter()
+            .map(|(n, t)| (n.as_str(), if k > 0 && pairs.contains(n) { Feed::Carried } else { Feed::Host(t) }))
+            .collect();
+        let got = session.run_with(&feeds, None).unwrap_or_else(|e| panic!("gpt2 {step}: {e}"));
+        if let Outcome::Mismatch(m) = compare(&got, &want, RTOL, ATOL) {
+            panic!("gpt2 {step}: {m}");
+        }
+    }
+}
+
+/// `drift generate` on the GPT-2 fixture reproduces onnxruntime's greedy
+/// continuation.
+#[test]
+fn gpt2_greedy_generation_matches_onnxruntime() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let dir = gpt2_dir();
+    let mut session = Session::new(&gpu, &compile_bounded(&dir, true)).expect("session");
+    let (want, prompt) = greedy_reference(&dir);
+    let settings = drift_compiler::generate::Settings {
+        max_new_tokens: want.len(),
+        temperature: 0.0,
+        top_k: 1,
+        seed: 0,
+        stop: None,
+        sync_every: 3,
+    };
+    let report = drift_compiler::generate::generate(&mut session, &prompt, &settings).expect("generate");
+    assert_eq!(report.tokens, want);
 }
 
 /// `drift generate`'s loop (prefill, then decode steps with the cache
@@ -260,16 +330,7 @@ fn greedy_generation_matches_onnxruntime() {
     let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
     let model = compile_with_sampler();
     let mut session = Session::new(&gpu, &model).expect("session");
-    let dir = fixture_dir();
-    let want: Vec<i64> = std::fs::read_to_string(dir.join("greedy.txt"))
-        .expect("greedy.txt")
-        .trim()
-        .split(',')
-        .map(|t| t.parse().expect("token id"))
-        .collect();
-    let prompt =
-        read_dir(&dir.join("steps/prefill/inputs")).into_iter().find(|(n, _)| n == "input_ids").expect("ids").1;
-    let prompt: Vec<i64> = prompt.to_f64_vec().into_iter().map(|x| x as i64).collect();
+    let (want, prompt) = greedy_reference(&fixture_dir());
     // One host synchronization per token, chains that do not divide the
     // decode steps, and one chain for all of them.
     for sync_every in [1, 3, want.len()] {
@@ -294,16 +355,7 @@ fn a_stop_token_ends_generation() {
     let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
     let model = compile_with_sampler();
     let mut session = Session::new(&gpu, &model).expect("session");
-    let dir = fixture_dir();
-    let want: Vec<i64> = std::fs::read_to_string(dir.join("greedy.txt"))
-        .expect("greedy.txt")
-        .trim()
-        .split(',')
-        .map(|t| t.parse().expect("token id"))
-        .collect();
-    let prompt =
-        read_dir(&dir.join("steps/prefill/inputs")).into_iter().find(|(n, _)| n == "input_ids").expect("ids").1;
-    let prompt: Vec<i64> = prompt.to_f64_vec().into_iter().map(|x| x as i64).collect();
+    let (want, prompt) = greedy_reference(&fixture_dir());
     // The third greedy token as the stop token (its first occurrence).
     let stop = want[2];
     let end = want.iter().position(|&t| t == stop).expect("present") + 1;

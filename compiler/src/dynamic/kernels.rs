@@ -131,7 +131,8 @@ impl<'a> Gen<'a> {
     /// The function computing `v`'s element at coordinates: a load when `v`
     /// is a tensor, else its computation.
     pub fn value(&mut self, v: ValueId) -> R<String> {
-        let name = format!("f{v}");
+        // Not `f{v}`: value 16 or 32 would name a function `f16` / `f32`.
+        let name = format!("val{v}");
         if self.done.contains(&v) {
             return Ok(name);
         }
@@ -417,9 +418,18 @@ fn scalar(
         "Div" if float => bin("/"),
         "Pow" if float => match constant(1).as_deref() {
             Some([e]) if *e == 2.0 => Ok(format!("({0} * {0})", x(0)?)),
+            Some([e]) if *e == 3.0 => Ok(format!("({0} * {0} * {0})", x(0)?)),
             Some([e]) if *e == 0.5 => Ok(format!("sqrt({})", x(0)?)),
             Some([e]) if *e == 1.0 => x(0),
-            _ => Ok(format!("pow({}, {})", x(0)?, x(1)?)),
+            // WGSL's pow is undefined below 0: integer exponents keep the
+            // sign rule (odd ones the sign), others give NaN, as numpy.
+            _ => {
+                let (b, e) = (x(0)?, x(1)?);
+                let m = format!("pow(abs({b}), {e})");
+                let signed = format!("select({m}, -{m}, (i32({e}) & 1) == 1)");
+                let negative = format!("select({signed}, bitcast<f32>(0x7fc00000u), floor({e}) != {e})");
+                Ok(format!("select(select({negative}, {m}, {b} >= 0.0), 1.0, {e} == 0.0)"))
+            }
         },
         "Neg" => Ok(format!("(-{})", x(0)?)),
         "Sqrt" => fun("sqrt"),
@@ -480,7 +490,9 @@ pub fn lower_node(mut kg: Gen, id: NodeId) -> R<DynLowering> {
         "MatMul" => matmul(kg, id, out)?,
         "QMatMul" => qmatmul(kg, id)?,
         "SampleToken" => sample(kg, id)?,
-        "Softmax" | "LogSoftmax" | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => row(kg, id, out)?,
+        "Softmax" | "LogSoftmax" | "LayerNormalization" | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => {
+            row(kg, id, out)?
+        }
         op if super::lower::is_injective(op) || matches!(op, "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten") => {
             let body = kg.compute(id)?;
             let t = kg.phys(out).wgsl();
@@ -535,8 +547,8 @@ fn injective(kg: Gen, out: ValueId, shape: &[Poly]) -> DynStep {
     kg.finish("dyn_eltwise", &main, "", vec![("y".into(), ArgOf::Value(out))], [256, 1, 1], groups)
 }
 
-/// One workgroup per row of the last axis: Softmax, LogSoftmax, and
-/// reductions over the last axis.
+/// One workgroup per row of the last axis: Softmax, LogSoftmax,
+/// LayerNormalization and reductions over the last axis.
 fn row(mut kg: Gen, id: NodeId, out: ValueId) -> R<DynStep> {
     let node = &kg.g.nodes[id];
     let x = node.inputs[0].ok_or("no input")?;
@@ -601,6 +613,37 @@ fn row(mut kg: Gen, id: NodeId, out: ValueId) -> R<DynStep> {
         workgroupBarrier();",
                 reduce(neg_inf, "max(acc, x)", "max(a, b)"),
                 reduce("0.0", "acc + exp(x - mx)", "a + b")
+            )
+        }
+        "LayerNormalization" => {
+            // Mean, then the mean of squared deviations (two passes over
+            // the row, as onnxruntime computes it), then y = (x - mean) *
+            // inv * scale + bias.
+            let eps = node.attrs.float("epsilon", 1e-5).map_err(|e| e.to_string())?;
+            let params: Vec<ValueId> = node.inputs.iter().skip(1).flatten().copied().collect();
+            if params.iter().any(|&v| kg.shape(v).len() != 1) {
+                return Err("LayerNormalization with symbolic dims needs a scale and bias of rank 1".into());
+            }
+            kg.fns.push("fn per(j: u32) -> array<u32, 1> { return array<u32, 1>(j); }\n".into());
+            let scale = kg.value(node.inputs.get(1).copied().flatten().ok_or("no scale")?)?;
+            let bias = match node.inputs.get(2).copied().flatten() {
+                Some(b) => format!(" + {}(per(j))", kg.value(b)?),
+                None => String::new(),
+            };
+            format!(
+                "{}
+        let mean = red[0] / f32(L);
+        workgroupBarrier();
+    {}
+        let inv = inverseSqrt(red[0] / f32(L) + {});
+        for (var j = lid.x; j < L; j += 256u) {{
+            let x = {elem};
+            st_y(row * L + j, (x - mean) * inv * {scale}(per(j)){bias});
+        }}
+        workgroupBarrier();",
+                reduce("0.0", "acc + x", "a + b"),
+                reduce("0.0", "acc + (x - mean) * (x - mean)", "a + b"),
+                f32_lit(eps)
             )
         }
         "ReduceMax" | "ReduceMin" => {

@@ -454,6 +454,9 @@ fn fusable(g: &Graph, id: NodeId) -> bool {
         ("", "Softmax" | "LogSoftmax") => {
             node.opset >= 13 && float(0) && last_axis(node.attrs.int("axis", -1).unwrap_or(0))
         }
+        ("", "LayerNormalization") => {
+            float(0) && node.outputs.len() == 1 && last_axis(node.attrs.int("axis", -1).unwrap_or(0))
+        }
         ("", "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin") => {
             let axes = match node.attrs.ints_opt("axes") {
                 Ok(Some(a)) => a.to_vec(),
@@ -475,7 +478,15 @@ fn fusable(g: &Graph, id: NodeId) -> bool {
 fn reads_inline(g: &Graph, id: NodeId) -> bool {
     matches!(
         g.nodes[id].op_type.as_str(),
-        "MatMul" | "QMatMul" | "Softmax" | "LogSoftmax" | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin"
+        "MatMul"
+            | "QMatMul"
+            | "Softmax"
+            | "LogSoftmax"
+            | "LayerNormalization"
+            | "ReduceMean"
+            | "ReduceSum"
+            | "ReduceMax"
+            | "ReduceMin"
     ) || is_injective(&g.nodes[id].op_type)
         || is_view(&g.nodes[id].op_type)
 }

@@ -265,6 +265,16 @@ pub fn infer(op: &str, a: &Attrs, opset: i64, ins: &[Option<SymIn>]) -> R<Vec<Sy
             let i = x()?;
             Ok(vec![SymOut::data(i.dtype, i.shape.clone())])
         }
+        // Y only: the optional Mean and InvStdDev outputs have no rule.
+        "LayerNormalization" => {
+            let i = x()?;
+            let r = i.shape.len() as i64;
+            let a = attr_int(a, "axis", -1)?;
+            if a != -1 && a != r - 1 {
+                return unsupported("LayerNormalization with symbolic dims must normalize the last axis");
+            }
+            Ok(vec![SymOut::data(i.dtype, i.shape.clone())])
+        }
         "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => reduce(a, opset, ins),
         "SampleToken" => {
             let i = x()?;
