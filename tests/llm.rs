@@ -1,7 +1,8 @@
 //! The tiny Llama fixture (`fixtures/llama_tiny`, made by `fixtures/llama.py`)
-//! and the tiny GPT-2 one (`fixtures/gpt2_tiny`, `fixtures/gpt2.py`: learned
-//! positions, LayerNorm, a fused Q/K/V projection split in three, tanh GELU,
-//! a tied LM head) against onnxruntime: prefill, decode and a chunk on top of the cache, in
+//! and the tiny GPT-2 and Qwen2 ones (`fixtures/gpt2_tiny` from
+//! `fixtures/gpt2.py`: learned positions, LayerNorm, a fused Q/K/V projection
+//! split in three, tanh GELU, a tied LM head; `fixtures/qwen_tiny`: Llama's
+//! layout with q/k/v biases) against onnxruntime: prefill, decode and a chunk on top of the cache, in
 //! f32, with drift's own weight-only quantization (`--quantize`) against a
 //! reference that dequantized the same weights in numpy, and as published
 //! int4 models ship it (MatMulNBits, run natively by onnxruntime).
@@ -259,8 +260,15 @@ fn compile_bounded(dir: &Path, sampler: bool) -> Model {
     Model::from_bytes(compiled.to_bytes()).expect("load")
 }
 
-fn gpt2_dir() -> PathBuf {
-    fixture_dir().parent().expect("fixtures").join("gpt2_tiny")
+/// The other decoder families' fixtures: GPT-2 (`fixtures/gpt2.py`) and
+/// Qwen2 (Llama's layout with q/k/v biases, `fixtures/llama.py`).
+fn family_dirs() -> Vec<PathBuf> {
+    let root = fixture_dir().parent().expect("fixtures").to_path_buf();
+    ["gpt2_tiny", "qwen_tiny"].iter().map(|n| root.join(n)).collect()
+}
+
+fn family(dir: &Path) -> String {
+    dir.file_name().expect("name").to_string_lossy().into_owned()
 }
 
 /// The tokens onnxruntime generates greedily after the fixture's prompt,
@@ -277,49 +285,53 @@ fn greedy_reference(dir: &Path) -> (Vec<i64>, Vec<i64>) {
     (want, prompt.to_f64_vec().into_iter().map(|x| x as i64).collect())
 }
 
-/// GPT-2's op pattern as one bounded bundle: prefill, decode and chunk with
-/// the cache carried on the GPU match onnxruntime's logits and presents.
+/// GPT-2's and Qwen2's op patterns as one bounded bundle each: prefill,
+/// decode and chunk with the cache carried on the GPU match onnxruntime's
+/// logits and presents.
 #[test]
-fn gpt2_steps_match_onnxruntime() {
+fn other_families_steps_match_onnxruntime() {
     let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
-    let dir = gpt2_dir();
-    let model = compile_bounded(&dir, false);
-    assert_eq!(model.bundle().stages.len(), 2, "a decode and a prefill stage");
-    let mut session = Session::new(&gpu, &model).expect("session");
-    let pairs: Vec<String> = session.state_pairs().iter().map(|(i, _)| i.to_string()).collect();
-    assert_eq!(pairs.len(), 4, "2 layers × key/value");
-    for (k, step) in STEPS.iter().enumerate() {
-        let inputs = read_dir(&dir.join("steps").join(step).join("inputs"));
-        let want = read_dir(&dir.join("steps").join(step).join("outputs"));
-        let feeds: Vec<(&str, Feed)> = inputs
-            .iter()
-            .map(|(n, t)| (n.as_str(), if k > 0 && pairs.contains(n) { Feed::Carried } else { Feed::Host(t) }))
-            .collect();
-        let got = session.run_with(&feeds, None).unwrap_or_else(|e| panic!("gpt2 {step}: {e}"));
-        if let Outcome::Mismatch(m) = compare(&got, &want, RTOL, ATOL) {
-            panic!("gpt2 {step}: {m}");
+    for dir in family_dirs() {
+        let name = family(&dir);
+        let model = compile_bounded(&dir, false);
+        assert_eq!(model.bundle().stages.len(), 2, "{name}: a decode and a prefill stage");
+        let mut session = Session::new(&gpu, &model).expect("session");
+        let pairs: Vec<String> = session.state_pairs().iter().map(|(i, _)| i.to_string()).collect();
+        assert_eq!(pairs.len(), 4, "{name}: 2 layers × key/value");
+        for (k, step) in STEPS.iter().enumerate() {
+            let inputs = read_dir(&dir.join("steps").join(step).join("inputs"));
+            let want = read_dir(&dir.join("steps").join(step).join("outputs"));
+            let feeds: Vec<(&str, Feed)> = inputs
+                .iter()
+                .map(|(n, t)| (n.as_str(), if k > 0 && pairs.contains(n) { Feed::Carried } else { Feed::Host(t) }))
+                .collect();
+            let got = session.run_with(&feeds, None).unwrap_or_else(|e| panic!("{name} {step}: {e}"));
+            if let Outcome::Mismatch(m) = compare(&got, &want, RTOL, ATOL) {
+                panic!("{name} {step}: {m}");
+            }
         }
     }
 }
 
-/// `drift generate` on the GPT-2 fixture reproduces onnxruntime's greedy
-/// continuation.
+/// `drift generate` on the GPT-2 and Qwen2 fixtures reproduces
+/// onnxruntime's greedy continuations.
 #[test]
-fn gpt2_greedy_generation_matches_onnxruntime() {
+fn other_families_generate_onnxruntime_greedy_tokens() {
     let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
-    let dir = gpt2_dir();
-    let mut session = Session::new(&gpu, &compile_bounded(&dir, true)).expect("session");
-    let (want, prompt) = greedy_reference(&dir);
-    let settings = drift_compiler::generate::Settings {
-        max_new_tokens: want.len(),
-        temperature: 0.0,
-        top_k: 1,
-        seed: 0,
-        stop: None,
-        sync_every: 3,
-    };
-    let report = drift_compiler::generate::generate(&mut session, &prompt, &settings).expect("generate");
-    assert_eq!(report.tokens, want);
+    for dir in family_dirs() {
+        let mut session = Session::new(&gpu, &compile_bounded(&dir, true)).expect("session");
+        let (want, prompt) = greedy_reference(&dir);
+        let settings = drift_compiler::generate::Settings {
+            max_new_tokens: want.len(),
+            temperature: 0.0,
+            top_k: 1,
+            seed: 0,
+            stop: None,
+            sync_every: 3,
+        };
+        let report = drift_compiler::generate::generate(&mut session, &prompt, &settings).expect("generate");
+        assert_eq!(report.tokens, want, "{}", family(&dir));
+    }
 }
 
 /// `drift generate`'s loop (prefill, then decode steps with the cache
