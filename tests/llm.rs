@@ -285,6 +285,12 @@ fn greedy_reference(dir: &Path) -> (Vec<i64>, Vec<i64>) {
     (want, prompt.to_f64_vec().into_iter().map(|x| x as i64).collect())
 }
 
+/// Greedy sampling of `n` tokens, `sync_every` decode steps per host
+/// synchronization.
+fn greedy_settings(n: usize, stop: Option<i64>, sync_every: usize) -> drift_compiler::generate::Settings {
+    drift_compiler::generate::Settings { max_new_tokens: n, temperature: 0.0, top_k: 1, seed: 0, stop, sync_every }
+}
+
 /// GPT-2's and Qwen2's op patterns as one bounded bundle each: prefill,
 /// decode and chunk with the cache carried on the GPU match onnxruntime's
 /// logits and presents.
@@ -321,14 +327,7 @@ fn other_families_generate_onnxruntime_greedy_tokens() {
     for dir in family_dirs() {
         let mut session = Session::new(&gpu, &compile_bounded(&dir, true)).expect("session");
         let (want, prompt) = greedy_reference(&dir);
-        let settings = drift_compiler::generate::Settings {
-            max_new_tokens: want.len(),
-            temperature: 0.0,
-            top_k: 1,
-            seed: 0,
-            stop: None,
-            sync_every: 3,
-        };
+        let settings = greedy_settings(want.len(), None, 3);
         let report = drift_compiler::generate::generate(&mut session, &prompt, &settings).expect("generate");
         assert_eq!(report.tokens, want, "{}", family(&dir));
     }
@@ -346,14 +345,7 @@ fn greedy_generation_matches_onnxruntime() {
     // One host synchronization per token, chains that do not divide the
     // decode steps, and one chain for all of them.
     for sync_every in [1, 3, want.len()] {
-        let settings = drift_compiler::generate::Settings {
-            max_new_tokens: want.len(),
-            temperature: 0.0,
-            top_k: 1,
-            seed: 0,
-            stop: None,
-            sync_every,
-        };
+        let settings = greedy_settings(want.len(), None, sync_every);
         let report = drift_compiler::generate::generate(&mut session, &prompt, &settings).expect("generate");
         assert_eq!(report.tokens, want, "sync every {sync_every} steps");
         assert_eq!(report.decode_steps, want.len() - 1);
@@ -371,14 +363,7 @@ fn a_stop_token_ends_generation() {
     // The third greedy token as the stop token (its first occurrence).
     let stop = want[2];
     let end = want.iter().position(|&t| t == stop).expect("present") + 1;
-    let settings = drift_compiler::generate::Settings {
-        max_new_tokens: want.len(),
-        temperature: 0.0,
-        top_k: 1,
-        seed: 0,
-        stop: Some(stop),
-        sync_every: 4,
-    };
+    let settings = greedy_settings(want.len(), Some(stop), 4);
     let report = drift_compiler::generate::generate(&mut session, &prompt, &settings).expect("generate");
     assert_eq!(report.tokens, want[..end]);
 }
