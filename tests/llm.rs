@@ -260,11 +260,52 @@ fn compile_bounded(dir: &Path, sampler: bool) -> Model {
     Model::from_bytes(compiled.to_bytes()).expect("load")
 }
 
-/// The other decoder families' fixtures: GPT-2 (`fixtures/gpt2.py`) and
-/// Qwen2 (Llama's layout with q/k/v biases, `fixtures/llama.py`).
+/// The other decoder fixtures: GPT-2 (`fixtures/gpt2.py`), Qwen2 (Llama's
+/// layout with q/k/v biases) and Llama through ONNX's own RotaryEmbedding
+/// and Attention ops (both from `fixtures/llama.py`).
 fn family_dirs() -> Vec<PathBuf> {
     let root = fixture_dir().parent().expect("fixtures").to_path_buf();
-    ["gpt2_tiny", "qwen_tiny"].iter().map(|n| root.join(n)).collect()
+    ["gpt2_tiny", "qwen_tiny", "llama_ops23_tiny"].iter().map(|n| root.join(n)).collect()
+}
+
+/// Single Attention and RotaryEmbedding nodes (opset 23: grouped heads,
+/// packed heads, past and present, causal, boolean and float masks, a
+/// scale; rotation in halves, in interleaved pairs, partial) compiled with
+/// the bounds of their `dims.txt` match onnxruntime at several lengths
+/// (`fixtures/dynamic_ops.py`).
+#[test]
+fn onnx_llm_ops_with_symbolic_dims_match_onnxruntime() {
+    let gpu = Gpu::new().expect("a GPU (lavapipe in CI)");
+    let root = fixture_dir().parent().expect("fixtures").join("dynamic_ops");
+    let mut cases: Vec<PathBuf> =
+        std::fs::read_dir(&root).expect("dynamic_ops").map(|e| e.expect("entry").path()).collect();
+    cases.sort();
+    assert!(cases.len() >= 5, "{} cases", cases.len());
+    for case in cases {
+        let name = family(&case);
+        let mut opts = Options::default();
+        for line in std::fs::read_to_string(case.join("dims.txt")).expect("dims.txt").lines() {
+            let (dim, range) = line.split_once('=').expect("NAME=MIN..MAX");
+            let (lo, hi) = range.split_once("..").expect("a range");
+            opts.dim_ranges.insert(dim.into(), (lo.parse().expect("min"), hi.parse().expect("max")));
+        }
+        let compiled = drift_compiler::compile_file(&case.join("model.onnx"), &opts)
+            .unwrap_or_else(|e| panic!("{name}: compile: {e}"));
+        let model = Model::from_bytes(compiled.to_bytes()).expect("load");
+        let mut session = Session::new(&gpu, &model).expect("session");
+        let mut runs: Vec<PathBuf> =
+            std::fs::read_dir(case.join("runs")).expect("runs").map(|e| e.expect("entry").path()).collect();
+        runs.sort();
+        for run in runs {
+            let inputs = read_dir(&run.join("inputs"));
+            let want = read_dir(&run.join("outputs"));
+            let args: Vec<(&str, &HostTensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let got = session.run(&args).unwrap_or_else(|e| panic!("{name} run {}: {e}", run.display()));
+            if let Outcome::Mismatch(m) = compare(&got, &want, RTOL, ATOL) {
+                panic!("{name} run {}: {m}", run.display());
+            }
+        }
+    }
 }
 
 fn family(dir: &Path) -> String {

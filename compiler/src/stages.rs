@@ -121,7 +121,7 @@ struct Part {
 
 fn compile_part(g0: &Graph, opts: &Options, spec: &dynamic::DimSpec, stage: &StageSpec) -> Result<Part> {
     let mut g = clone_unbuilt(g0);
-    dynamic::split_to_slices(&mut g);
+    dynamic::decompose::run(&mut g)?;
     let mut info = dynamic::bind_inputs(&mut g, spec, &stage.bounds)?;
     passes::fix_input_values(&mut g, &opts.const_inputs)?;
     passes::build_ops(&mut g)?;

@@ -493,7 +493,9 @@ pub fn lower_node(mut kg: Gen, id: NodeId) -> R<DynLowering> {
         "Softmax" | "LogSoftmax" | "LayerNormalization" | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => {
             row(kg, id, out)?
         }
-        op if super::lower::is_injective(op) || matches!(op, "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten") => {
+        op if super::lower::is_injective(op)
+            || matches!(op, "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" | "Identity" | "Dropout") =>
+        {
             let body = kg.compute(id)?;
             let t = kg.phys(out).wgsl();
             let shape = kg.shape(out);

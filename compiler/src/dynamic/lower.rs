@@ -283,13 +283,15 @@ fn pair_concats(
         if taken.contains(&a) {
             continue;
         }
+        // The pair runs at the first Concat's place: what the second reads
+        // must exist by then, its tensors and the views aliasing them (a
+        // view's tensor is bound when the view's node is reached).
         let fits = |b: NodeId| {
+            let (nodes, leaves) = inline_tree(g, class, producer, &g.nodes[b].inputs, &[Class::Inline, Class::View]);
             g.ty(out(a)).dtype == g.ty(out(b)).dtype
                 && info.shape(g, out(a)) == info.shape(g, out(b))
-                && inline_tree(g, class, producer, &g.nodes[b].inputs, &[Class::Inline, Class::View])
-                    .1
-                    .iter()
-                    .all(|v| *v != out(a) && producer.get(v).is_none_or(|p| position[p] < position[&a]))
+                && leaves.iter().all(|v| *v != out(a) && producer.get(v).is_none_or(|p| position[p] < position[&a]))
+                && nodes.iter().all(|n| class.get(n) != Some(&Class::View) || position[n] < position[&a])
         };
         if let Some(&b) = concats[n + 1..].iter().find(|&&b| !taken.contains(&b) && fits(b)) {
             taken.extend([a, b]);

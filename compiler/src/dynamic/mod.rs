@@ -13,6 +13,7 @@
 //! Tensors are dense for their actual shape: a reshape stays a view, and a
 //! run's outputs are read back at their actual size.
 
+pub mod decompose;
 pub mod kernels;
 pub mod lower;
 pub mod shape;
@@ -269,68 +270,6 @@ pub fn bind_inputs(g: &mut Graph, spec: &DimSpec, bounds: &[(i64, i64)]) -> Resu
         )));
     }
     Ok(info)
-}
-
-/// Rewrites each Split with constant sizes into one Slice per output: the
-/// symbolic rules and kernels know Slice, so a fused Q/K/V projection split
-/// in three (GPT-2's `c_attn`) becomes three views its readers compute
-/// through. Splits without constant sizes are left for inference to report.
-pub fn split_to_slices(g: &mut Graph) {
-    let splits: Vec<NodeId> =
-        g.live_nodes().filter(|(_, n)| n.domain.is_empty() && n.op_type == "Split").map(|(id, _)| id).collect();
-    for id in splits {
-        let Some(sizes) = split_sizes(g, id) else { continue };
-        let node = &g.nodes[id];
-        let (x, outs, axis, name) =
-            (node.inputs[0], node.outputs.clone(), node.attrs.int("axis", 0).unwrap_or(0), node.name.clone());
-        let Some(x) = x else { continue };
-        if sizes.len() != outs.len() {
-            continue;
-        }
-        let mut start = 0;
-        let mut slices = vec![];
-        for (k, (&size, out)) in sizes.iter().zip(&outs).enumerate() {
-            let (begin, end) = (start, start + size);
-            start = end;
-            let Some(out) = *out else { continue };
-            let ints = |g: &mut Graph, what: &str, v: i64| {
-                let t = Tensor::from_i64(DType::I64, vec![1], vec![v]);
-                g.add_value(crate::ir::Value {
-                    name: format!("{name}/{what}_{k}"),
-                    ty: Some(TypeInfo::new(DType::I64, vec![1])),
-                    constant: Some(Arc::new(t)),
-                    declared: None,
-                })
-            };
-            let inputs =
-                vec![Some(x), Some(ints(g, "starts", begin)), Some(ints(g, "ends", end)), Some(ints(g, "axes", axis))];
-            slices.push(crate::ir::Node {
-                name: format!("{name}/slice_{k}"),
-                op_type: "Slice".into(),
-                opset: 13,
-                inputs,
-                outputs: vec![Some(out)],
-                ..crate::ir::Node::default()
-            });
-        }
-        g.nodes[id].dead = true;
-        g.nodes.extend(slices);
-    }
-}
-
-/// The constant sizes of Split node `id` (input `split` from opset 13, the
-/// attribute before), if it has them.
-fn split_sizes(g: &Graph, id: NodeId) -> Option<Vec<i64>> {
-    let node = &g.nodes[id];
-    if let Some(v) = node.inputs.get(1).copied().flatten() {
-        if let Some(t) = g.values[v].constant.as_deref() {
-            return Some(t.to_i64());
-        }
-        // Exporters write small vectors as Constant nodes.
-        let (_, c) = g.live_nodes().find(|(_, n)| n.op_type == "Constant" && n.outputs.contains(&Some(v)))?;
-        return c.attrs.tensor_opt("value").ok().flatten().map(|t| t.to_i64());
-    }
-    node.attrs.ints_opt("split").ok().flatten().map(|s| s.to_vec())
 }
 
 /// Infers every value's type: nodes reading only concrete values through the
