@@ -8,8 +8,8 @@
 //! - `RotaryEmbedding` (opset 23) → halves (or interleaved pairs) of the
 //!   rotated dims times the cos/sin caches gathered at the positions;
 //! - `Attention` (opset 23) → present = past ++ new, key/value heads
-//!   repeated for grouped queries, scaled scores plus mask and causal bias,
-//!   Softmax, product with the values.
+//!   repeated for grouped queries, scaled (and soft-capped) scores plus mask
+//!   and causal bias, Softmax, product with the values.
 //!
 //! Each generated node uses opset 18 forms (axes as inputs, Shape with
 //! start and end), whatever the model's opset.
@@ -280,8 +280,8 @@ fn rotate(e: &mut Emit, x1: ValueId, x2: ValueId, cos: ValueId, sin: ValueId) ->
 
 /// Attention with an optional KV cache: what the bounded-dims lowering
 /// fuses for decode (`lower::fuse_attention`) and runs as batched products
-/// for prefill. Soft capping, windows, external cache lengths and the QK
-/// output are not covered.
+/// for prefill. Windows, external cache lengths and the QK output are not
+/// covered.
 fn attention(g: &mut Graph, id: NodeId) -> Result<()> {
     let node = &g.nodes[id];
     let a = &node.attrs;
@@ -295,8 +295,8 @@ fn attention(g: &mut Graph, id: NodeId) -> Result<()> {
     let ins: Vec<Option<ValueId>> = node.inputs.clone();
     let outs: Vec<Option<ValueId>> = node.outputs.clone();
     let input = |i: usize| ins.get(i).copied().flatten();
-    if softcap != 0.0 || windows || input(6).is_some() || outs.get(3).copied().flatten().is_some() {
-        return Err(unsupported(g, id, "Attention with softcap, windows, nonpad_kv_seqlen or the QK output"));
+    if windows || input(6).is_some() || outs.get(3).copied().flatten().is_some() {
+        return Err(unsupported(g, id, "Attention with windows, nonpad_kv_seqlen or the QK output"));
     }
     let (q_heads, kv_heads) = (a.int("q_num_heads", 0).map_err(err)?, a.int("kv_num_heads", 0).map_err(err)?);
     let causal = a.int("is_causal", 0).map_err(err)? != 0;
@@ -353,6 +353,13 @@ fn attention(g: &mut Graph, id: NodeId) -> Result<()> {
         }
     };
     let mut logits = e.op("Mul", &[scores, scale]);
+    if softcap > 0.0 {
+        // softcap * tanh(logits / softcap), before masks.
+        let cap = e.float(f64::from(softcap));
+        let ratio = e.op("Div", &[logits, cap]);
+        let t = e.op("Tanh", &[ratio]);
+        logits = e.op("Mul", &[t, cap]);
+    }
     let neg_inf = e.float(f64::NEG_INFINITY);
     let zero = e.float(0.0);
     if let Some(m) = input(3) {
