@@ -37,10 +37,11 @@ pub struct ArgBinding {
 pub enum Quads {
     /// Not a wide argument: no `ld4_`.
     No,
-    /// One load from this binding of the buffer as `array<vec4<u32>>`
-    /// (the tensor starts on 16 bytes).
+    /// One load from this binding of the buffer as `array<vec4<u32>>`, or
+    /// `array<vec4<f16>>` in the f16 activation arena (the tensor starts on
+    /// a whole quad).
     Bound(u32),
-    /// Four `ld_` loads (an unaligned, windowed or f16 tensor).
+    /// Four `ld_` loads (an unaligned, windowed or f16-weight tensor).
     Words,
 }
 
@@ -62,7 +63,8 @@ pub struct StorageBinding {
     pub half: bool,
     /// Bound as `array<atomic<u32>>` for atomic counters.
     pub atomic: bool,
-    /// Bound as `array<vec4<u32>>` for 16-byte reads.
+    /// Bound as `array<vec4<u32>>` (`vec4<f16>` with `half`) for four
+    /// elements a load.
     pub quads: bool,
 }
 
@@ -79,6 +81,7 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
         let access = if b.read_write { "read_write" } else { "read" };
         let elem = match b {
             StorageBinding { atomic: true, .. } => "atomic<u32>",
+            StorageBinding { quads: true, half: true, .. } => "vec4<f16>",
             StorageBinding { quads: true, .. } => "vec4<u32>",
             StorageBinding { half: true, .. } => "f16",
             _ => "u32",
@@ -93,18 +96,27 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
             Some(w) => windowed_accessors(a, w, &off),
             None => accessors(a, &off, half),
         };
-        s += &quad_accessor(a, &off);
+        let quads_half = match a.quads {
+            Quads::Bound(b) => storage.get(b as usize - 1).is_some_and(|s| s.half),
+            _ => false,
+        };
+        s += &quad_accessor(a, &off, quads_half);
     }
     s
 }
 
-/// `ld4_<name>(i) -> vec4<u32>`, words `4i .. 4i + 3` of a wide argument
-/// (nothing for others). A bound quad view is indexed in quads: the word
-/// offset `off` is a multiple of four there.
-fn quad_accessor(a: &ArgBinding, off: &str) -> String {
+/// `ld4_<name>(i) -> vec4<u32>`, the 32-bit patterns of elements `4i .. 4i
+/// + 3` of a wide argument (nothing for others). A bound quad view is
+/// indexed in quads (the element offset `off` is a multiple of four
+/// there); `half` when it views f16 activations, widened to f32 as `ld_`
+/// does.
+fn quad_accessor(a: &ArgBinding, off: &str, half: bool) -> String {
     let name = &a.name;
     match a.quads {
         Quads::No => String::new(),
+        Quads::Bound(b) if half => format!(
+            "fn ld4_{name}(i: u32) -> vec4<u32> {{ return bitcast<vec4<u32>>(vec4<f32>(b{b}[({off} >> 2u) + i])); }}\n"
+        ),
         Quads::Bound(b) => format!("fn ld4_{name}(i: u32) -> vec4<u32> {{ return b{b}[({off} >> 2u) + i]; }}\n"),
         Quads::Words => drift_ops::wgsl::quads_from_loads(name),
     }

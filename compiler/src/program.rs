@@ -571,7 +571,8 @@ enum View {
     Plain,
     /// `array<atomic<u32>>`, for counters.
     Atomic,
-    /// `array<vec4<u32>>`, for 16-byte reads.
+    /// `array<vec4<u32>>` (`array<vec4<f16>>` in the f16 activation arena),
+    /// for four elements a load.
     Quads,
 }
 
@@ -730,11 +731,14 @@ impl Layout {
                 shift: (self.window[buf as usize].unwrap_or(4) / 4).trailing_zeros(),
             });
             let (phys, storage) = (self.phys[s], self.storage[s]);
-            // Quads need one binding, word storage and a 16-byte start.
-            let aligned = spanned == 1 && storage == Storage::Word && Some(buf) != self.half_buffer;
+            // Quads need one binding, word storage and a start on a whole
+            // quad: 16 bytes, or 8 in the f16 activation arena.
+            let half = Some(buf) == self.half_buffer;
+            let quad_bytes = if half { 8 } else { 16 };
+            let aligned = spanned == 1 && storage == Storage::Word && local.is_multiple_of(quad_bytes);
             let quads = match a.wide {
                 false => Quads::No,
-                true if aligned && local.is_multiple_of(16) => Quads::Bound(binding_of((buf, first, View::Quads))),
+                true if aligned => Quads::Bound(binding_of((buf, first, View::Quads))),
                 true => Quads::Words,
             };
             args.push(ArgBinding {
@@ -756,7 +760,7 @@ impl Layout {
             .iter()
             .map(|&(buf, _, view)| StorageBinding {
                 read_write: self.buffers[buf as usize].kind == BufferKind::Arena as i32,
-                half: Some(buf) == self.half_buffer && view == View::Plain,
+                half: Some(buf) == self.half_buffer && view != View::Atomic,
                 atomic: view == View::Atomic,
                 quads: view == View::Quads,
             })
