@@ -105,8 +105,8 @@ pub fn prelude(args: &[ArgBinding], storage: &[StorageBinding]) -> String {
     s
 }
 
-/// `ld4_<name>(i) -> vec4<u32>`, the 32-bit patterns of elements `4i .. 4i
-/// + 3` of a wide argument (nothing for others). A bound quad view is
+/// `ld4_<name>(i) -> vec4<u32>`, the 32-bit patterns of elements 4i to
+/// 4i + 3 of a wide argument (nothing for others). A bound quad view is
 /// indexed in quads (the element offset `off` is a multiple of four
 /// there); `half` when it views f16 activations, widened to f32 as `ld_`
 /// does.
