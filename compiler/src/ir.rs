@@ -79,6 +79,12 @@ impl Graph {
         self.values.len() - 1
     }
 
+    /// A new constant value holding `t`, typed.
+    pub fn add_constant(&mut self, name: String, t: Tensor) -> ValueId {
+        let ty = Some(TypeInfo::new(t.dtype, t.shape.clone()));
+        self.add_value(Value { name, ty, constant: Some(Arc::new(t)), declared: None })
+    }
+
     pub fn live_nodes(&self) -> impl Iterator<Item = (NodeId, &Node)> {
         self.nodes.iter().enumerate().filter(|(_, n)| !n.dead)
     }

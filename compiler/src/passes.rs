@@ -404,7 +404,7 @@ fn apply_weight_split(g: &mut Graph, id: NodeId, plan: SplitPlan) -> Result<Vec<
     for (k, start) in (0..n_cols).step_by(per).enumerate() {
         let end = (start + per).min(n_cols);
         let bk = column_block(&b, start, end, plan.trans_b);
-        let bv = constant_value(g, format!("{name}/B{k}"), bk);
+        let bv = g.add_constant(format!("{name}/B{k}"), bk);
         let cv = c.map(|c| split_bias(g, c, start, end, n_cols, &format!("{name}/C{k}")));
         let yv = g.add_value(crate::ir::Value { name: format!("{name}/Y{k}"), ..Default::default() });
         let mut ins = vec![inputs[0], Some(bv)];
@@ -453,12 +453,7 @@ fn split_bias(g: &mut Graph, c: ValueId, start: usize, end: usize, n_cols: usize
     let data = (0..rows).flat_map(|r| v[r * n_cols + start..r * n_cols + end].to_vec()).collect();
     let mut shape = t.shape.clone();
     *shape.last_mut().expect("nonempty") = end - start;
-    constant_value(g, name.to_string(), Tensor::from_f64(t.dtype, shape, data))
-}
-
-fn constant_value(g: &mut Graph, name: String, t: Tensor) -> ValueId {
-    let ty = TypeInfo::new(t.dtype, t.shape.clone());
-    g.add_value(crate::ir::Value { name, ty: Some(ty), constant: Some(Arc::new(t)), declared: None })
+    g.add_constant(name.to_string(), Tensor::from_f64(t.dtype, shape, data))
 }
 
 /// Adds a node with its op built and its output typed.

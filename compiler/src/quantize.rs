@@ -12,9 +12,9 @@
 //! QMatMul kernels dequantize in their inner loop.
 
 use crate::error::{Error, Result};
-use crate::ir::{Graph, NodeId, Value, ValueId};
+use crate::ir::{Graph, NodeId, ValueId};
 use drift_ops::families::nbits::{self, MatMulNBits, WeightFormat, ZeroPoints};
-use drift_ops::{DType, Tensor, TypeInfo};
+use drift_ops::{DType, Tensor};
 use std::sync::Arc;
 
 /// The weight format `--quantize` asks for.
@@ -212,15 +212,10 @@ fn drop_if_unused(g: &mut Graph, v: ValueId) {
 
 fn words_value(g: &mut Graph, name: &str, shape: Vec<usize>, words: &[u32]) -> ValueId {
     let t = Tensor::from_i64(DType::U32, shape, words.iter().map(|&w| w as i64).collect());
-    constant_value(g, name, t)
+    g.add_constant(name.to_string(), t)
 }
 
 fn float_value(g: &mut Graph, name: &str, v: Vec<f64>) -> ValueId {
     let n = v.len();
-    constant_value(g, name, Tensor::from_f64(DType::F32, vec![n], v))
-}
-
-fn constant_value(g: &mut Graph, name: &str, t: Tensor) -> ValueId {
-    let ty = TypeInfo::new(t.dtype, t.shape.clone());
-    g.add_value(Value { name: name.to_string(), ty: Some(ty), constant: Some(Arc::new(t)), declared: None })
+    g.add_constant(name.to_string(), Tensor::from_f64(DType::F32, vec![n], v))
 }

@@ -16,8 +16,7 @@
 
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Node, NodeId, Value, ValueId};
-use drift_ops::{Attr, Attrs, DType, Tensor, TypeInfo};
-use std::sync::Arc;
+use drift_ops::{Attr, Attrs, DType, Tensor};
 
 /// The opset of generated nodes.
 const OPSET: i64 = 18;
@@ -84,9 +83,7 @@ impl<'g> Emit<'g> {
 
     fn constant(&mut self, t: Tensor) -> ValueId {
         self.count += 1;
-        let name = format!("{}/const_{}", self.name, self.count);
-        let ty = Some(TypeInfo::new(t.dtype, t.shape.clone()));
-        self.g.add_value(Value { name, ty, constant: Some(Arc::new(t)), declared: None })
+        self.g.add_constant(format!("{}/const_{}", self.name, self.count), t)
     }
 
     fn ints(&mut self, v: &[i64]) -> ValueId {
